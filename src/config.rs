@@ -1,0 +1,296 @@
+//! Settings: every limit and address the service uses, in one place.
+//!
+//! Layers, later ones winning: `config/default.toml`, `config/<APP_ENV>.toml`,
+//! then environment variables `APP__<SECTION>__<KEY>`. The directory is
+//! `config/` under the working directory unless `APP_CONFIG_DIR` names another.
+//! [`Settings::load`] validates everything, so a bad value stops start-up with
+//! one line naming the setting.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// Smallest accepted HS256 secret: RFC 7518 §3.2 requires a key at least as
+/// long as the hash output (256 bits).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub api: ApiSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub host: String,
+    /// 0 lets the OS pick a free port (tests).
+    pub port: u16,
+    /// Largest accepted request body; larger is 413 before any parsing.
+    pub max_body_bytes: usize,
+    /// Deadline for a client to send its complete request head.
+    pub header_read_timeout_ms: u64,
+    /// Header lines accepted per request; more is 431.
+    pub max_headers: usize,
+    /// Concurrently open client connections.
+    pub max_connections: usize,
+    /// Deadline for reading the body and producing the answer.
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Accounts per `POST /admin/students` call (each password is hashed).
+    pub max_bulk_students: usize,
+    pub default_page_size: i64,
+    pub max_page_size: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: Secret,
+    /// Prefix of every key; tests use a fresh one each.
+    pub namespace: String,
+    pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub jwt_secret: Secret,
+    pub token_ttl_secs: u64,
+    /// Password verifications running at once (each is CPU and memory heavy).
+    pub max_concurrent_hashes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A string that never appears in logs or `Debug` output (URLs with
+/// passwords, signing keys).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A configuration problem, always naming the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Source(#[from] config::ConfigError),
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+impl Settings {
+    /// Reads the layered configuration for `APP_ENV` (default `local`) and validates it.
+    pub fn load() -> Result<Self, ConfigError> {
+        let dir = std::env::var_os("APP_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let env = std::env::var("APP_ENV").unwrap_or_else(|_| "local".into());
+        Self::load_from(&dir, &env)
+    }
+
+    /// Reads `dir/default.toml`, `dir/<env>.toml` and the `APP__` variables, and validates.
+    pub fn load_from(dir: &Path, env: &str) -> Result<Self, ConfigError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")).required(true))
+            .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))
+            .add_source(
+                config::Environment::with_prefix("APP")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what the types alone cannot: secret length, URL syntax, non-zero limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let secret_len = self.auth.jwt_secret.expose().len();
+        if secret_len < MIN_JWT_SECRET_BYTES {
+            return Err(invalid(
+                "auth.jwt_secret",
+                format!("must be at least {MIN_JWT_SECRET_BYTES} bytes, got {secret_len}"),
+            ));
+        }
+        tokio_postgres::Config::from_str(self.database.url.expose())
+            .map_err(|e| invalid("database.url", format!("not a PostgreSQL URL: {e}")))?;
+        redis::Client::open(self.redis.url.expose())
+            .map_err(|e| invalid("redis.url", format!("not a Redis URL: {e}")))?;
+        if self.redis.namespace.is_empty()
+            || !self
+                .redis
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "redis.namespace",
+                "must be non-empty ASCII letters, digits, '_' or '-'",
+            ));
+        }
+        if self.api.default_page_size > self.api.max_page_size {
+            return Err(invalid(
+                "api.default_page_size",
+                "must not exceed api.max_page_size",
+            ));
+        }
+        let positive: [(&'static str, u64); 12] = [
+            ("api.max_bulk_students", self.api.max_bulk_students as u64),
+            (
+                "api.default_page_size",
+                self.api.default_page_size.max(0) as u64,
+            ),
+            ("http.max_body_bytes", self.http.max_body_bytes as u64),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("http.max_headers", self.http.max_headers as u64),
+            ("http.max_connections", self.http.max_connections as u64),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+            ("database.pool_size", self.database.pool_size as u64),
+            (
+                "database.connect_timeout_ms",
+                self.database.connect_timeout_ms,
+            ),
+            ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            ("auth.token_ttl_secs", self.auth.token_ttl_secs),
+            (
+                "auth.max_concurrent_hashes",
+                self.auth.max_concurrent_hashes as u64,
+            ),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(name, "must be greater than zero"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl HttpSettings {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Settings {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        Settings::load_from(&dir, "local").expect("default configuration is valid")
+    }
+
+    #[test]
+    fn default_configuration_is_valid() {
+        valid();
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_rejected_naming_the_setting() {
+        let mut s = valid();
+        s.auth.jwt_secret = Secret::new("short");
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+    }
+
+    #[test]
+    fn an_unparsable_database_url_is_rejected_naming_the_setting() {
+        let mut s = valid();
+        s.database.url = Secret::new("postgres://user@host:notaport/db");
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_limit_is_rejected_naming_the_setting() {
+        let mut s = valid();
+        s.http.max_connections = 0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("http.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = valid();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains(s.auth.jwt_secret.expose()));
+        assert!(printed.contains("[redacted]"));
+    }
+}

@@ -1,0 +1,90 @@
+//! Values that are valid by construction: parsing happens once, at the edge.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What a caller may do. Students act on themselves; admins on anyone and on the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Student,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Student => "student",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "student" => Some(Role::Student),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A student's standing; only `active` students may register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnrollmentStatus {
+    Active,
+    Inactive,
+    Suspended,
+    Graduated,
+}
+
+impl EnrollmentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrollmentStatus::Active => "active",
+            EnrollmentStatus::Inactive => "inactive",
+            EnrollmentStatus::Suspended => "suspended",
+            EnrollmentStatus::Graduated => "graduated",
+        }
+    }
+}
+
+/// Checks a free-text field: trimmed length within bounds, no control characters.
+pub fn check_text(field: &'static str, value: &str, min: usize, max: usize) -> Result<(), String> {
+    let len = value.trim().chars().count();
+    if len < min || len > max {
+        return Err(format!("{field} must be {min} to {max} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_checks_bound_length_and_refuse_control_characters() {
+        assert!(check_text("name", "Ada", 1, 10).is_ok());
+        assert!(check_text("name", "   ", 1, 10).is_err());
+        assert!(check_text("name", "abcdefghijk", 1, 10).is_err());
+        assert!(check_text("name", "a\u{0}b", 1, 10).is_err());
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_names() {
+        for role in [Role::Student, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+}

@@ -1,0 +1,296 @@
+//! Catalog and account management for admins, without SQL.
+//!
+//! Bodies reject unknown fields; values are checked before any write; a
+//! duplicate answers 409 `already_exists`, an unknown course or semester 422
+//! `unknown_reference`.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use hyper::{body::Incoming, http::request::Parts, StatusCode};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{auth::authenticate_admin, body, json, ApiError, ApiResult};
+use crate::{
+    domain::{check_text, EnrollmentStatus, Role},
+    startup::AppState,
+    store::{self, catalog, students},
+};
+
+/// Largest section accepted; a lecture hall, not a typo of an extra zero.
+const MAX_SECTION_SEATS: i32 = 10_000;
+/// Largest waitlist accepted per section.
+const MAX_WAITLIST: i32 = 10_000;
+
+fn validation(detail: String) -> ApiError {
+    ApiError::unprocessable("validation_failed", detail)
+}
+
+fn conflict_or(e: tokio_postgres::Error, what: &str) -> ApiError {
+    if let Some(constraint) = store::unique_violation(&e) {
+        return ApiError::Conflict {
+            code: "already_exists",
+            detail: format!("{what} already exists ({constraint})"),
+        };
+    }
+    if let Some(constraint) = store::foreign_key_violation(&e) {
+        return ApiError::unprocessable(
+            "unknown_reference",
+            format!("a referenced record does not exist ({constraint})"),
+        );
+    }
+    e.into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSemester {
+    name: String,
+    start_date: NaiveDate,
+    end_date: NaiveDate,
+    registration_start: DateTime<Utc>,
+    registration_end: DateTime<Utc>,
+    #[serde(default = "default_true")]
+    is_active: bool,
+}
+
+pub async fn create_semester(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
+    authenticate_admin(state, &req.headers)?;
+    let s: CreateSemester = body::json(req, body, state.settings.http.max_body_bytes).await?;
+    check_text("name", &s.name, 1, 100).map_err(validation)?;
+    if s.end_date < s.start_date {
+        return Err(validation("end_date must not precede start_date".into()));
+    }
+    if s.registration_end <= s.registration_start {
+        return Err(validation(
+            "registration_end must be after registration_start".into(),
+        ));
+    }
+    let new = catalog::NewSemester {
+        name: s.name.trim().to_string(),
+        start_date: s.start_date,
+        end_date: s.end_date,
+        registration_start: s.registration_start,
+        registration_end: s.registration_end,
+        is_active: s.is_active,
+    };
+    let db = state.db.get().await?;
+    let created = catalog::insert_semester(&db, &new)
+        .await
+        .map_err(|e| conflict_or(e, "a semester with this name"))?;
+    json(StatusCode::CREATED, &created)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCourse {
+    course_code: String,
+    course_name: String,
+    #[serde(default)]
+    description: String,
+    credits: i32,
+    #[serde(default)]
+    department: String,
+}
+
+pub async fn create_course(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
+    authenticate_admin(state, &req.headers)?;
+    let c: CreateCourse = body::json(req, body, state.settings.http.max_body_bytes).await?;
+    check_text("course_code", &c.course_code, 1, 32).map_err(validation)?;
+    check_text("course_name", &c.course_name, 1, 200).map_err(validation)?;
+    check_text("description", &c.description, 0, 4000).map_err(validation)?;
+    check_text("department", &c.department, 0, 100).map_err(validation)?;
+    if !(0..=30).contains(&c.credits) {
+        return Err(validation("credits must be between 0 and 30".into()));
+    }
+    let new = catalog::NewCourse {
+        course_code: c.course_code.trim().to_string(),
+        course_name: c.course_name.trim().to_string(),
+        description: c.description,
+        credits: c.credits,
+        department: c.department.trim().to_string(),
+    };
+    let db = state.db.get().await?;
+    let created = catalog::insert_course(&db, &new)
+        .await
+        .map_err(|e| conflict_or(e, "a course with this code"))?;
+    json(StatusCode::CREATED, &created)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSection {
+    course_id: Uuid,
+    semester_id: Uuid,
+    section_number: String,
+    #[serde(default)]
+    instructor: String,
+    #[serde(default)]
+    schedule: String,
+    #[serde(default)]
+    room: String,
+    total_seats: i32,
+    #[serde(default)]
+    waitlist_limit: i32,
+    #[serde(default = "default_true")]
+    is_active: bool,
+}
+
+pub async fn create_section(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
+    authenticate_admin(state, &req.headers)?;
+    let s: CreateSection = body::json(req, body, state.settings.http.max_body_bytes).await?;
+    check_text("section_number", &s.section_number, 1, 16).map_err(validation)?;
+    check_text("instructor", &s.instructor, 0, 200).map_err(validation)?;
+    check_text("schedule", &s.schedule, 0, 200).map_err(validation)?;
+    check_text("room", &s.room, 0, 100).map_err(validation)?;
+    if !(0..=MAX_SECTION_SEATS).contains(&s.total_seats) {
+        return Err(validation(format!(
+            "total_seats must be between 0 and {MAX_SECTION_SEATS}"
+        )));
+    }
+    if !(0..=MAX_WAITLIST).contains(&s.waitlist_limit) {
+        return Err(validation(format!(
+            "waitlist_limit must be between 0 and {MAX_WAITLIST}"
+        )));
+    }
+    let new = catalog::NewSection {
+        course_id: s.course_id,
+        semester_id: s.semester_id,
+        section_number: s.section_number.trim().to_string(),
+        instructor: s.instructor.trim().to_string(),
+        schedule: s.schedule.trim().to_string(),
+        room: s.room.trim().to_string(),
+        total_seats: s.total_seats,
+        waitlist_limit: s.waitlist_limit,
+        is_active: s.is_active,
+    };
+    let db = state.db.get().await?;
+    let id = catalog::insert_section(&db, &new)
+        .await
+        .map_err(|e| conflict_or(e, "this section number for the course and semester"))?;
+    let created = catalog::section_by_id(&db, id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("section {id} vanished after insert")))?;
+    json(StatusCode::CREATED, &created)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateStudent {
+    student_number: String,
+    name: String,
+    email: String,
+    password: String,
+    #[serde(default = "default_role")]
+    role: Role,
+    #[serde(default = "default_status")]
+    enrollment_status: EnrollmentStatus,
+}
+
+fn default_role() -> Role {
+    Role::Student
+}
+
+fn default_status() -> EnrollmentStatus {
+    EnrollmentStatus::Active
+}
+
+#[derive(Serialize)]
+struct CreatedStudent {
+    id: Uuid,
+    student_number: String,
+}
+
+#[derive(Serialize)]
+struct CreatedStudents {
+    created: usize,
+    students: Vec<CreatedStudent>,
+}
+
+fn check_student(i: usize, s: &CreateStudent) -> Result<(), ApiError> {
+    let at = |e: String| validation(format!("students[{i}]: {e}"));
+    if s.student_number.is_empty()
+        || s.student_number.len() > 32
+        || !s
+            .student_number
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(at(
+            "student_number must be 1 to 32 ASCII letters, digits, '-' or '_'".into(),
+        ));
+    }
+    check_text("name", &s.name, 1, 200).map_err(at)?;
+    let email_ok = s.email.len() <= 254
+        && s.email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !s.email.contains(char::is_whitespace)
+        });
+    if !email_ok {
+        return Err(at("email is not a valid address".into()));
+    }
+    let len = s.password.chars().count();
+    if !(8..=128).contains(&len) {
+        return Err(at("password must be 8 to 128 characters".into()));
+    }
+    Ok(())
+}
+
+/// Bulk account creation: all rows or none.
+pub async fn create_students(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
+    authenticate_admin(state, &req.headers)?;
+    let list: Vec<CreateStudent> =
+        body::json(req, body, state.settings.http.max_body_bytes).await?;
+    let max = state.settings.api.max_bulk_students;
+    if list.is_empty() || list.len() > max {
+        return Err(validation(format!(
+            "send between 1 and {max} students per call"
+        )));
+    }
+    for (i, s) in list.iter().enumerate() {
+        check_student(i, s)?;
+    }
+    let mut hashing = tokio::task::JoinSet::new();
+    for (i, s) in list.iter().enumerate() {
+        let passwords = state.passwords.clone();
+        let password = s.password.clone();
+        hashing.spawn(async move { (i, passwords.hash(password).await) });
+    }
+    let mut hashes = vec![String::new(); list.len()];
+    while let Some(joined) = hashing.join_next().await {
+        let (i, hash) = joined.map_err(|e| ApiError::Internal(e.into()))?;
+        hashes[i] = hash?;
+    }
+    let rows: Vec<students::NewStudent> = list
+        .into_iter()
+        .zip(hashes)
+        .map(|(s, password_hash)| students::NewStudent {
+            id: Uuid::now_v7(),
+            student_number: s.student_number,
+            name: s.name.trim().to_string(),
+            email: s.email.trim().to_lowercase(),
+            enrollment_status: s.enrollment_status,
+            password_hash,
+            role: s.role,
+        })
+        .collect();
+    let db = state.db.get().await?;
+    students::insert_many(&db, &rows, false)
+        .await
+        .map_err(|e| conflict_or(e, "a student with this number or email"))?;
+    json(
+        StatusCode::CREATED,
+        &CreatedStudents {
+            created: rows.len(),
+            students: rows
+                .into_iter()
+                .map(|r| CreatedStudent {
+                    id: r.id,
+                    student_number: r.student_number,
+                })
+                .collect(),
+        },
+    )
+}

@@ -1,0 +1,86 @@
+//! Catalog reads: semesters and sections, for any authenticated user.
+
+use hyper::{http::request::Parts, StatusCode};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{auth::authenticate, body, json, ApiError, ApiResult};
+use crate::{startup::AppState, store::catalog};
+
+#[derive(Serialize)]
+struct List<T> {
+    items: Vec<T>,
+}
+
+pub async fn semesters(state: &AppState, req: &Parts) -> ApiResult {
+    authenticate(state, &req.headers)?;
+    let db = state.db.get().await?;
+    let items = catalog::semesters(&db).await?;
+    json(StatusCode::OK, &List { items })
+}
+
+pub async fn semester(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
+    authenticate(state, &req.headers)?;
+    let db = state.db.get().await?;
+    match catalog::semester_by_id(&db, id).await? {
+        Some(semester) => json(StatusCode::OK, &semester),
+        None => Err(ApiError::not_found("semester")),
+    }
+}
+
+pub async fn semester_sections(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
+    authenticate(state, &req.headers)?;
+    let db = state.db.get().await?;
+    if catalog::semester_by_id(&db, id).await?.is_none() {
+        return Err(ApiError::not_found("semester"));
+    }
+    let items = catalog::sections_of_semester(&db, id).await?;
+    json(StatusCode::OK, &List { items })
+}
+
+pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
+    authenticate(state, &req.headers)?;
+    let db = state.db.get().await?;
+    match catalog::section_by_id(&db, id).await? {
+        Some(section) => json(StatusCode::OK, &section),
+        None => Err(ApiError::not_found("section")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AvailableQuery {
+    semester_id: Option<Uuid>,
+    course_code: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub async fn available(state: &AppState, req: &Parts) -> ApiResult {
+    authenticate(state, &req.headers)?;
+    let q: AvailableQuery = body::query(req.uri.query())?;
+    let api = &state.settings.api;
+    let limit = q.limit.unwrap_or(api.default_page_size);
+    if !(1..=api.max_page_size).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {}", api.max_page_size),
+        ));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "offset must not be negative",
+        ));
+    }
+    let filter = catalog::AvailableFilter {
+        semester_id: q.semester_id,
+        course_code: q.course_code.filter(|c| !c.is_empty()),
+        limit,
+        offset,
+    };
+    let db = state.db.get().await?;
+    let items = catalog::available_sections(&db, &filter).await?;
+    json(StatusCode::OK, &List { items })
+}

@@ -1,0 +1,195 @@
+//! The one error type at the HTTP boundary and its RFC 9457 problem+json form.
+//!
+//! Every variant names its status. Client errors carry a stable machine
+//! `code`; 5xx bodies are opaque and their cause is logged once, here.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, Response, StatusCode};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: malformed JSON, unknown field, bad UUID, bad query string.
+    #[error("{detail}")]
+    BadRequest { code: &'static str, detail: String },
+    /// 401: missing, malformed, expired or wrongly signed token; bad credentials.
+    #[error("{detail}")]
+    Unauthorized {
+        code: &'static str,
+        detail: &'static str,
+    },
+    /// 403: authenticated but not allowed (a student on an admin route).
+    #[error("this action needs another role")]
+    Forbidden,
+    /// 404: unknown route or resource, or another student's resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405, with the methods the route allows.
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    /// 409: the request conflicts with existing state (duplicate key).
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    /// 413: body over the configured limit, refused before parsing.
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 415: body is not JSON.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// 422: well-formed but semantically invalid.
+    #[error("{detail}")]
+    Unprocessable { code: &'static str, detail: String },
+    /// 503 with Retry-After: a dependency is away, a deadline passed, or shutting down.
+    #[error("{detail}")]
+    Unavailable {
+        code: &'static str,
+        detail: &'static str,
+        retry_after_secs: u32,
+    },
+    /// 500: anything unexpected; the cause is logged, never sent.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::Unprocessable {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        ApiError::NotFound(format!("{what} not found"))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. }
+            | ApiError::Unauthorized { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Unprocessable { code, .. }
+            | ApiError::Unavailable { code, .. } => code,
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let detail = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = ?cause, "request failed");
+                "an internal error occurred; it has been logged".to_string()
+            }
+            other => other.to_string(),
+        };
+        let problem = Problem {
+            r#type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            code: self.code(),
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem always serialises");
+        let mut builder = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/problem+json");
+        match &self {
+            ApiError::MethodNotAllowed { allow } => {
+                builder = builder.header(header::ALLOW, *allow);
+            }
+            ApiError::Unauthorized { .. } => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer");
+            }
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                builder = builder.header(header::RETRY_AFTER, retry_after_secs.to_string());
+            }
+            ApiError::PayloadTooLarge { .. } => {
+                builder = builder.header(header::CONNECTION, "close");
+            }
+            _ => {}
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .expect("static headers are valid")
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if is_unavailable(&e) {
+            tracing::warn!(error = %e, "PostgreSQL unavailable");
+            return database_unavailable();
+        }
+        ApiError::Internal(anyhow::Error::new(e).context("database query failed"))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        tracing::warn!(error = %e, "no PostgreSQL connection available");
+        database_unavailable()
+    }
+}
+
+fn database_unavailable() -> ApiError {
+    ApiError::Unavailable {
+        code: "database_unavailable",
+        detail: "the database is temporarily unavailable; retry shortly",
+        retry_after_secs: 2,
+    }
+}
+
+/// The server is away or overloaded rather than the query wrong: connection
+/// failures (no SQLSTATE), connection exceptions (08xxx), operator
+/// intervention (57xxx, which includes statement timeouts).
+fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(state) => {
+            let code = state.code();
+            code.starts_with("08") || code.starts_with("57")
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Routing: path → [`Route`], method check (405 with `Allow`), request
+//! deadline, request id and span, and the request metrics.
+
+use std::{convert::Infallible, sync::Arc, time::Instant};
+
+use hyper::{body::Incoming, header::HeaderValue, http::request::Parts, Method, Request, Response};
+use tracing::Instrument;
+
+use super::{admin, auth, catalog, path_id, probes, students, ApiError, ApiResult, Body};
+use crate::{
+    metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS},
+    startup::AppState,
+};
+
+/// Every route the service knows, with its path parameters still as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    Live,
+    Ready,
+    Health,
+    Metrics,
+    Login,
+    Semesters,
+    Semester(&'a str),
+    SemesterSections(&'a str),
+    SectionsAvailable,
+    Section(&'a str),
+    StudentRegistrations(&'a str),
+    StudentWaitlist(&'a str),
+    AdminSemesters,
+    AdminCourses,
+    AdminSections,
+    AdminStudents,
+}
+
+impl<'a> Route<'a> {
+    fn resolve(path: &'a str) -> Option<Self> {
+        let path = path
+            .strip_suffix('/')
+            .filter(|p| !p.is_empty())
+            .unwrap_or(path);
+        let mut parts = path.split('/').skip(1);
+        let segments: [Option<&str>; 6] = std::array::from_fn(|_| parts.next());
+        if parts.next().is_some() {
+            return None;
+        }
+        use Route::*;
+        Some(match segments {
+            [Some("live"), None, ..] => Live,
+            [Some("ready"), None, ..] => Ready,
+            [Some("health"), None, ..] => Health,
+            [Some("metrics"), None, ..] => Metrics,
+            [Some("api"), Some("v1"), Some(a), b, c, None] => match (a, b, c) {
+                ("auth", Some("login"), None) => Login,
+                ("semesters", None, None) => Semesters,
+                ("semesters", Some(id), None) => Semester(id),
+                ("semesters", Some(id), Some("sections")) => SemesterSections(id),
+                ("sections", Some("available"), None) => SectionsAvailable,
+                ("sections", Some(id), None) => Section(id),
+                ("students", Some(id), Some("registrations")) => StudentRegistrations(id),
+                ("students", Some(id), Some("waitlist")) => StudentWaitlist(id),
+                ("admin", Some("semesters"), None) => AdminSemesters,
+                ("admin", Some("courses"), None) => AdminCourses,
+                ("admin", Some("sections"), None) => AdminSections,
+                ("admin", Some("students"), None) => AdminStudents,
+                _ => return None,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The route's template: the `route` label of the metrics (bounded cardinality).
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Live => "/live",
+            Route::Ready => "/ready",
+            Route::Health => "/health",
+            Route::Metrics => "/metrics",
+            Route::Login => "/api/v1/auth/login",
+            Route::Semesters => "/api/v1/semesters",
+            Route::Semester(_) => "/api/v1/semesters/{id}",
+            Route::SemesterSections(_) => "/api/v1/semesters/{id}/sections",
+            Route::SectionsAvailable => "/api/v1/sections/available",
+            Route::Section(_) => "/api/v1/sections/{id}",
+            Route::StudentRegistrations(_) => "/api/v1/students/{id}/registrations",
+            Route::StudentWaitlist(_) => "/api/v1/students/{id}/waitlist",
+            Route::AdminSemesters => "/api/v1/admin/semesters",
+            Route::AdminCourses => "/api/v1/admin/courses",
+            Route::AdminSections => "/api/v1/admin/sections",
+            Route::AdminStudents => "/api/v1/admin/students",
+        }
+    }
+
+    fn allowed(&self) -> (&'static [Method], &'static str) {
+        match self {
+            Route::Login
+            | Route::AdminSemesters
+            | Route::AdminCourses
+            | Route::AdminSections
+            | Route::AdminStudents => (&[Method::POST], "POST"),
+            _ => (&[Method::GET, Method::HEAD], "GET, HEAD"),
+        }
+    }
+}
+
+/// Longest client-supplied request id echoed back; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+fn request_id(parts: &Parts) -> HeaderValue {
+    parts
+        .headers
+        .get("x-request-id")
+        .filter(|v| {
+            v.len() <= MAX_REQUEST_ID_LEN
+                && !v.is_empty()
+                && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .expect("a UUID is a valid header value")
+        })
+}
+
+/// The service function: never fails, every error is an HTTP answer.
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let rid = request_id(&parts);
+    let route = Route::resolve(parts.uri.path());
+    let template = route.map_or("unmatched", |r| r.template());
+    let span = tracing::info_span!(
+        "request",
+        id = rid.to_str().unwrap_or(""),
+        method = %method,
+        route = template
+    );
+    metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
+    let deadline = state.settings.http.request_timeout();
+    let result = async {
+        match tokio::time::timeout(deadline, dispatch(&state, route, &parts, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::Unavailable {
+                code: "request_timeout",
+                detail: "the request took too long; retry shortly",
+                retry_after_secs: 1,
+            }),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    let mut response = result.unwrap_or_else(|e| span.in_scope(|| e.into_response()));
+    if method == Method::HEAD {
+        *response.body_mut() = Body::default();
+    }
+    let status = response.status();
+    let elapsed = started.elapsed().as_secs_f64();
+    let labels = [
+        ("route", template),
+        ("method", method_label(&method)),
+        ("status", status_label(status)),
+    ];
+    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(HTTP_DURATION, &labels).record(elapsed);
+    if status.is_server_error() {
+        span.in_scope(|| tracing::warn!(status = status.as_u16(), elapsed, "request failed"));
+    } else {
+        span.in_scope(|| tracing::debug!(status = status.as_u16(), elapsed, "request done"));
+    }
+    response.headers_mut().insert("x-request-id", rid);
+    Ok(response)
+}
+
+/// Metrics label for the status code, without allocating.
+fn status_label(status: hyper::StatusCode) -> &'static str {
+    const CODES: &[(u16, &str)] = &[
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (408, "408"),
+        (409, "409"),
+        (413, "413"),
+        (414, "414"),
+        (415, "415"),
+        (422, "422"),
+        (429, "429"),
+        (431, "431"),
+        (500, "500"),
+        (503, "503"),
+    ];
+    CODES
+        .iter()
+        .find(|(code, _)| *code == status.as_u16())
+        .map_or("other", |(_, label)| label)
+}
+
+/// Metrics label for the method, bounded to the standard set.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+async fn dispatch(
+    state: &AppState,
+    route: Option<Route<'_>>,
+    req: &Parts,
+    body: Incoming,
+) -> ApiResult {
+    let Some(route) = route else {
+        return Err(ApiError::NotFound("no such route".into()));
+    };
+    let (methods, allow) = route.allowed();
+    if !methods.contains(&req.method) {
+        return Err(ApiError::MethodNotAllowed { allow });
+    }
+    match route {
+        Route::Live => probes::live(),
+        Route::Ready => probes::ready(state).await,
+        Route::Health => probes::health(state).await,
+        Route::Metrics => probes::metrics(state),
+        Route::Login => auth::login(state, req, body).await,
+        Route::Semesters => catalog::semesters(state, req).await,
+        Route::Semester(id) => catalog::semester(state, req, path_id(id)?).await,
+        Route::SemesterSections(id) => catalog::semester_sections(state, req, path_id(id)?).await,
+        Route::SectionsAvailable => catalog::available(state, req).await,
+        Route::Section(id) => catalog::section(state, req, path_id(id)?).await,
+        Route::StudentRegistrations(id) => students::registrations(state, req, path_id(id)?).await,
+        Route::StudentWaitlist(id) => students::waitlist(state, req, path_id(id)?).await,
+        Route::AdminSemesters => admin::create_semester(state, req, body).await,
+        Route::AdminCourses => admin::create_course(state, req, body).await,
+        Route::AdminSections => admin::create_section(state, req, body).await,
+        Route::AdminStudents => admin::create_students(state, req, body).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_to_their_routes() {
+        let id = "0190f1c4-7e2a-7000-8000-000000000000";
+        assert_eq!(Route::resolve("/live"), Some(Route::Live));
+        assert_eq!(Route::resolve("/api/v1/semesters/"), Some(Route::Semesters));
+        assert_eq!(
+            Route::resolve(&format!("/api/v1/semesters/{id}/sections")),
+            Some(Route::SemesterSections(id))
+        );
+        assert_eq!(
+            Route::resolve("/api/v1/sections/available"),
+            Some(Route::SectionsAvailable)
+        );
+        assert_eq!(
+            Route::resolve("/api/v1/sections/x"),
+            Some(Route::Section("x"))
+        );
+        assert_eq!(Route::resolve("/"), None);
+        assert_eq!(Route::resolve("/api/v1"), None);
+        assert_eq!(Route::resolve("/api/v1/semesters/a/b/c/d"), None);
+        assert_eq!(Route::resolve("/live/x"), None);
+        assert_eq!(Route::resolve("//live"), None);
+    }
+}

@@ -1,0 +1,83 @@
+//! The hyper 1.x accept loop: connection limit, per-connection HTTP/1.1
+//! settings, and graceful shutdown (modelled on hyper-util's
+//! `server_graceful` example).
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use super::router;
+use crate::{metrics::HTTP_CONNECTIONS, startup::AppState};
+
+/// Pause after a failed `accept` (typically EMFILE: out of file descriptors)
+/// so the loop does not spin while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves connections from `listener` until `shutdown` resolves, then stops
+/// accepting and lets in-flight requests finish within the shutdown grace.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let settings = &state.settings.http;
+    let connection_slots = Arc::new(Semaphore::new(settings.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout())
+        .max_headers(settings.max_headers)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        // Waiting for a slot before accepting leaves excess connections in
+        // the kernel backlog instead of accepting and dropping them.
+        let slot = tokio::select! {
+            slot = connection_slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, %peer, "could not set TCP_NODELAY");
+        }
+        let state = state.clone();
+        let service = service_fn(move |req| router::handle(state.clone(), req));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            metrics::gauge!(HTTP_CONNECTIONS).increment(1.0);
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            metrics::gauge!(HTTP_CONNECTIONS).decrement(1.0);
+            drop(slot);
+        });
+    }
+
+    state.begin_shutdown();
+    drop(listener);
+    let grace = settings.shutdown_grace();
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "stopped accepting; finishing in-flight requests"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace expired; cutting remaining connections"),
+    }
+}

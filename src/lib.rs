@@ -1,0 +1,37 @@
+//! # registrar — a course registration engine
+//!
+//! Built for the minute enrollment opens: thousands of students press
+//! "register" at once, each must get an answer in milliseconds, no seat is
+//! sold twice, and nothing acknowledged is ever lost.
+//!
+//! ## Layout
+//!
+//! - [`config`]: layered settings; every limit with its reason.
+//! - [`startup`]: [`startup::Application`] wires everything; `main`, tests and
+//!   benchmarks all start it the same way.
+//! - [`http`]: accept loop, router, handlers by area, problem+json errors.
+//! - [`auth`]: HS256 tokens and Argon2id passwords (hashed off the async threads).
+//! - [`domain`]: values valid by construction.
+//! - [`seats`]: the Redis side, the hot path's source of truth.
+//! - [`store`]: the PostgreSQL side, the system of record, and its migrations.
+//! - [`seed`]: demo data.
+//! - [`telemetry`], [`metrics`]: logs and Prometheus metrics.
+//!
+//! ## A request's way
+//!
+//! `http::server` accepts (bounded connections, header timeout) →
+//! `http::router` resolves the route, checks the method, applies the request
+//! deadline and records metrics → a handler authenticates the bearer token,
+//! reads the body within its limit, and calls `seats` (Redis) or `store`
+//! (PostgreSQL) → errors leave as `application/problem+json`.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod seats;
+pub mod seed;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

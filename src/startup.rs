@@ -1,0 +1,139 @@
+//! Building and running the application: the one place that wires settings,
+//! pools, Redis and the HTTP server together, so that `main`, the tests and
+//! the benchmarks all start the very same thing.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::{Passwords, Tokens},
+    config::Settings,
+    http, metrics,
+    seats::Redis,
+    store,
+};
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub settings: Settings,
+    pub db: Pool,
+    pub redis: Redis,
+    pub tokens: Tokens,
+    pub passwords: Passwords,
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+    /// Set when shutdown begins: `/ready` answers 503 from then on.
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A bound, wired, not yet serving application.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Binds the listener, builds the pools and applies migrations when
+    /// configured. PostgreSQL being down is not fatal (the schema is assumed
+    /// present and the hot path does not need it); a broken migration is.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = store::pool(&settings.database)?;
+        if settings.database.migrate_on_start {
+            match db.get().await {
+                Ok(mut client) => {
+                    let applied = store::migrate::run(&mut client)
+                        .await
+                        .context("failed to apply migrations")?;
+                    if !applied.is_empty() {
+                        tracing::info!(?applied, "migrations applied");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "PostgreSQL unreachable at start; migrations skipped")
+                }
+            }
+        }
+        let redis = Redis::new(&settings.redis)?;
+        let addr = format!("{}:{}", settings.http.host, settings.http.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("failed to bind {addr} (http.host, http.port)"))?;
+        let state = AppState {
+            tokens: Tokens::new(
+                settings.auth.jwt_secret.expose().as_bytes(),
+                Duration::from_secs(settings.auth.token_ttl_secs),
+            ),
+            passwords: Passwords::new(settings.auth.max_concurrent_hashes)?,
+            metrics: metrics::install(),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+            db,
+            redis,
+            settings,
+        };
+        Ok(Self {
+            listener,
+            state: Arc::new(state),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and closes the pools.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "listening");
+        http::server::serve(self.listener, self.state.clone(), shutdown).await;
+        self.state.db.close();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

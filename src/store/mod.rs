@@ -1,0 +1,57 @@
+//! The PostgreSQL side: connection pool, migrations and queries.
+//! PostgreSQL is the system of record; the hot path never waits on it.
+
+pub mod catalog;
+pub mod migrate;
+pub mod students;
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseSettings;
+
+/// Builds the pool. Connections are made lazily, so this succeeds while
+/// PostgreSQL is down; each connection gets the configured statement timeout.
+pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    let mut pg = tokio_postgres::Config::from_str(settings.url.expose())
+        .context("database.url is not a PostgreSQL URL")?;
+    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+    pg.connect_timeout(connect_timeout);
+    pg.options(format!(
+        "-c statement_timeout={}",
+        settings.statement_timeout_ms
+    ));
+    pg.application_name("registrar");
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(connect_timeout))
+        .create_timeout(Some(connect_timeout))
+        .recycle_timeout(Some(connect_timeout))
+        .build()
+        .context("failed to build the PostgreSQL pool")
+}
+
+/// Classifies a database error the way the HTTP layer needs it.
+pub fn unique_violation(err: &tokio_postgres::Error) -> Option<&str> {
+    let db = err.as_db_error()?;
+    (db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        .then(|| db.constraint().unwrap_or(""))
+}
+
+/// The constraint named by a foreign-key violation, if that is what `err` is.
+pub fn foreign_key_violation(err: &tokio_postgres::Error) -> Option<&str> {
+    let db = err.as_db_error()?;
+    (db.code() == &tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+        .then(|| db.constraint().unwrap_or(""))
+}
