@@ -99,6 +99,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => {
+            store::ensure_database(settings.database.url.expose()).await?;
             let pool = store::pool(&settings.database)?;
             let mut client = pool
                 .get()

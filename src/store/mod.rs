@@ -42,6 +42,39 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
         .context("failed to build the PostgreSQL pool")
 }
 
+/// Creates the database named in `url` when it does not exist yet, by
+/// connecting to the server's `postgres` database. Lets a newcomer's first
+/// `migrate` work on a bare server.
+pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
+    let config = tokio_postgres::Config::from_str(url).context("database.url is invalid")?;
+    let name = config
+        .get_dbname()
+        .context("database.url names no database")?
+        .to_string();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin
+        .connect(NoTls)
+        .await
+        .context("failed to connect to PostgreSQL")?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("select 1 from pg_database where datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        client
+            .batch_execute(&format!("create database {quoted}"))
+            .await
+            .with_context(|| format!("failed to create database {name}"))?;
+        tracing::info!(database = %name, "database created");
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
 /// Classifies a database error the way the HTTP layer needs it.
 pub fn unique_violation(err: &tokio_postgres::Error) -> Option<&str> {
     let db = err.as_db_error()?;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one command that runs the service with demo data:
+#   bash scripts/demo.sh            (DEMO_STUDENTS=100000 for a bigger data set)
+# Brings up PostgreSQL and Redis, builds, migrates, seeds, then serves on
+# http://127.0.0.1:8080 until Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_services
+
+export APP__DATABASE__URL=${APP__DATABASE__URL:-postgres://postgres:postgres@127.0.0.1:5432/registrar}
+export APP__REDIS__URL=${APP__REDIS__URL:-redis://127.0.0.1:6379/0}
+
+cargo build --release --quiet
+bin=target/release/registrar
+"$bin" migrate
+"$bin" seed --students "${DEMO_STUDENTS:-1000}"
+
+cat <<'TXT'
+
+Try it (in another terminal):
+  TOKEN=$(curl -s -X POST http://127.0.0.1:8080/api/v1/auth/login \
+            -H 'content-type: application/json' \
+            -d '{"student_number":"S0000001","password":"password123"}' | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+  curl -s http://127.0.0.1:8080/api/v1/semesters -H "authorization: Bearer $TOKEN"
+
+TXT
+exec "$bin" serve

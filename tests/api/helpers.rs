@@ -1,0 +1,380 @@
+//! `spawn_app()`: the real application on 127.0.0.1:0 with its own
+//! PostgreSQL database and Redis namespace, plus one method per endpoint.
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener},
+    path::Path,
+    sync::Once,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use deadpool_postgres::Pool;
+use registrar::{
+    config::{Secret, Settings},
+    seed::{self, SeedOptions, SeedReport},
+    startup::Application,
+    store,
+};
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Password of every seeded test student.
+pub const PASSWORD: &str = "test-password-1";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+/// Test databases are named `regtest_<unix seconds>_<random>`; ones older
+/// than this are left-overs of killed runs and are dropped.
+const STALE_AFTER_SECS: u64 = 3600;
+
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let settings = registrar::config::LogSettings {
+                format: registrar::config::LogFormat::Pretty,
+                level: "debug".into(),
+            };
+            registrar::telemetry::init(&settings, std::io::stdout);
+        }
+    });
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must be reachable at TEST_DATABASE_URL");
+    tokio::spawn(connection);
+    client
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A database of one test, dropped when this guard is.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        drop_database_blocking(self.name.clone());
+    }
+}
+
+/// Creates an empty database for one test.
+pub async fn create_database() -> TestDatabase {
+    let client = admin_client().await;
+    drop_stale_databases(&client).await;
+    let name = format!("regtest_{}_{}", now_secs(), Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .expect("failed to create the test database");
+    let url = database_url_for(&name);
+    TestDatabase { name, url }
+}
+
+fn database_url_for(name: &str) -> String {
+    let base = admin_database_url();
+    let (prefix, _) = base.rsplit_once('/').expect("TEST_DATABASE_URL has a path");
+    format!("{prefix}/{name}")
+}
+
+async fn drop_stale_databases(client: &tokio_postgres::Client) {
+    let rows = client
+        .query(
+            "select datname from pg_database where datname like 'regtest\\_%'",
+            &[],
+        )
+        .await
+        .unwrap_or_default();
+    let cutoff = now_secs().saturating_sub(STALE_AFTER_SECS);
+    for row in rows {
+        let name: String = row.get(0);
+        let created = name
+            .split('_')
+            .nth(1)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        if created < cutoff {
+            let _ = client
+                .batch_execute(&format!("drop database if exists {name} with (force)"))
+                .await;
+        }
+    }
+}
+
+/// Drops a test database from a thread of its own (usable from `Drop`).
+fn drop_database_blocking(name: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = admin_client().await;
+            let _ = client
+                .batch_execute(&format!("drop database if exists {name} with (force)"))
+                .await;
+        });
+    })
+    .join();
+}
+
+/// Deletes every key of a test namespace.
+fn delete_namespace_blocking(url: &str, namespace: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+}
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Settings for a test: the repository's config with `APP_ENV=test`.
+pub fn test_settings(database_url: &str) -> Settings {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut settings = Settings::load_from(&dir, "test").expect("test configuration is valid");
+    settings.http.port = 0;
+    settings.database.url = Secret::new(database_url);
+    settings.redis.url = Secret::new(redis_url());
+    settings.redis.namespace = format!("t{}", Uuid::new_v4().simple());
+    settings
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub settings: Settings,
+    pub db: Pool,
+    /// Dropped (with the database) after the server and the pool are gone.
+    database: Option<TestDatabase>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the application after `customize` has adjusted its settings.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    init_logging();
+    let database = create_database().await;
+    let url = database.url.clone();
+    let mut settings = test_settings(&url);
+    customize(&mut settings);
+    let app = Application::build(settings.clone())
+        .await
+        .expect("the application builds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        db: store::pool(&test_settings(&url).database).unwrap(),
+        settings,
+        database: Some(database),
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        self.db.close();
+        drop(self.database.take());
+        delete_namespace_blocking(
+            self.settings.redis.url.expose(),
+            &self.settings.redis.namespace,
+        );
+    }
+}
+
+/// A seeded catalog: one open semester, sections, students `S0000001..`, an admin.
+pub struct Seeded {
+    pub report: SeedReport,
+    pub admin_token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Seeds `students` students and 2 courses × 2 sections of `seats` seats.
+    pub async fn seed(&self, students: usize, seats: i32) -> Seeded {
+        let report = seed::seed(
+            &self.db,
+            &SeedOptions {
+                students,
+                courses: 2,
+                sections_per_course: 2,
+                seats,
+                waitlist: 5,
+                password: PASSWORD.into(),
+                admin_password: ADMIN_PASSWORD.into(),
+            },
+            |_, _| {},
+        )
+        .await
+        .expect("seeding works");
+        let admin_token = self.login_ok(seed::ADMIN_NUMBER, ADMIN_PASSWORD).await;
+        Seeded {
+            report,
+            admin_token,
+        }
+    }
+
+    pub async fn login(&self, student_number: &str, password: &str) -> Response {
+        self.http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({ "student_number": student_number, "password": password }))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Logs in and returns the access token.
+    pub async fn login_ok(&self, student_number: &str, password: &str) -> String {
+        let response = self.login(student_number, password).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "login of {student_number}"
+        );
+        let body: Value = response.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// A token for the `i`-th seeded student, and that student's id.
+    pub async fn student(&self, i: usize) -> (String, Uuid) {
+        let number = seed::student_number(i);
+        let token = self.login_ok(&number, PASSWORD).await;
+        let db = self.db.get().await.unwrap();
+        let (id, _) = store::students::id_by_number(&db, &number)
+            .await
+            .unwrap()
+            .expect("seeded student exists");
+        (token, id)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// POST with a raw body and content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &'static str,
+    ) -> Response {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+}
+
+/// Asserts a problem+json answer with `status` and `code`; returns the body.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+/// Polls `check` every 20 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

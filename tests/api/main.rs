@@ -1,0 +1,12 @@
+//! One integration-test binary: every test starts the real application on
+//! port 0 with its own database and Redis namespace (see `helpers`).
+//! Set TEST_LOG=1 to see the application's logs.
+
+mod admin;
+mod auth;
+mod catalog;
+mod helpers;
+mod input;
+mod migrations;
+mod probes;
+mod shutdown;

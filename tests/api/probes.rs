@@ -1,0 +1,158 @@
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use registrar::config::Secret;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{eventually, free_port, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn live_ready_and_health_answer_when_everything_is_up() {
+    let app = spawn_app().await;
+
+    let live = app.get("/live", None).await;
+    let ready = app.get("/ready", None).await;
+    let health = app.get("/health", None).await;
+
+    assert_eq!(live.status(), StatusCode::OK);
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(health.status(), StatusCode::OK);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["components"]["redis"]["status"], "up");
+    assert_eq!(health["components"]["postgres"]["status"], "up");
+    assert!(health["components"]["redis"]["latency_ms"].is_number());
+    assert!(health["components"]["postgres"]["latency_ms"].is_number());
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_descriptions_and_request_counts() {
+    let app = spawn_app().await;
+    app.get("/live", None).await;
+
+    let response = app.get("/metrics", None).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("# HELP http_requests_total"), "{text}");
+    assert!(
+        text.contains("# TYPE http_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"http_requests_total{route="/live",method="GET",status="200"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("http_request_duration_seconds_bucket{"),
+        "{text}"
+    );
+}
+
+/// A private redis-server on a free port, killed on drop.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        Self { child, port }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn ready_turns_503_when_redis_becomes_unreachable_and_recovers_when_it_returns() {
+    let mut redis = PrivateRedis::start();
+    let port = redis.port;
+    let app =
+        spawn_app_with(|s| s.redis.url = Secret::new(format!("redis://127.0.0.1:{port}/0"))).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.get("/ready", None).await.status() == StatusCode::OK
+        })
+        .await,
+        "ready while the private Redis runs"
+    );
+
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+
+    let ready = app.get("/ready", None).await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health = app.get("/health", None).await;
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["components"]["redis"]["status"], "down");
+    assert_eq!(app.get("/live", None).await.status(), StatusCode::OK);
+
+    let _restarted = PrivateRedis::start_on(port);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.get("/ready", None).await.status() == StatusCode::OK
+        })
+        .await,
+        "ready again after Redis returned"
+    );
+}
+
+#[tokio::test]
+async fn ready_is_503_when_redis_was_never_reachable() {
+    let port = free_port();
+    let app =
+        spawn_app_with(|s| s.redis.url = Secret::new(format!("redis://127.0.0.1:{port}/0"))).await;
+
+    let ready = app.get("/ready", None).await;
+
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+}
+
+#[tokio::test]
+async fn health_is_degraded_but_ready_while_postgres_is_unreachable() {
+    let port = free_port();
+    let app = spawn_app_with(|s| {
+        s.database.url = Secret::new(format!("postgres://postgres@127.0.0.1:{port}/nothing"));
+        s.database.migrate_on_start = false;
+        s.database.connect_timeout_ms = 500;
+    })
+    .await;
+
+    let health = app.get("/health", None).await;
+    let ready = app.get("/ready", None).await;
+
+    assert_eq!(health.status(), StatusCode::OK);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["components"]["postgres"]["status"], "down");
+    assert_eq!(ready.status(), StatusCode::OK);
+}
