@@ -24,6 +24,7 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 pub struct Settings {
     pub http: HttpSettings,
     pub api: ApiSettings,
+    pub sync: SyncSettings,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub auth: AuthSettings,
@@ -57,6 +58,26 @@ pub struct ApiSettings {
     pub max_bulk_students: usize,
     pub default_page_size: i64,
     pub max_page_size: i64,
+    /// Sections one `POST /register` may name.
+    pub max_sections_per_request: usize,
+    /// Lifetime of an idempotency claim whose request never finished.
+    pub idempotency_running_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Persistence shards (queue + task each).
+    pub shards: usize,
+    /// Jobs per shard queue.
+    pub queue_capacity: usize,
+    /// Events per PostgreSQL transaction.
+    pub batch_size: usize,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub sweep_interval_ms: u64,
+    pub sweep_min_age_ms: u64,
+    pub drain_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,7 +222,20 @@ impl Settings {
                 "must not exceed api.max_page_size",
             ));
         }
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 19] = [
+            (
+                "api.max_sections_per_request",
+                self.api.max_sections_per_request as u64,
+            ),
+            (
+                "api.idempotency_running_ttl_secs",
+                self.api.idempotency_running_ttl_secs,
+            ),
+            ("sync.shards", self.sync.shards as u64),
+            ("sync.queue_capacity", self.sync.queue_capacity as u64),
+            ("sync.batch_size", self.sync.batch_size as u64),
+            ("sync.retry_base_ms", self.sync.retry_base_ms),
+            ("sync.sweep_interval_ms", self.sync.sweep_interval_ms),
             ("api.max_bulk_students", self.api.max_bulk_students as u64),
             (
                 "api.default_page_size",

@@ -34,4 +34,5 @@ pub mod seats;
 pub mod seed;
 pub mod startup;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

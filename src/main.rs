@@ -180,13 +180,16 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             } else {
                 student_number
             };
-            let (id, role) = match (number, student_id) {
+            let (id, role, active) = match (number, student_id) {
                 (Some(number), _) => store::students::id_by_number(&db, &number)
                     .await?
                     .with_context(|| format!("no student with number {number}"))?,
                 (None, Some(id)) => {
                     let row = db
-                        .query_opt("select role from students where id = $1", &[&id])
+                        .query_opt(
+                            "select role, enrollment_status = 'active' from students where id = $1",
+                            &[&id],
+                        )
                         .await?
                         .with_context(|| format!("no student with id {id}"))?;
                     let role: String = row.get(0);
@@ -194,6 +197,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                         id,
                         registrar::domain::Role::parse(&role)
                             .unwrap_or(registrar::domain::Role::Student),
+                        row.get(1),
                     )
                 }
                 (None, None) => {
@@ -202,7 +206,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             };
             let ttl = Duration::from_secs(ttl_secs.unwrap_or(settings.auth.token_ttl_secs));
             let tokens = Tokens::new(settings.auth.jwt_secret.expose().as_bytes(), ttl);
-            println!("{}", tokens.mint(id, role));
+            println!("{}", tokens.mint(id, role, active));
             Ok(())
         }
     }

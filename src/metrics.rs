@@ -14,6 +14,24 @@ pub const DEPENDENCY_UP: &str = "dependency_up";
 pub const DEPENDENCY_LATENCY: &str = "dependency_check_duration_seconds";
 pub const LOGINS: &str = "auth_logins_total";
 pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
+pub const REGISTRATIONS: &str = "registrations_total";
+pub const DROPS: &str = "drops_total";
+pub const SCRIPT_DURATION: &str = "redis_script_duration_seconds";
+pub const QUEUE_DEPTH: &str = "persistence_queue_depth";
+pub const QUEUE_FULL: &str = "persistence_queue_full_total";
+pub const PERSIST_LAG: &str = "persistence_lag_seconds";
+pub const BATCH_SIZE: &str = "persistence_batch_size";
+pub const EVENTS_APPLIED: &str = "persistence_events_applied_total";
+pub const WRITE_RETRIES: &str = "persistence_write_retries_total";
+pub const VERSION_CONFLICTS: &str = "persistence_version_conflicts_total";
+pub const COMPENSATIONS: &str = "compensations_total";
+pub const DEAD_LETTERS: &str = "dead_letters_total";
+pub const OUTBOX_BACKLOG: &str = "outbox_backlog";
+pub const OUTBOX_OLDEST_AGE: &str = "outbox_oldest_age_seconds";
+pub const SWEEPER_REQUEUED: &str = "sweeper_requeued_total";
+pub const SECTIONS_LOADED: &str = "warmup_sections_loaded_total";
+pub const RECONCILE_DRIFT: &str = "reconcile_drift_sections";
+pub const IDEMPOTENT_REPLAYS: &str = "idempotent_replays_total";
 
 /// Latency buckets from 100 µs to 10 s: the hot path answers in well under a
 /// millisecond, the slow tail (timeouts) is seconds.
@@ -64,6 +82,75 @@ fn describe() {
     describe_counter!(
         LOGINS,
         "Login attempts by outcome (success, invalid, error)."
+    );
+    describe_counter!(
+        REGISTRATIONS,
+        "Per-section registration results by outcome (enrolled, waitlisted, already_*, rejected_*)."
+    );
+    describe_counter!(
+        DROPS,
+        "Drop requests by outcome (dropped, promoted, left_waitlist, not_registered)."
+    );
+    describe_histogram!(
+        SCRIPT_DURATION,
+        Unit::Seconds,
+        "Round trip of each Lua script call (EVALSHA), by script."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Jobs waiting in each persistence shard's queue, by shard."
+    );
+    describe_counter!(
+        QUEUE_FULL,
+        "Jobs not queued because the shard was full; the sweeper picks them up from the outbox."
+    );
+    describe_histogram!(
+        PERSIST_LAG,
+        Unit::Seconds,
+        "Time from a seat change in Redis to its commit in PostgreSQL."
+    );
+    describe_histogram!(BATCH_SIZE, "Events written per PostgreSQL transaction.");
+    describe_counter!(
+        EVENTS_APPLIED,
+        "Outbox events applied to PostgreSQL, by kind."
+    );
+    describe_counter!(
+        WRITE_RETRIES,
+        "PostgreSQL batch writes retried after a transient failure (outage, timeout, serialization)."
+    );
+    describe_counter!(
+        VERSION_CONFLICTS,
+        "Optimistic checks on a section row that found another writer first."
+    );
+    describe_counter!(
+        COMPENSATIONS,
+        "Events undone in Redis after a permanent write failure, by result."
+    );
+    describe_counter!(DEAD_LETTERS, "Events written to the dead_letters table.");
+    describe_gauge!(
+        OUTBOX_BACKLOG,
+        "Outbox entries not yet persisted, over all sections."
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest outbox entry not yet persisted."
+    );
+    describe_counter!(
+        SWEEPER_REQUEUED,
+        "Sections the sweeper handed back to the workers."
+    );
+    describe_counter!(
+        SECTIONS_LOADED,
+        "Sections whose Redis state was built from PostgreSQL."
+    );
+    describe_gauge!(
+        RECONCILE_DRIFT,
+        "Sections whose Redis and PostgreSQL state differed at the last reconcile."
+    );
+    describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        "Requests answered from a stored idempotent response."
     );
     describe_gauge!(
         DB_POOL_CONNECTIONS,

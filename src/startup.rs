@@ -23,6 +23,10 @@ use crate::{
     http, metrics,
     seats::Redis,
     store,
+    sync::{
+        sweeper::{Backlog, Sweeper},
+        warmup, Persistence, Workers,
+    },
 };
 
 /// Shared by every request handler.
@@ -33,9 +37,15 @@ pub struct AppState {
     pub tokens: Tokens,
     pub passwords: Passwords,
     pub metrics: PrometheusHandle,
+    pub persistence: Persistence,
+    pub backlog: Arc<Backlog>,
+    /// Loads sections Redis lacks when a request needs them.
+    pub loader: Arc<warmup::Loader>,
     pub started: Instant,
     /// Set when shutdown begins: `/ready` answers 503 from then on.
     shutting_down: AtomicBool,
+    /// Set once the scripts are loaded and warm-up finished: `/ready` needs it.
+    warmed_up: AtomicBool,
 }
 
 impl AppState {
@@ -46,12 +56,22 @@ impl AppState {
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
+
+    pub fn is_warmed_up(&self) -> bool {
+        self.warmed_up.load(Ordering::Relaxed)
+    }
 }
+
+/// Pause between two warm-up attempts while Redis or PostgreSQL is away.
+const WARMUP_RETRY: Duration = Duration::from_secs(1);
 
 /// A bound, wired, not yet serving application.
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    workers: Workers,
+    sweeper: Sweeper,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Application {
@@ -80,6 +100,19 @@ impl Application {
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("failed to bind {addr} (http.host, http.port)"))?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (persistence, workers) =
+            Persistence::start(&settings.sync, db.clone(), redis.clone(), stop_rx);
+        let backlog = Arc::new(Backlog::default());
+        let loader = Arc::new(warmup::Loader::new(db.clone(), redis.clone()));
+        let sweeper = Sweeper {
+            loader: loader.clone(),
+            db: db.clone(),
+            redis: redis.clone(),
+            persistence: persistence.clone(),
+            settings: settings.sync.clone(),
+            backlog: backlog.clone(),
+        };
         let state = AppState {
             tokens: Tokens::new(
                 settings.auth.jwt_secret.expose().as_bytes(),
@@ -89,6 +122,10 @@ impl Application {
             metrics: metrics::install(),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            warmed_up: AtomicBool::new(false),
+            persistence,
+            backlog,
+            loader: loader.clone(),
             db,
             redis,
             settings,
@@ -96,6 +133,9 @@ impl Application {
         Ok(Self {
             listener,
             state: Arc::new(state),
+            workers,
+            sweeper,
+            stop,
         })
     }
 
@@ -109,13 +149,55 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains and closes the pools.
+    /// Serves until `shutdown` resolves; then stops accepting, finishes
+    /// in-flight requests, lets the shards drain into PostgreSQL (bounded by
+    /// `sync.drain_timeout_ms`; the rest stays in the outbox) and closes the pools.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "listening");
+        let warm = tokio::spawn(warm_up(self.state.clone()));
+        let sweeper = tokio::spawn(self.sweeper.run(self.stop.subscribe()));
         http::server::serve(self.listener, self.state.clone(), shutdown).await;
+        warm.abort();
+        let _ = self.stop.send(true);
+        let deadline = Duration::from_millis(self.state.settings.sync.drain_timeout_ms);
+        if self.workers.join(deadline).await {
+            tracing::info!("persistence queues drained");
+        } else {
+            tracing::warn!(
+                "drain deadline passed; the rest stays in the outbox for the next start"
+            );
+        }
+        let _ = sweeper.await;
         self.state.db.close();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Loads the scripts and every active section Redis lacks, retrying until
+/// both Redis and PostgreSQL answer; `/ready` turns 200 after.
+async fn warm_up(state: Arc<AppState>) {
+    loop {
+        let attempt = async {
+            state.redis.load_scripts().await?;
+            state.loader.warm_up().await
+        };
+        match attempt.await {
+            Ok(warmed) => {
+                tracing::info!(
+                    loaded = warmed.loaded,
+                    present = warmed.present,
+                    blocked = warmed.blocked,
+                    "warm-up done"
+                );
+                state.warmed_up.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "warm-up failed; retrying");
+                tokio::time::sleep(WARMUP_RETRY).await;
+            }
+        }
     }
 }
 

@@ -14,8 +14,16 @@ pub struct Claims {
     /// Student id (admins are rows of `students` with role admin).
     pub sub: Uuid,
     pub role: Role,
+    /// Whether the account may register (enrollment_status active). Read at
+    /// login so the hot path never asks PostgreSQL; absent means yes.
+    #[serde(default = "yes")]
+    pub act: bool,
     pub iat: i64,
     pub exp: i64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Who is calling, once the token checked out.
@@ -23,6 +31,8 @@ pub struct Claims {
 pub struct Principal {
     pub student_id: Uuid,
     pub role: Role,
+    /// The account may register (see [`Claims::act`]).
+    pub may_register: bool,
 }
 
 impl Principal {
@@ -66,11 +76,12 @@ impl Tokens {
     }
 
     /// A token for `student_id` valid for the configured lifetime.
-    pub fn mint(&self, student_id: Uuid, role: Role) -> String {
+    pub fn mint(&self, student_id: Uuid, role: Role, active: bool) -> String {
         let now = chrono::Utc::now().timestamp();
         self.mint_claims(&Claims {
             sub: student_id,
             role,
+            act: active,
             iat: now,
             exp: now + self.ttl.as_secs() as i64,
         })
@@ -87,6 +98,7 @@ impl Tokens {
             Ok(data) => Ok(Principal {
                 student_id: data.claims.sub,
                 role: data.claims.role,
+                may_register: data.claims.act,
             }),
             Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                 Err(TokenError::Expired)
@@ -109,12 +121,15 @@ mod tests {
     #[test]
     fn a_minted_token_verifies_to_its_principal() {
         let id = Uuid::new_v4();
-        let p = tokens().verify(&tokens().mint(id, Role::Admin)).unwrap();
+        let p = tokens()
+            .verify(&tokens().mint(id, Role::Admin, true))
+            .unwrap();
         assert_eq!(
             p,
             Principal {
                 student_id: id,
-                role: Role::Admin
+                role: Role::Admin,
+                may_register: true
             }
         );
     }
@@ -125,6 +140,7 @@ mod tests {
         let t = tokens().mint_claims(&Claims {
             sub: Uuid::new_v4(),
             role: Role::Student,
+            act: true,
             iat: now - 120,
             exp: now - 1,
         });
@@ -134,7 +150,7 @@ mod tests {
     #[test]
     fn a_token_signed_with_another_key_is_invalid() {
         let other = Tokens::new(b"another-secret-another-secret-!!", Duration::from_secs(60));
-        let t = other.mint(Uuid::new_v4(), Role::Admin);
+        let t = other.mint(Uuid::new_v4(), Role::Admin, true);
         assert_eq!(tokens().verify(&t), Err(TokenError::Invalid));
     }
 

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::{auth::authenticate_admin, body, json, ApiError, ApiResult};
 use crate::{
     domain::{check_text, EnrollmentStatus, Role},
+    seats::Resize,
     startup::AppState,
     store::{self, catalog, students},
 };
@@ -174,6 +175,12 @@ pub async fn create_section(state: &AppState, req: &Parts, body: Incoming) -> Ap
     let created = catalog::section_by_id(&db, id)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("section {id} vanished after insert")))?;
+    drop(db);
+    // Ready for registrations at once; if Redis is away now, the first
+    // registration loads it instead.
+    if let Err(e) = state.loader.ensure(&[id]).await {
+        tracing::warn!(error = %e, section = %id, "new section not loaded into Redis yet");
+    }
     json(StatusCode::CREATED, &created)
 }
 
@@ -291,6 +298,95 @@ pub async fn create_students(state: &AppState, req: &Parts, body: Incoming) -> A
                     student_number: r.student_number,
                 })
                 .collect(),
+        },
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateSection {
+    total_seats: Option<i32>,
+    waitlist_limit: Option<i32>,
+    is_active: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct UpdatedSection {
+    #[serde(flatten)]
+    section: catalog::Section,
+    /// Waitlisted students who took the new seats, in order.
+    promoted_student_ids: Vec<Uuid>,
+}
+
+/// Capacity, waitlist limit and active flag go through `resize.lua`, so new
+/// seats reach the waitlist head first and the change is ordered with every
+/// registration in the section's outbox; PostgreSQL follows from there.
+pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: Uuid) -> ApiResult {
+    authenticate_admin(state, &req.headers)?;
+    let u: UpdateSection = body::json(req, body, state.settings.http.max_body_bytes).await?;
+    if u.total_seats.is_none() && u.waitlist_limit.is_none() && u.is_active.is_none() {
+        return Err(validation(
+            "name at least one of total_seats, waitlist_limit, is_active".into(),
+        ));
+    }
+    if u.total_seats
+        .is_some_and(|n| !(0..=MAX_SECTION_SEATS).contains(&n))
+    {
+        return Err(validation(format!(
+            "total_seats must be between 0 and {MAX_SECTION_SEATS}"
+        )));
+    }
+    if u.waitlist_limit
+        .is_some_and(|n| !(0..=MAX_WAITLIST).contains(&n))
+    {
+        return Err(validation(format!(
+            "waitlist_limit must be between 0 and {MAX_WAITLIST}"
+        )));
+    }
+    if !state.redis.is_loaded(id).await? {
+        let known = state
+            .loader
+            .ensure(&[id])
+            .await
+            .map_err(|e| ApiError::Internal(e.context("failed to load a section")))?;
+        if known.is_empty() {
+            return Err(ApiError::not_found("section"));
+        }
+    }
+    let now = crate::http::registration::now_ms();
+    let promoted = match state
+        .redis
+        .resize(id, u.total_seats, u.waitlist_limit, u.is_active, now)
+        .await?
+    {
+        Resize::Resized { promoted, .. } => promoted,
+        Resize::BelowEnrolled { enrolled } => {
+            return Err(ApiError::Conflict {
+                code: "below_enrolled",
+                detail: format!("{enrolled} students are enrolled; capacity cannot go below that"),
+            })
+        }
+        Resize::NotLoaded => {
+            return Err(ApiError::Unavailable {
+                code: "section_unavailable",
+                detail: "the section is being reloaded; retry shortly",
+                retry_after_secs: 1,
+            })
+        }
+    };
+    // The config and promote events carry values only the script knows:
+    // let the shard read them from the outbox.
+    state.persistence.catch_up(id);
+    let db = state.db.get().await?;
+    let mut section = catalog::section_by_id(&db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("section"))?;
+    crate::http::catalog::overlay_live(state, std::slice::from_mut(&mut section)).await;
+    json(
+        StatusCode::OK,
+        &UpdatedSection {
+            section,
+            promoted_student_ids: promoted,
         },
     )
 }

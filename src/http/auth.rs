@@ -81,17 +81,17 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     let account = store::students::credentials(&db, login.student_number.trim()).await?;
     drop(db);
     let (hash, identity) = match account {
-        Some(c) => (Some(c.password_hash), Some((c.id, c.role))),
+        Some(c) => (Some(c.password_hash), Some((c.id, c.role, c.active))),
         None => (None, None),
     };
     let ok = state.passwords.verify(hash, login.password).await?;
     match identity {
-        Some((id, role)) if ok => {
+        Some((id, role, active)) if ok => {
             metrics::counter!(LOGINS, "outcome" => "success").increment(1);
             json(
                 StatusCode::OK,
                 &LoginResponse {
-                    access_token: state.tokens.mint(id, role),
+                    access_token: state.tokens.mint(id, role, active),
                     token_type: "Bearer",
                     expires_in: state.tokens.ttl().as_secs(),
                 },

@@ -12,6 +12,26 @@ struct List<T> {
     items: Vec<T>,
 }
 
+/// Replaces PostgreSQL's persisted counts with Redis's live ones where Redis
+/// has the section. If Redis is away the persisted counts stay (`live: false`).
+pub async fn overlay_live(state: &AppState, sections: &mut [catalog::Section]) {
+    let ids: Vec<Uuid> = sections.iter().map(|s| s.id).collect();
+    match state.redis.live_counts(&ids).await {
+        Ok(counts) => {
+            for (section, live) in sections.iter_mut().zip(counts) {
+                if let Some(live) = live {
+                    section.total_seats = live.capacity as i32;
+                    section.enrolled = live.enrolled as i32;
+                    section.seats_available = live.seats_available as i32;
+                    section.waitlist_length = live.waitlist_length as i32;
+                    section.live = true;
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "live counts unavailable; showing persisted counts"),
+    }
+}
+
 pub async fn semesters(state: &AppState, req: &Parts) -> ApiResult {
     authenticate(state, &req.headers)?;
     let db = state.db.get().await?;
@@ -34,17 +54,21 @@ pub async fn semester_sections(state: &AppState, req: &Parts, id: Uuid) -> ApiRe
     if catalog::semester_by_id(&db, id).await?.is_none() {
         return Err(ApiError::not_found("semester"));
     }
-    let items = catalog::sections_of_semester(&db, id).await?;
+    let mut items = catalog::sections_of_semester(&db, id).await?;
+    drop(db);
+    overlay_live(state, &mut items).await;
     json(StatusCode::OK, &List { items })
 }
 
 pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     authenticate(state, &req.headers)?;
     let db = state.db.get().await?;
-    match catalog::section_by_id(&db, id).await? {
-        Some(section) => json(StatusCode::OK, &section),
-        None => Err(ApiError::not_found("section")),
-    }
+    let Some(mut section) = catalog::section_by_id(&db, id).await? else {
+        return Err(ApiError::not_found("section"));
+    };
+    drop(db);
+    overlay_live(state, std::slice::from_mut(&mut section)).await;
+    json(StatusCode::OK, &section)
 }
 
 #[derive(Deserialize)]
@@ -81,6 +105,10 @@ pub async fn available(state: &AppState, req: &Parts) -> ApiResult {
         offset,
     };
     let db = state.db.get().await?;
-    let items = catalog::available_sections(&db, &filter).await?;
+    let mut items = catalog::available_sections(&db, &filter).await?;
+    drop(db);
+    overlay_live(state, &mut items).await;
+    // PostgreSQL lags Redis: a section it still shows open may be full now.
+    items.retain(|s| s.seats_available > 0);
     json(StatusCode::OK, &List { items })
 }

@@ -173,6 +173,17 @@ impl From<deadpool_postgres::PoolError> for ApiError {
     }
 }
 
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        tracing::warn!(error = %e, "Redis unavailable");
+        ApiError::Unavailable {
+            code: "redis_unavailable",
+            detail: "registration is temporarily unavailable; retry shortly",
+            retry_after_secs: 1,
+        }
+    }
+}
+
 fn database_unavailable() -> ApiError {
     ApiError::Unavailable {
         code: "database_unavailable",

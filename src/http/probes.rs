@@ -5,7 +5,10 @@
 //! - `/health`: each component with its status and check latency; `degraded`
 //!   (still 200) while PostgreSQL is away, because registration runs on Redis.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -86,6 +89,12 @@ pub async fn ready(state: &AppState) -> ApiResult {
             &serde_json::json!({ "status": "not_ready", "reason": "shutting down" }),
         );
     }
+    if !state.is_warmed_up() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "not_ready", "reason": "warming up" }),
+        );
+    }
     let redis = check_redis(state).await;
     if redis.up() {
         json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
@@ -104,12 +113,32 @@ struct Components {
 }
 
 #[derive(Serialize)]
+struct Queues {
+    /// Jobs waiting per persistence shard.
+    depths: Vec<usize>,
+    total: usize,
+}
+
+#[derive(Serialize)]
+struct Outbox {
+    /// Events in Redis not yet in PostgreSQL (as of the last sweep).
+    backlog: u64,
+    /// Age of the oldest of them: how far PostgreSQL lags behind.
+    oldest_age_seconds: f64,
+    /// Seconds since the sweeper last looked (null before its first sweep).
+    last_sweep_seconds_ago: Option<f64>,
+}
+
+#[derive(Serialize)]
 struct Health {
     status: &'static str,
     version: &'static str,
     uptime_seconds: u64,
     shutting_down: bool,
+    warmed_up: bool,
     components: Components,
+    queues: Queues,
+    outbox: Outbox,
 }
 
 pub async fn health(state: &AppState) -> ApiResult {
@@ -119,6 +148,11 @@ pub async fn health(state: &AppState) -> ApiResult {
         (true, false) => ("degraded", StatusCode::OK),
         (false, _) => ("down", StatusCode::SERVICE_UNAVAILABLE),
     };
+    let depths = state.persistence.depths();
+    let now = chrono::Utc::now().timestamp_millis();
+    let oldest = state.backlog.oldest_ms.load(Ordering::Relaxed);
+    let swept = state.backlog.swept_ms.load(Ordering::Relaxed);
+    let seconds_since = |ms: i64| (now - ms).max(0) as f64 / 1000.0;
     json(
         code,
         &Health {
@@ -126,7 +160,21 @@ pub async fn health(state: &AppState) -> ApiResult {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: state.started.elapsed().as_secs(),
             shutting_down: state.is_shutting_down(),
+            warmed_up: state.is_warmed_up(),
             components: Components { redis, postgres },
+            queues: Queues {
+                total: depths.iter().sum(),
+                depths,
+            },
+            outbox: Outbox {
+                backlog: state.backlog.entries.load(Ordering::Relaxed),
+                oldest_age_seconds: if oldest == 0 {
+                    0.0
+                } else {
+                    seconds_since(oldest)
+                },
+                last_sweep_seconds_ago: (swept != 0).then(|| seconds_since(swept)),
+            },
         },
     )
 }

@@ -6,7 +6,9 @@ use std::{convert::Infallible, sync::Arc, time::Instant};
 use hyper::{body::Incoming, header::HeaderValue, http::request::Parts, Method, Request, Response};
 use tracing::Instrument;
 
-use super::{admin, auth, catalog, path_id, probes, students, ApiError, ApiResult, Body};
+use super::{
+    admin, auth, catalog, path_id, probes, registration, students, ApiError, ApiResult, Body,
+};
 use crate::{
     metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS},
     startup::AppState,
@@ -20,6 +22,8 @@ enum Route<'a> {
     Health,
     Metrics,
     Login,
+    Register,
+    RegisterDrop,
     Semesters,
     Semester(&'a str),
     SemesterSections(&'a str),
@@ -30,6 +34,7 @@ enum Route<'a> {
     AdminSemesters,
     AdminCourses,
     AdminSections,
+    AdminSection(&'a str),
     AdminStudents,
 }
 
@@ -52,6 +57,8 @@ impl<'a> Route<'a> {
             [Some("metrics"), None, ..] => Metrics,
             [Some("api"), Some("v1"), Some(a), b, c, None] => match (a, b, c) {
                 ("auth", Some("login"), None) => Login,
+                ("register", None, None) => Register,
+                ("register", Some("drop"), None) => RegisterDrop,
                 ("semesters", None, None) => Semesters,
                 ("semesters", Some(id), None) => Semester(id),
                 ("semesters", Some(id), Some("sections")) => SemesterSections(id),
@@ -62,6 +69,7 @@ impl<'a> Route<'a> {
                 ("admin", Some("semesters"), None) => AdminSemesters,
                 ("admin", Some("courses"), None) => AdminCourses,
                 ("admin", Some("sections"), None) => AdminSections,
+                ("admin", Some("sections"), Some(id)) => AdminSection(id),
                 ("admin", Some("students"), None) => AdminStudents,
                 _ => return None,
             },
@@ -77,6 +85,8 @@ impl<'a> Route<'a> {
             Route::Health => "/health",
             Route::Metrics => "/metrics",
             Route::Login => "/api/v1/auth/login",
+            Route::Register => "/api/v1/register",
+            Route::RegisterDrop => "/api/v1/register/drop",
             Route::Semesters => "/api/v1/semesters",
             Route::Semester(_) => "/api/v1/semesters/{id}",
             Route::SemesterSections(_) => "/api/v1/semesters/{id}/sections",
@@ -87,13 +97,17 @@ impl<'a> Route<'a> {
             Route::AdminSemesters => "/api/v1/admin/semesters",
             Route::AdminCourses => "/api/v1/admin/courses",
             Route::AdminSections => "/api/v1/admin/sections",
+            Route::AdminSection(_) => "/api/v1/admin/sections/{id}",
             Route::AdminStudents => "/api/v1/admin/students",
         }
     }
 
     fn allowed(&self) -> (&'static [Method], &'static str) {
         match self {
+            Route::AdminSection(_) => (&[Method::PATCH], "PATCH"),
             Route::Login
+            | Route::Register
+            | Route::RegisterDrop
             | Route::AdminSemesters
             | Route::AdminCourses
             | Route::AdminSections
@@ -237,6 +251,8 @@ async fn dispatch(
         Route::Health => probes::health(state).await,
         Route::Metrics => probes::metrics(state),
         Route::Login => auth::login(state, req, body).await,
+        Route::Register => registration::register(state, req, body).await,
+        Route::RegisterDrop => registration::drop(state, req, body).await,
         Route::Semesters => catalog::semesters(state, req).await,
         Route::Semester(id) => catalog::semester(state, req, path_id(id)?).await,
         Route::SemesterSections(id) => catalog::semester_sections(state, req, path_id(id)?).await,
@@ -247,6 +263,7 @@ async fn dispatch(
         Route::AdminSemesters => admin::create_semester(state, req, body).await,
         Route::AdminCourses => admin::create_course(state, req, body).await,
         Route::AdminSections => admin::create_section(state, req, body).await,
+        Route::AdminSection(id) => admin::update_section(state, req, body, path_id(id)?).await,
         Route::AdminStudents => admin::create_students(state, req, body).await,
     }
 }

@@ -1,16 +1,26 @@
-//! A student's own registrations and waitlist entries. Another student's
-//! resources answer 404, exactly like an unknown student: nothing leaks.
+//! A student's own registrations and waitlist entries, live from Redis with
+//! the persistence state of each (pending, persisted, reverted with reason).
+//! Another student's resources answer 404, exactly like an unknown student:
+//! nothing leaks.
+
+use std::collections::HashMap;
 
 use hyper::{http::request::Parts, StatusCode};
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::{auth::authenticate, json, ApiError, ApiResult};
-use crate::{startup::AppState, store::students};
+use crate::{
+    seats::StudentStanding,
+    startup::AppState,
+    store::students::{self, SectionLabel},
+};
 
 #[derive(Serialize)]
 struct List<T> {
     items: Vec<T>,
+    /// False when Redis was unreachable and only persisted data is shown.
+    live: bool,
 }
 
 fn ensure_may_read(state: &AppState, req: &Parts, student_id: Uuid) -> Result<(), ApiError> {
@@ -22,16 +32,162 @@ fn ensure_may_read(state: &AppState, req: &Parts, student_id: Uuid) -> Result<()
     }
 }
 
+#[derive(Serialize)]
+struct RegistrationView {
+    section_id: Uuid,
+    course_code: String,
+    course_name: String,
+    section_number: String,
+    /// enrolled | dropped | reverted
+    status: &'static str,
+    /// pending (not yet in PostgreSQL) | persisted | reverted
+    persistence: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct WaitlistView {
+    section_id: Uuid,
+    course_code: String,
+    section_number: String,
+    /// Live position, 1-based.
+    position: i64,
+    persistence: &'static str,
+}
+
+/// Sections to look at: those PostgreSQL has for the student plus those the
+/// student registered in through Redis; and Redis's standing in each.
+async fn standings(
+    state: &AppState,
+    student: Uuid,
+    persisted: impl Iterator<Item = Uuid>,
+) -> (Vec<Uuid>, Option<Vec<StudentStanding>>) {
+    let mut sections: Vec<Uuid> = persisted.collect();
+    let live = async {
+        let remembered = state.redis.remembered_sections(student).await?;
+        for s in remembered {
+            if !sections.contains(&s) {
+                sections.push(s);
+            }
+        }
+        state.redis.standings(student, &sections).await
+    }
+    .await;
+    match live {
+        Ok(standings) => (sections, Some(standings)),
+        Err(e) => {
+            tracing::debug!(error = %e, "Redis unavailable; showing persisted registrations");
+            (sections, None)
+        }
+    }
+}
+
 pub async fn registrations(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     ensure_may_read(state, req, id)?;
     let db = state.db.get().await?;
-    let items = students::registrations(&db, id).await?;
-    json(StatusCode::OK, &List { items })
+    let persisted = students::registrations(&db, id).await?;
+    let by_section: HashMap<Uuid, &students::Registration> =
+        persisted.iter().map(|r| (r.section_id, r)).collect();
+    let (sections, live) = standings(state, id, persisted.iter().map(|r| r.section_id)).await;
+    let labels = students::section_labels(&db, &sections).await?;
+    let mut items = Vec::new();
+    for (i, section) in sections.iter().enumerate() {
+        let pg = by_section.get(section).map(|r| r.status.as_str());
+        let (status, persistence, reason) = match live.as_ref().map(|l| &l[i]) {
+            Some(st) if st.enrolled => (
+                "enrolled",
+                if pg == Some("enrolled") {
+                    "persisted"
+                } else {
+                    "pending"
+                },
+                None,
+            ),
+            Some(st) if st.waitlist_position.is_some() => continue,
+            Some(StudentStanding {
+                reverted_reason: Some(reason),
+                ..
+            }) if pg != Some("enrolled") => ("reverted", "reverted", Some(reason.clone())),
+            Some(_) if pg == Some("enrolled") => ("dropped", "pending", None),
+            _ => match pg {
+                Some("enrolled") => ("enrolled", "persisted", None),
+                Some(_) => ("dropped", "persisted", None),
+                None => continue,
+            },
+        };
+        let Some(label) = labels.get(section) else {
+            continue;
+        };
+        items.push(RegistrationView {
+            section_id: *section,
+            course_code: label.course_code.clone(),
+            course_name: label.course_name.clone(),
+            section_number: label.section_number.clone(),
+            status,
+            persistence,
+            reason,
+        });
+    }
+    json(
+        StatusCode::OK,
+        &List {
+            items,
+            live: live.is_some(),
+        },
+    )
 }
 
 pub async fn waitlist(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     ensure_may_read(state, req, id)?;
     let db = state.db.get().await?;
-    let items = students::waitlist(&db, id).await?;
-    json(StatusCode::OK, &List { items })
+    let persisted = students::waitlist(&db, id).await?;
+    let positions: HashMap<Uuid, i32> = persisted
+        .iter()
+        .map(|w| (w.section_id, w.position))
+        .collect();
+    let (sections, live) = standings(state, id, persisted.iter().map(|w| w.section_id)).await;
+    let labels = students::section_labels(&db, &sections).await?;
+    let mut items = Vec::new();
+    for (i, section) in sections.iter().enumerate() {
+        let (position, persistence) = match live.as_ref().map(|l| &l[i]) {
+            Some(st) => match st.waitlist_position {
+                Some(p) => (
+                    p,
+                    if positions.contains_key(section) {
+                        "persisted"
+                    } else {
+                        "pending"
+                    },
+                ),
+                None => continue,
+            },
+            None => match positions.get(section) {
+                Some(p) => (i64::from(*p), "persisted"),
+                None => continue,
+            },
+        };
+        let Some(SectionLabel {
+            course_code,
+            section_number,
+            ..
+        }) = labels.get(section)
+        else {
+            continue;
+        };
+        items.push(WaitlistView {
+            section_id: *section,
+            course_code: course_code.clone(),
+            section_number: section_number.clone(),
+            position,
+            persistence,
+        });
+    }
+    json(
+        StatusCode::OK,
+        &List {
+            items,
+            live: live.is_some(),
+        },
+    )
 }

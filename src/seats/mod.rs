@@ -1,24 +1,68 @@
 //! The Redis side: the hot path's source of truth for seats, rosters and
-//! waitlists. One shared multiplexed connection serves every request; it
-//! pipelines commands from all tasks over one socket and reconnects by itself.
+//! waitlists, and each section's outbox of events for PostgreSQL.
+//!
+//! Two kinds of connection, chosen by measurement (SPEC §12):
+//! - one shared multiplexed connection ([`ConnectionManager`]) for the hot
+//!   path: it pipelines commands of all tasks over one socket and reconnects
+//!   by itself;
+//! - a small bb8 pool for bulk work (warm-up loads, outbox scans), so a large
+//!   reply or argument list never sits in front of a student's request on
+//!   the shared socket.
 
-use std::time::Duration;
+pub mod event;
+pub mod keys;
+pub mod scripts;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use bb8_redis::RedisConnectionManager;
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    streams::StreamRangeReply,
+    RedisResult,
+};
+use uuid::Uuid;
+
+pub use event::{Event, EventKind, SectionConfig};
+pub use scripts::{Compensate, Drop, Load, Reserve, Resize, Scripts, SectionSnapshot};
 
 use crate::config::RedisSettings;
+
+/// Connections for bulk work; few, because bulk work is rare and sequential.
+const BULK_POOL_SIZE: u32 = 4;
 
 /// Handle to Redis for the whole process; cheap to clone.
 #[derive(Clone)]
 pub struct Redis {
     conn: ConnectionManager,
+    bulk: bb8::Pool<RedisConnectionManager>,
     /// Prefix of every key this instance touches (`<ns>:{s:<id>}:...`).
-    namespace: String,
+    namespace: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+/// A section's live numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveCounts {
+    pub capacity: i64,
+    pub seats_available: i64,
+    pub enrolled: i64,
+    pub waitlist_length: i64,
+}
+
+/// Where a student stands in one section, according to Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StudentStanding {
+    pub enrolled: bool,
+    /// 1-based live position.
+    pub waitlist_position: Option<i64>,
+    /// Why an earlier registration was undone, if it was.
+    pub reverted_reason: Option<String>,
 }
 
 impl Redis {
-    /// Prepares the connection without waiting for Redis: the server starts
+    /// Prepares the connections without waiting for Redis: the server starts
     /// (and reports not ready) while Redis is down, and connects when it returns.
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.url.expose()).context("redis.url is invalid")?;
@@ -31,9 +75,17 @@ impl Redis {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .context("failed to set up the Redis connection")?;
+        let manager =
+            RedisConnectionManager::new(settings.url.expose()).context("redis.url is invalid")?;
+        let bulk = bb8::Pool::builder()
+            .max_size(BULK_POOL_SIZE)
+            .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .build_unchecked(manager);
         Ok(Self {
             conn,
-            namespace: settings.namespace.clone(),
+            bulk,
+            namespace: settings.namespace.as_str().into(),
+            scripts: Arc::new(Scripts::new()),
         })
     }
 
@@ -41,14 +93,253 @@ impl Redis {
         &self.namespace
     }
 
+    pub fn scripts(&self) -> &Scripts {
+        &self.scripts
+    }
+
     /// A clone of the shared connection for issuing commands.
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
+    /// A pooled connection for bulk work.
+    pub async fn bulk(&self) -> RedisResult<bb8::PooledConnection<'_, RedisConnectionManager>> {
+        self.bulk.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => e,
+            bb8::RunError::TimedOut => redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "timed out waiting for a bulk Redis connection",
+            )),
+        })
+    }
+
     /// Round trip to Redis.
-    pub async fn ping(&self) -> redis::RedisResult<()> {
+    pub async fn ping(&self) -> RedisResult<()> {
         let mut conn = self.conn.clone();
         redis::cmd("PING").query_async::<()>(&mut conn).await
     }
+
+    /// Up to `count` outbox events of `section` from sequence `from` on, in order.
+    pub async fn outbox_from(
+        &self,
+        section: Uuid,
+        from: i64,
+        count: usize,
+    ) -> RedisResult<Vec<Event>> {
+        let keys = self.section_keys(section);
+        let mut conn = self.conn();
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&keys.outbox)
+            .arg(format!("{from}-0"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .ids
+            .iter()
+            .filter_map(|entry| {
+                let event = Event::from_entry(section, &entry.id, &entry.map);
+                if event.is_none() {
+                    tracing::error!(%section, id = %entry.id, "unreadable outbox entry skipped");
+                }
+                event
+            })
+            .collect())
+    }
+
+    /// Removes persisted events from a section's outbox.
+    pub async fn ack(&self, section: Uuid, seqs: &[i64]) -> RedisResult<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let keys = self.section_keys(section);
+        let mut cmd = redis::cmd("XDEL");
+        cmd.arg(&keys.outbox);
+        for seq in seqs {
+            cmd.arg(format!("{seq}-0"));
+        }
+        let mut conn = self.conn();
+        cmd.query_async::<()>(&mut conn).await
+    }
+
+    /// For each section: the oldest outbox entry's (seq, time in unix ms) and
+    /// the outbox length. One pipelined round trip on a bulk connection.
+    pub async fn outbox_heads(
+        &self,
+        sections: &[Uuid],
+    ) -> RedisResult<Vec<(Option<(i64, i64)>, u64)>> {
+        let mut pipe = redis::pipe();
+        for section in sections {
+            let keys = self.section_keys(*section);
+            pipe.cmd("XRANGE")
+                .arg(&keys.outbox)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
+            pipe.cmd("XLEN").arg(&keys.outbox);
+        }
+        let mut conn = self.bulk().await?;
+        let replies: Vec<redis::Value> = pipe.query_async(&mut *conn).await?;
+        let mut out = Vec::with_capacity(sections.len());
+        for (i, pair) in replies.chunks(2).enumerate() {
+            let head: StreamRangeReply = redis::from_redis_value(pair[0].clone())?;
+            let len: u64 = redis::from_redis_value(pair[1].clone())?;
+            let first = head
+                .ids
+                .first()
+                .and_then(|e| Event::from_entry(sections[i], &e.id, &e.map))
+                .map(|e| (e.seq, e.at_ms));
+            out.push((first, len));
+        }
+        Ok(out)
+    }
+
+    /// Live numbers of each section (None where Redis has no state for it).
+    pub async fn live_counts(&self, sections: &[Uuid]) -> RedisResult<Vec<Option<LiveCounts>>> {
+        if sections.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for section in sections {
+            let keys = self.section_keys(*section);
+            pipe.cmd("HGET").arg(&keys.meta).arg("capacity");
+            pipe.cmd("GET").arg(&keys.seats);
+            pipe.cmd("SCARD").arg(&keys.enrolled);
+            pipe.cmd("ZCARD").arg(&keys.waitlist);
+        }
+        let mut conn = self.conn();
+        let replies: Vec<(Option<i64>, Option<i64>, i64, i64)> = {
+            let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+            flat.chunks(4)
+                .map(|c| {
+                    Ok((
+                        redis::from_redis_value(c[0].clone())?,
+                        redis::from_redis_value(c[1].clone())?,
+                        redis::from_redis_value(c[2].clone())?,
+                        redis::from_redis_value(c[3].clone())?,
+                    ))
+                })
+                .collect::<RedisResult<_>>()?
+        };
+        Ok(replies
+            .into_iter()
+            .map(|(capacity, seats, enrolled, waitlist_length)| {
+                capacity.map(|capacity| LiveCounts {
+                    capacity,
+                    seats_available: seats.unwrap_or(0),
+                    enrolled,
+                    waitlist_length,
+                })
+            })
+            .collect())
+    }
+
+    /// Remembers that `student` registered in `sections` (for their views).
+    pub async fn remember_sections(&self, student: Uuid, sections: &[Uuid]) -> RedisResult<()> {
+        if sections.is_empty() {
+            return Ok(());
+        }
+        let key = keys::student_sections(self.namespace(), student);
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg(key);
+        for s in sections {
+            cmd.arg(s.to_string());
+        }
+        let mut conn = self.conn();
+        cmd.query_async::<()>(&mut conn).await
+    }
+
+    /// Sections `student` registered in through this service.
+    pub async fn remembered_sections(&self, student: Uuid) -> RedisResult<Vec<Uuid>> {
+        let mut conn = self.conn();
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::student_sections(self.namespace(), student))
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids.iter().filter_map(|s| Uuid::try_parse(s).ok()).collect())
+    }
+
+    /// Where `student` stands in each of `sections`.
+    pub async fn standings(
+        &self,
+        student: Uuid,
+        sections: &[Uuid],
+    ) -> RedisResult<Vec<StudentStanding>> {
+        if sections.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id = student.to_string();
+        let mut pipe = redis::pipe();
+        for section in sections {
+            let keys = self.section_keys(*section);
+            pipe.cmd("SISMEMBER").arg(&keys.enrolled).arg(&id);
+            pipe.cmd("ZRANK").arg(&keys.waitlist).arg(&id);
+            pipe.cmd("HGET").arg(&keys.reverted).arg(&id);
+        }
+        let mut conn = self.conn();
+        let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        flat.chunks(3)
+            .map(|c| {
+                let enrolled: bool = redis::from_redis_value(c[0].clone())?;
+                let rank: Option<i64> = redis::from_redis_value(c[1].clone())?;
+                let reason: Option<String> = redis::from_redis_value(c[2].clone())?;
+                Ok(StudentStanding {
+                    enrolled,
+                    waitlist_position: rank.map(|r| r + 1),
+                    reverted_reason: reason,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether Redis holds state for `section`.
+    pub async fn is_loaded(&self, section: Uuid) -> RedisResult<bool> {
+        let mut conn = self.conn();
+        redis::cmd("EXISTS")
+            .arg(self.section_keys(section).meta)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Deletes a section's state except its outbox (reconcile --fix reloads it after).
+    pub async fn forget_section(&self, section: Uuid) -> RedisResult<()> {
+        let keys = self.section_keys(section);
+        let mut conn = self.conn();
+        redis::cmd("DEL")
+            .arg(&keys.meta)
+            .arg(&keys.seats)
+            .arg(&keys.enrolled)
+            .arg(&keys.waitlist)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Members of a section's roster and waitlist (waitlist in order).
+    pub async fn roster(&self, section: Uuid) -> RedisResult<(Vec<Uuid>, Vec<Uuid>)> {
+        let keys = self.section_keys(section);
+        let mut conn = self.bulk().await?;
+        let (enrolled, waiting): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(&keys.enrolled)
+            .cmd("ZRANGE")
+            .arg(&keys.waitlist)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *conn)
+            .await?;
+        let parse = |v: Vec<String>| v.iter().filter_map(|s| Uuid::try_parse(s).ok()).collect();
+        Ok((parse(enrolled), parse(waiting)))
+    }
+}
+
+/// Groups items by section, keeping their order.
+pub fn by_section<T>(items: impl IntoIterator<Item = (Uuid, T)>) -> HashMap<Uuid, Vec<T>> {
+    let mut map: HashMap<Uuid, Vec<T>> = HashMap::new();
+    for (section, item) in items {
+        map.entry(section).or_default().push(item);
+    }
+    map
 }

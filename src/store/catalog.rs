@@ -47,6 +47,8 @@ pub struct Section {
     pub waitlist_limit: i32,
     pub waitlist_length: i32,
     pub is_active: bool,
+    /// Counts come from Redis (live) rather than PostgreSQL (persisted).
+    pub live: bool,
 }
 
 const SEMESTER_COLUMNS: &str = "id, name, start_date, end_date, registration_start, \
@@ -92,6 +94,7 @@ fn section(row: &Row) -> Section {
         waitlist_limit: row.get(12),
         waitlist_length: row.get(13),
         is_active: row.get(14),
+        live: false,
     }
 }
 

@@ -17,11 +17,18 @@ pub struct Migration {
 }
 
 /// Every file of `sql/`, in order. A test checks that none is missing.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_catalog.sql",
-    sql: include_str!("../../sql/0001_catalog.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_catalog.sql",
+        sql: include_str!("../../sql/0001_catalog.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_engine.sql",
+        sql: include_str!("../../sql/0002_engine.sql"),
+    },
+];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).
 const LOCK_KEY: i64 = 0x0072_6567_6d69_6772;

@@ -2,6 +2,7 @@
 //! PostgreSQL is the system of record; the hot path never waits on it.
 
 pub mod catalog;
+pub mod engine;
 pub mod migrate;
 pub mod students;
 

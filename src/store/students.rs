@@ -13,6 +13,8 @@ pub struct Credentials {
     pub id: Uuid,
     pub password_hash: String,
     pub role: Role,
+    /// enrollment_status is active: the student may register.
+    pub active: bool,
 }
 
 pub async fn credentials(
@@ -20,7 +22,10 @@ pub async fn credentials(
     student_number: &str,
 ) -> Result<Option<Credentials>, tokio_postgres::Error> {
     let stmt = db
-        .prepare_cached("select id, password_hash, role from students where student_number = $1")
+        .prepare_cached(
+            "select id, password_hash, role, enrollment_status = 'active' \
+             from students where student_number = $1",
+        )
         .await?;
     Ok(db.query_opt(&stmt, &[&student_number]).await?.map(|row| {
         let role: String = row.get(2);
@@ -29,6 +34,7 @@ pub async fn credentials(
             password_hash: row.get(1),
             // The column's CHECK constraint admits only the two known roles.
             role: Role::parse(&role).unwrap_or(Role::Student),
+            active: row.get(3),
         }
     }))
 }
@@ -37,10 +43,10 @@ pub async fn credentials(
 pub async fn id_by_number(
     db: &impl GenericClient,
     student_number: &str,
-) -> Result<Option<(Uuid, Role)>, tokio_postgres::Error> {
+) -> Result<Option<(Uuid, Role, bool)>, tokio_postgres::Error> {
     Ok(credentials(db, student_number)
         .await?
-        .map(|c| (c.id, c.role)))
+        .map(|c| (c.id, c.role, c.active)))
 }
 
 /// A new account with its password already hashed.
@@ -162,6 +168,41 @@ pub async fn waitlist(
             section_number: row.get(2),
             position: row.get(3),
             joined_at: row.get(4),
+        })
+        .collect())
+}
+
+/// How a section is named to a student.
+#[derive(Debug, Clone)]
+pub struct SectionLabel {
+    pub course_code: String,
+    pub course_name: String,
+    pub section_number: String,
+}
+
+pub async fn section_labels(
+    db: &impl GenericClient,
+    sections: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, SectionLabel>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(
+            "select s.id, c.course_code, c.course_name, s.section_number \
+               from sections s join courses c on c.id = s.course_id where s.id = any($1)",
+        )
+        .await?;
+    Ok(db
+        .query(&stmt, &[&sections])
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                SectionLabel {
+                    course_code: r.get(1),
+                    course_name: r.get(2),
+                    section_number: r.get(3),
+                },
+            )
         })
         .collect())
 }

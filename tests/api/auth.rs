@@ -62,6 +62,7 @@ async fn an_expired_token_is_401_token_expired() {
     let expired = tokens.mint_claims(&Claims {
         sub: seeded.report.semester_id,
         role: Role::Admin,
+        act: true,
         iat: now - 3600,
         exp: now - 10,
     });
@@ -83,7 +84,7 @@ async fn a_tampered_token_is_401_invalid_token() {
             b"some-other-secret-some-other-secret",
             Duration::from_secs(60),
         );
-        let forged = other.mint(uuid::Uuid::new_v4(), Role::Admin);
+        let forged = other.mint(uuid::Uuid::new_v4(), Role::Admin, true);
         forged.split('.').nth(1).unwrap().to_string()
     };
     let tampered = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
@@ -102,7 +103,7 @@ async fn a_token_signed_with_another_key_is_401() {
         b"another-secret-of-thirty-two-bytes!",
         Duration::from_secs(60),
     );
-    let token = other.mint(uuid::Uuid::new_v4(), Role::Admin);
+    let token = other.mint(uuid::Uuid::new_v4(), Role::Admin, true);
 
     let response = app.get("/api/v1/semesters", Some(&token)).await;
 

@@ -10,7 +10,10 @@ use std::{
 
 use deadpool_postgres::Pool;
 use registrar::{
+    auth::Tokens,
     config::{Secret, Settings},
+    domain::Role,
+    seats::Redis,
     seed::{self, SeedOptions, SeedReport},
     startup::Application,
     store,
@@ -88,6 +91,13 @@ pub async fn create_database() -> TestDatabase {
         .expect("failed to create the test database");
     let url = database_url_for(&name);
     TestDatabase { name, url }
+}
+
+/// The same database URL, reached through `port` instead (a proxy).
+pub fn via_port(url: &str, port: u16) -> String {
+    let (scheme_and_auth, rest) = url.split_once('@').expect("URL has user@host");
+    let (_, path) = rest.split_once('/').expect("URL has a database path");
+    format!("{scheme_and_auth}@127.0.0.1:{port}/{path}")
 }
 
 fn database_url_for(name: &str) -> String {
@@ -174,6 +184,10 @@ pub fn test_settings(database_url: &str) -> Settings {
 }
 
 pub struct TestApp {
+    /// The running application's shared state.
+    pub state: std::sync::Arc<registrar::startup::AppState>,
+    /// The app's Redis, for inspecting what it holds.
+    pub redis: Redis,
     pub addr: SocketAddr,
     pub base: String,
     pub http: reqwest::Client,
@@ -185,8 +199,11 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The application with its own database and namespace, ready (warmed up).
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+    let app = spawn_app_with(|_| {}).await;
+    app.wait_ready().await;
+    app
 }
 
 /// Starts the application after `customize` has adjusted its settings.
@@ -200,11 +217,14 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         .await
         .expect("the application builds");
     let addr = app.local_addr();
+    let state = app.state();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     TestApp {
+        state,
+        redis: Redis::new(&settings.redis).unwrap(),
         addr,
         base: format!("http://{addr}"),
         http: reqwest::Client::builder()
@@ -244,20 +264,41 @@ pub struct Seeded {
 }
 
 impl TestApp {
+    /// Waits until `/ready` answers 200 (scripts loaded, warm-up done).
+    pub async fn wait_ready(&self) {
+        let ready = eventually(Duration::from_secs(15), || async {
+            self.get("/ready", None).await.status() == StatusCode::OK
+        })
+        .await;
+        assert!(ready, "the application did not become ready");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
     /// Seeds `students` students and 2 courses × 2 sections of `seats` seats.
     pub async fn seed(&self, students: usize, seats: i32) -> Seeded {
+        self.seed_sections(students, 4, seats, 5).await
+    }
+
+    /// Seeds `students` students and `sections` sections (one course each)
+    /// of `seats` seats and `waitlist` waitlist places.
+    pub async fn seed_sections(
+        &self,
+        students: usize,
+        sections: usize,
+        seats: i32,
+        waitlist: i32,
+    ) -> Seeded {
         let report = seed::seed(
             &self.db,
             &SeedOptions {
                 students,
-                courses: 2,
-                sections_per_course: 2,
+                courses: sections,
+                sections_per_course: 1,
                 seats,
-                waitlist: 5,
+                waitlist,
                 password: PASSWORD.into(),
                 admin_password: ADMIN_PASSWORD.into(),
             },
@@ -265,6 +306,12 @@ impl TestApp {
         )
         .await
         .expect("seeding works");
+        // As the admin API does for a new section: ready in Redis at once.
+        self.state
+            .loader
+            .ensure(&report.section_ids)
+            .await
+            .expect("seeded sections load into Redis");
         let admin_token = self.login_ok(seed::ADMIN_NUMBER, ADMIN_PASSWORD).await;
         Seeded {
             report,
@@ -298,11 +345,145 @@ impl TestApp {
         let number = seed::student_number(i);
         let token = self.login_ok(&number, PASSWORD).await;
         let db = self.db.get().await.unwrap();
-        let (id, _) = store::students::id_by_number(&db, &number)
+        let (id, _, _) = store::students::id_by_number(&db, &number)
             .await
             .unwrap()
             .expect("seeded student exists");
         (token, id)
+    }
+
+    /// Ids of the seeded students, in student-number order.
+    pub async fn student_ids(&self) -> Vec<Uuid> {
+        let db = self.db.get().await.unwrap();
+        db.query(
+            "select id from students where role = 'student' order by student_number",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+
+    /// A valid student token without the cost of a login.
+    pub fn token_for(&self, student: Uuid) -> String {
+        Tokens::new(
+            self.settings.auth.jwt_secret.expose().as_bytes(),
+            Duration::from_secs(3600),
+        )
+        .mint(student, Role::Student, true)
+    }
+
+    pub async fn register(&self, token: &str, sections: &[Uuid]) -> Response {
+        self.post(
+            "/api/v1/register",
+            Some(token),
+            &serde_json::json!({ "section_ids": sections }),
+        )
+        .await
+    }
+
+    pub async fn drop_from(&self, token: &str, section: Uuid) -> Response {
+        self.post(
+            "/api/v1/register/drop",
+            Some(token),
+            &serde_json::json!({ "section_id": section }),
+        )
+        .await
+    }
+
+    /// Waits until PostgreSQL has applied every event Redis issued for these
+    /// sections and their outboxes are empty.
+    pub async fn wait_persisted(&self, sections: &[Uuid]) {
+        let done = eventually(Duration::from_secs(60), || async {
+            let db = self.db.get().await.unwrap();
+            let mut conn = self.redis.conn();
+            for section in sections {
+                let keys = self.redis.section_keys(*section);
+                let (seq, pending): (Option<i64>, i64) = redis::pipe()
+                    .get(&keys.seq)
+                    .xlen(&keys.outbox)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                let applied: i64 = db
+                    .query_one("select last_seq from sections where id = $1", &[section])
+                    .await
+                    .unwrap()
+                    .get(0);
+                if seq.unwrap_or(0) != applied || pending != 0 {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(done, "PostgreSQL did not catch up with Redis");
+    }
+
+    /// PostgreSQL's roster of a section: enrolled ids, and waitlisted ids by position.
+    pub async fn pg_roster(&self, section: Uuid) -> (std::collections::BTreeSet<Uuid>, Vec<Uuid>) {
+        let db = self.db.get().await.unwrap();
+        let enrolled = db
+            .query(
+                "select student_id from registrations where section_id = $1 and status = 'enrolled'",
+                &[&section],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let rows = db
+            .query(
+                "select student_id, position from waitlist where section_id = $1 order by position",
+                &[&section],
+            )
+            .await
+            .unwrap();
+        let positions: Vec<i32> = rows.iter().map(|r| r.get(1)).collect();
+        assert_eq!(
+            positions,
+            (1..=rows.len() as i32).collect::<Vec<_>>(),
+            "waitlist positions are contiguous from 1"
+        );
+        (enrolled, rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Redis's roster of a section, in the same shape.
+    pub async fn redis_roster(
+        &self,
+        section: Uuid,
+    ) -> (std::collections::BTreeSet<Uuid>, Vec<Uuid>) {
+        let (enrolled, waiting) = self.redis.roster(section).await.unwrap();
+        (enrolled.into_iter().collect(), waiting)
+    }
+
+    /// Asserts Redis and PostgreSQL agree on a section and neither oversells.
+    pub async fn assert_converged(&self, section: Uuid) {
+        let pg = self.pg_roster(section).await;
+        let live = self.redis_roster(section).await;
+        assert_eq!(pg.0, live.0, "enrolled sets differ");
+        assert_eq!(pg.1, live.1, "waitlists differ");
+        let db = self.db.get().await.unwrap();
+        let row = db
+            .query_one(
+                "select total_seats, enrolled_count from sections where id = $1",
+                &[&section],
+            )
+            .await
+            .unwrap();
+        let (total, count): (i32, i32) = (row.get(0), row.get(1));
+        assert_eq!(
+            count as usize,
+            pg.0.len(),
+            "enrolled_count matches the rows"
+        );
+        assert!(count <= total, "no oversell");
+        let counts = self.redis.live_counts(&[section]).await.unwrap()[0].unwrap();
+        assert_eq!(counts.capacity, i64::from(total));
+        assert_eq!(counts.seats_available, i64::from(total - count));
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {

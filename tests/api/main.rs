@@ -5,8 +5,11 @@
 mod admin;
 mod auth;
 mod catalog;
+mod engine;
 mod helpers;
 mod input;
 mod migrations;
 mod probes;
+mod proxy;
+mod scripts;
 mod shutdown;

@@ -7,7 +7,10 @@ use registrar::config::Secret;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{eventually, free_port, spawn_app, spawn_app_with};
+use crate::{
+    helpers::{eventually, free_port, spawn_app, spawn_app_with, via_port},
+    proxy::Proxy,
+};
 
 #[tokio::test]
 async fn live_ready_and_health_answer_when_everything_is_up() {
@@ -139,14 +142,16 @@ async fn ready_is_503_when_redis_was_never_reachable() {
 
 #[tokio::test]
 async fn health_is_degraded_but_ready_while_postgres_is_unreachable() {
-    let port = free_port();
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let port = proxy.port;
     let app = spawn_app_with(|s| {
-        s.database.url = Secret::new(format!("postgres://postgres@127.0.0.1:{port}/nothing"));
-        s.database.migrate_on_start = false;
+        s.database.url = Secret::new(via_port(s.database.url.expose(), port));
         s.database.connect_timeout_ms = 500;
     })
     .await;
+    app.wait_ready().await;
 
+    proxy.cut();
     let health = app.get("/health", None).await;
     let ready = app.get("/ready", None).await;
 

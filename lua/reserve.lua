@@ -1,0 +1,66 @@
+-- reserve: enroll a student in a section, or waitlist them, or refuse.
+-- Every check precedes the first write, so a refusal changes nothing.
+--
+-- KEYS[1] meta      hash: capacity, waitlist_limit, active (1/0),
+--                   reg_start, reg_end (unix ms), loaded (1)
+-- KEYS[2] seats     string: free seats
+-- KEYS[3] enrolled  set of student ids
+-- KEYS[4] waitlist  sorted set: student id, score = arrival sequence
+-- KEYS[5] seq       string: the section's last event sequence
+-- KEYS[6] outbox    stream: one entry per event, id = "<seq>-0"
+-- KEYS[7] reverted  hash: student id -> reason of an undone registration
+-- ARGV[1] student id
+-- ARGV[2] now (unix ms)
+--
+-- Returns {code, seq, position}:
+--   {"not_loaded"}                  section state absent: load it, then retry
+--   {"already_enrolled"}
+--   {"already_waitlisted", 0, pos}  pos = live position (1-based)
+--   {"inactive"}                    section or semester inactive
+--   {"window_closed"}               now outside [reg_start, reg_end)
+--   {"enrolled", seq}
+--   {"waitlisted", seq, pos}
+--   {"full"}                        no seat and the waitlist is at its limit
+local student, now = ARGV[1], tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'not_loaded'}
+end
+if redis.call('SISMEMBER', KEYS[3], student) == 1 then
+  return {'already_enrolled'}
+end
+local rank = redis.call('ZRANK', KEYS[4], student)
+if rank then
+  return {'already_waitlisted', 0, rank + 1}
+end
+local meta = redis.call('HMGET', KEYS[1], 'active', 'reg_start', 'reg_end', 'waitlist_limit')
+if meta[1] ~= '1' then
+  return {'inactive'}
+end
+if now < tonumber(meta[2]) or now >= tonumber(meta[3]) then
+  return {'window_closed'}
+end
+local seats = tonumber(redis.call('GET', KEYS[2]) or '0')
+local kind, position
+if seats > 0 then
+  kind = 'enroll'
+else
+  local waiting = redis.call('ZCARD', KEYS[4])
+  if waiting >= tonumber(meta[4]) then
+    return {'full'}
+  end
+  kind, position = 'waitlist', waiting + 1
+end
+-- Writes start here.
+local seq = redis.call('INCR', KEYS[5])
+if kind == 'enroll' then
+  redis.call('DECR', KEYS[2])
+  redis.call('SADD', KEYS[3], student)
+else
+  redis.call('ZADD', KEYS[4], seq, student)
+end
+redis.call('HDEL', KEYS[7], student)
+redis.call('XADD', KEYS[6], seq .. '-0', 'kind', kind, 'student', student, 'at', now)
+if kind == 'enroll' then
+  return {'enrolled', seq}
+end
+return {'waitlisted', seq, position}

@@ -1,0 +1,361 @@
+//! `POST /register` and `POST /register/drop`: the hot path.
+//!
+//! One Lua script call per section decides everything atomically in Redis;
+//! the resulting events go to the persistence shards with `try_send`.
+//! PostgreSQL is touched only when a section's Redis state is missing (it
+//! is loaded, then the script runs again).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+use hyper::{body::Incoming, http::request::Parts, StatusCode};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{auth::authenticate, body, idempotency, json, ApiError, ApiResult};
+use crate::{
+    auth::Principal,
+    domain::Role,
+    metrics::{DROPS, REGISTRATIONS},
+    seats::{Drop, Event, EventKind, Reserve},
+    startup::AppState,
+};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The student a request acts for: students act for themselves (naming
+/// someone else is 403), admins for anyone they name.
+fn acting_for(principal: &Principal, named: Option<Uuid>) -> Result<Uuid, ApiError> {
+    match (principal.role, named) {
+        (_, None) => Ok(principal.student_id),
+        (Role::Admin, Some(id)) => Ok(id),
+        (Role::Student, Some(id)) if id == principal.student_id => Ok(id),
+        (Role::Student, Some(_)) => Err(ApiError::Forbidden),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    section_ids: Vec<Uuid>,
+    #[serde(default)]
+    student_id: Option<Uuid>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// The canonical form of a section list for fingerprints: the ids' bytes in
+/// request order (order matters: results come back in it).
+fn canonical_ids(sections: &[Uuid]) -> Vec<u8> {
+    sections.iter().flat_map(|s| *s.as_bytes()).collect()
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct SectionResult {
+    pub section_id: Uuid,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waitlist_position: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct RegisterResponse {
+    results: Vec<SectionResult>,
+}
+
+fn result_of(section: Uuid, outcome: Reserve) -> SectionResult {
+    let (status, position, reason) = match outcome {
+        Reserve::Enrolled { .. } => ("enrolled", None, None),
+        Reserve::Waitlisted { position, .. } => ("waitlisted", Some(position), None),
+        Reserve::AlreadyEnrolled => ("already_enrolled", None, None),
+        Reserve::AlreadyWaitlisted { position } => ("already_waitlisted", Some(position), None),
+        Reserve::Full => ("rejected", None, Some("full")),
+        Reserve::WindowClosed => ("rejected", None, Some("window_closed")),
+        Reserve::Inactive => ("rejected", None, Some("inactive")),
+        Reserve::NotLoaded => ("rejected", None, Some("not_found")),
+    };
+    SectionResult {
+        section_id: section,
+        status,
+        waitlist_position: position,
+        reason,
+    }
+}
+
+fn outcome_label(r: &SectionResult) -> &'static str {
+    match (r.status, r.reason) {
+        ("rejected", Some(reason)) => reason,
+        (status, _) => status,
+    }
+}
+
+pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
+    let principal = authenticate(state, &req.headers)?;
+    let request: RegisterRequest =
+        body::json(req, body, state.settings.http.max_body_bytes).await?;
+    let student = acting_for(&principal, request.student_id)?;
+    let max = state.settings.api.max_sections_per_request;
+    if request.section_ids.is_empty() || request.section_ids.len() > max {
+        return Err(ApiError::unprocessable(
+            "validation_failed",
+            format!("section_ids must name 1 to {max} sections"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(request.section_ids.len());
+    if !request.section_ids.iter().all(|s| seen.insert(*s)) {
+        return Err(ApiError::unprocessable(
+            "validation_failed",
+            "section_ids must not repeat",
+        ));
+    }
+    let key = idempotency::key_of(req, request.idempotency_key)?;
+    let sections = request.section_ids;
+    let fingerprint = idempotency::fingerprint(&[
+        b"POST /api/v1/register",
+        student.as_bytes(),
+        &canonical_ids(&sections),
+    ]);
+    let eligible = principal.role == Role::Admin || principal.may_register;
+    idempotency::run(state, student, key, fingerprint, async {
+        let results = if eligible {
+            reserve_all(state, student, &sections).await?
+        } else {
+            sections
+                .iter()
+                .map(|s| SectionResult {
+                    section_id: *s,
+                    status: "rejected",
+                    waitlist_position: None,
+                    reason: Some("ineligible"),
+                })
+                .collect()
+        };
+        for r in &results {
+            metrics::counter!(REGISTRATIONS, "outcome" => outcome_label(r)).increment(1);
+        }
+        json(StatusCode::OK, &RegisterResponse { results })
+    })
+    .await
+}
+
+/// Runs `reserve.lua` for every section at once (the calls pipeline on the
+/// shared connection), loading sections Redis lacks and retrying them once.
+async fn reserve_all(
+    state: &AppState,
+    student: Uuid,
+    sections: &[Uuid],
+) -> Result<Vec<SectionResult>, ApiError> {
+    let now = now_ms();
+    let mut outcomes: Vec<Reserve> = join_all(
+        sections
+            .iter()
+            .map(|s| state.redis.reserve(*s, student, now)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<_, _>>()?;
+    let missing: Vec<Uuid> = sections
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| **o == Reserve::NotLoaded)
+        .map(|(s, _)| *s)
+        .collect();
+    if !missing.is_empty() {
+        let known = state.loader.ensure(&missing).await.map_err(|e| {
+            tracing::warn!(error = %e, "could not load sections from PostgreSQL");
+            ApiError::Unavailable {
+                code: "section_unavailable",
+                detail: "this section is being loaded; retry shortly",
+                retry_after_secs: 1,
+            }
+        })?;
+        for (section, outcome) in sections.iter().zip(outcomes.iter_mut()) {
+            if *outcome == Reserve::NotLoaded && known.contains(section) {
+                *outcome = state.redis.reserve(*section, student, now).await?;
+            }
+        }
+    }
+    let mut touched = Vec::new();
+    for (section, outcome) in sections.iter().zip(&outcomes) {
+        let (seq, kind) = match *outcome {
+            Reserve::Enrolled { seq } => (seq, EventKind::Enroll),
+            Reserve::Waitlisted { seq, .. } => (seq, EventKind::Waitlist),
+            _ => continue,
+        };
+        touched.push(*section);
+        state.persistence.submit(Event {
+            section: *section,
+            seq,
+            kind,
+            student: Some(student),
+            at_ms: now,
+            config: None,
+        });
+    }
+    if let Err(e) = state.redis.remember_sections(student, &touched).await {
+        // Only the student's listing index; the registration itself stands.
+        tracing::warn!(error = %e, %student, "failed to index the student's sections");
+    }
+    Ok(sections
+        .iter()
+        .zip(outcomes)
+        .map(|(s, o)| result_of(*s, o))
+        .collect())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropRequest {
+    section_id: Uuid,
+    #[serde(default)]
+    student_id: Option<Uuid>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DropResponse {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    promoted_student_id: Option<Uuid>,
+}
+
+pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
+    let principal = authenticate(state, &req.headers)?;
+    let request: DropRequest = body::json(req, body, state.settings.http.max_body_bytes).await?;
+    let student = acting_for(&principal, request.student_id)?;
+    let key = idempotency::key_of(req, request.idempotency_key)?;
+    let section = request.section_id;
+    let fingerprint = idempotency::fingerprint(&[
+        b"POST /api/v1/register/drop",
+        student.as_bytes(),
+        section.as_bytes(),
+    ]);
+    idempotency::run(state, student, key, fingerprint, async {
+        let now = now_ms();
+        let mut outcome = state.redis.drop_student(section, student, now).await?;
+        if outcome == Drop::NotLoaded {
+            let known = state
+                .loader
+                .ensure(&[section])
+                .await
+                .map_err(|e| ApiError::Internal(e.context("failed to load a section")))?;
+            if known.is_empty() {
+                return Err(ApiError::not_found("section"));
+            }
+            outcome = state.redis.drop_student(section, student, now).await?;
+        }
+        let event = |seq, kind, who| Event {
+            section,
+            seq,
+            kind,
+            student: Some(who),
+            at_ms: now,
+            config: None,
+        };
+        let response = match outcome {
+            Drop::NotLoaded | Drop::NotRegistered => {
+                metrics::counter!(DROPS, "outcome" => "not_registered").increment(1);
+                return Err(ApiError::NotFound(
+                    "the student is neither enrolled nor waitlisted in this section".into(),
+                ));
+            }
+            Drop::Dropped { seq, promoted } => {
+                state
+                    .persistence
+                    .submit(event(seq, EventKind::Drop, student));
+                if let Some(head) = promoted {
+                    state
+                        .persistence
+                        .submit(event(seq + 1, EventKind::Promote, head));
+                }
+                let label = if promoted.is_some() {
+                    "promoted"
+                } else {
+                    "dropped"
+                };
+                metrics::counter!(DROPS, "outcome" => label).increment(1);
+                DropResponse {
+                    status: "dropped",
+                    promoted_student_id: promoted,
+                }
+            }
+            Drop::LeftWaitlist { seq } => {
+                state
+                    .persistence
+                    .submit(event(seq, EventKind::Unwait, student));
+                metrics::counter!(DROPS, "outcome" => "left_waitlist").increment(1);
+                DropResponse {
+                    status: "left_waitlist",
+                    promoted_student_id: None,
+                }
+            }
+        };
+        json(StatusCode::OK, &response)
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(role: Role) -> Principal {
+        Principal {
+            student_id: Uuid::from_u128(1),
+            role,
+            may_register: true,
+        }
+    }
+
+    #[test]
+    fn students_act_for_themselves_and_admins_for_anyone() {
+        let other = Uuid::from_u128(2);
+        let me = principal(Role::Student);
+        assert_eq!(acting_for(&me, None).unwrap(), me.student_id);
+        assert_eq!(acting_for(&me, Some(me.student_id)).unwrap(), me.student_id);
+        assert_eq!(
+            acting_for(&me, Some(other)).unwrap_err().code(),
+            "forbidden"
+        );
+        assert_eq!(
+            acting_for(&principal(Role::Admin), Some(other)).unwrap(),
+            other
+        );
+    }
+
+    #[test]
+    fn every_reserve_outcome_maps_to_a_documented_status() {
+        let s = Uuid::nil();
+        assert_eq!(
+            result_of(s, Reserve::Enrolled { seq: 1 }).status,
+            "enrolled"
+        );
+        let w = result_of(
+            s,
+            Reserve::Waitlisted {
+                seq: 2,
+                position: 3,
+            },
+        );
+        assert_eq!((w.status, w.waitlist_position), ("waitlisted", Some(3)));
+        assert_eq!(result_of(s, Reserve::Full).reason, Some("full"));
+        assert_eq!(
+            result_of(s, Reserve::WindowClosed).reason,
+            Some("window_closed")
+        );
+        assert_eq!(result_of(s, Reserve::Inactive).reason, Some("inactive"));
+        assert_eq!(result_of(s, Reserve::NotLoaded).reason, Some("not_found"));
+        assert_eq!(
+            result_of(s, Reserve::AlreadyEnrolled).status,
+            "already_enrolled"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Outbox events: what the scripts append to a section's stream, and what
+//! the persistence workers apply to PostgreSQL in sequence order.
+
+use std::collections::HashMap;
+
+use redis::Value;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A seat taken by a newcomer.
+    Enroll,
+    /// A waitlist place taken.
+    Waitlist,
+    /// A seat given up (may be followed by a Promote).
+    Drop,
+    /// A waitlist place given up.
+    Unwait,
+    /// The waitlist head took a freed seat.
+    Promote,
+    /// An earlier event undone after its write failed for good.
+    Revert,
+    /// Capacity, waitlist limit or active flag changed.
+    Config,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Enroll => "enroll",
+            EventKind::Waitlist => "waitlist",
+            EventKind::Drop => "drop",
+            EventKind::Unwait => "unwait",
+            EventKind::Promote => "promote",
+            EventKind::Revert => "revert",
+            EventKind::Config => "config",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "enroll" => EventKind::Enroll,
+            "waitlist" => EventKind::Waitlist,
+            "drop" => EventKind::Drop,
+            "unwait" => EventKind::Unwait,
+            "promote" => EventKind::Promote,
+            "revert" => EventKind::Revert,
+            "config" => EventKind::Config,
+            _ => return None,
+        })
+    }
+}
+
+/// New section settings carried by a Config event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectionConfig {
+    pub capacity: i32,
+    pub waitlist_limit: i32,
+    pub active: bool,
+}
+
+/// One event of one section. Its identity is (section, seq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub section: Uuid,
+    pub seq: i64,
+    pub kind: EventKind,
+    /// Absent only for Config events.
+    pub student: Option<Uuid>,
+    /// When the script ran (unix ms).
+    pub at_ms: i64,
+    pub config: Option<SectionConfig>,
+}
+
+impl Event {
+    /// A stable row id for what this event writes, so that a replay inserts nothing new.
+    pub fn row_id(&self) -> Uuid {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.section.as_bytes());
+        hasher.update(self.seq.to_be_bytes());
+        let digest = hasher.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    /// Parses one stream entry (`"<seq>-0"` and its field/value pairs).
+    pub fn from_entry(section: Uuid, id: &str, fields: &HashMap<String, Value>) -> Option<Self> {
+        let seq = id.split('-').next()?.parse().ok()?;
+        let text = |name: &str| -> Option<String> {
+            match fields.get(name)? {
+                Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+                Value::SimpleString(s) => Some(s.clone()),
+                Value::Int(i) => Some(i.to_string()),
+                _ => None,
+            }
+        };
+        let kind = EventKind::parse(&text("kind")?)?;
+        let student = text("student").and_then(|s| Uuid::try_parse(&s).ok());
+        let at_ms = text("at")?.parse().ok()?;
+        let config = if kind == EventKind::Config {
+            Some(SectionConfig {
+                capacity: text("capacity")?.parse().ok()?,
+                waitlist_limit: text("waitlist_limit")?.parse().ok()?,
+                active: text("active")? == "1",
+            })
+        } else {
+            None
+        };
+        if kind != EventKind::Config && student.is_none() {
+            return None;
+        }
+        Some(Event {
+            section,
+            seq,
+            kind,
+            student,
+            at_ms,
+            config,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn stream_entries_parse_into_events() {
+        let section = Uuid::new_v4();
+        let student = Uuid::new_v4();
+        let e = Event::from_entry(
+            section,
+            "7-0",
+            &fields(&[
+                ("kind", "enroll"),
+                ("student", &student.to_string()),
+                ("at", "1700"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (e.seq, e.kind, e.student, e.at_ms),
+            (7, EventKind::Enroll, Some(student), 1700)
+        );
+        let c = Event::from_entry(
+            section,
+            "8-0",
+            &fields(&[
+                ("kind", "config"),
+                ("student", ""),
+                ("at", "1"),
+                ("capacity", "30"),
+                ("waitlist_limit", "5"),
+                ("active", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.config,
+            Some(SectionConfig {
+                capacity: 30,
+                waitlist_limit: 5,
+                active: true
+            })
+        );
+        assert!(
+            Event::from_entry(section, "9-0", &fields(&[("kind", "bogus"), ("at", "1")])).is_none()
+        );
+        assert!(
+            Event::from_entry(section, "9-0", &fields(&[("kind", "drop"), ("at", "1")])).is_none()
+        );
+    }
+
+    #[test]
+    fn row_ids_are_stable_per_section_and_sequence() {
+        let e = |section, seq| Event {
+            section,
+            seq,
+            kind: EventKind::Enroll,
+            student: None,
+            at_ms: 0,
+            config: None,
+        };
+        let s = Uuid::new_v4();
+        assert_eq!(e(s, 1).row_id(), e(s, 1).row_id());
+        assert_ne!(e(s, 1).row_id(), e(s, 2).row_id());
+        assert_ne!(e(s, 1).row_id(), e(Uuid::new_v4(), 1).row_id());
+    }
+}

@@ -1,0 +1,78 @@
+//! Redis key naming. Every key of one section shares the hash tag
+//! `{s:<id>}`, so each script touches one slot (Redis Cluster ready);
+//! student-scoped keys use `{u:<id>}`.
+
+use uuid::Uuid;
+
+/// The keys of one section, in the order the scripts take them.
+pub struct SectionKeys {
+    pub meta: String,
+    pub seats: String,
+    pub enrolled: String,
+    pub waitlist: String,
+    pub seq: String,
+    pub outbox: String,
+    pub reverted: String,
+    pub undone: String,
+}
+
+impl SectionKeys {
+    pub fn new(namespace: &str, section: Uuid) -> Self {
+        let tag = format!("{namespace}:{{s:{section}}}");
+        Self {
+            meta: format!("{tag}:meta"),
+            seats: format!("{tag}:seats"),
+            enrolled: format!("{tag}:enrolled"),
+            waitlist: format!("{tag}:waitlist"),
+            seq: format!("{tag}:seq"),
+            outbox: format!("{tag}:outbox"),
+            reverted: format!("{tag}:reverted"),
+            undone: format!("{tag}:undone"),
+        }
+    }
+
+    /// The six keys every section script starts with.
+    pub fn core(&self) -> [&str; 6] {
+        [
+            &self.meta,
+            &self.seats,
+            &self.enrolled,
+            &self.waitlist,
+            &self.seq,
+            &self.outbox,
+        ]
+    }
+}
+
+/// Sections a student has touched through this service (for their views).
+pub fn student_sections(namespace: &str, student: Uuid) -> String {
+    format!("{namespace}:{{u:{student}}}:sections")
+}
+
+/// One idempotency record of a student; the client's key is hashed so any
+/// bytes are safe in a key name.
+pub fn idempotency(namespace: &str, student: Uuid, key_hash: &str) -> String {
+    format!("{namespace}:{{u:{student}}}:idem:{key_hash}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_keys_of_a_section_share_one_hash_tag() {
+        let id = Uuid::nil();
+        let keys = SectionKeys::new("ns", id);
+        let tag = format!("{{s:{id}}}");
+        let all = [
+            keys.core().as_slice(),
+            &[keys.reverted.as_str(), keys.undone.as_str()],
+        ]
+        .concat();
+        for key in all {
+            assert!(key.starts_with("ns:"), "{key}");
+            assert_eq!(key.matches(&tag).count(), 1, "{key}");
+        }
+        assert!(student_sections("ns", id).contains(&format!("{{u:{id}}}")));
+    }
+}

@@ -1,0 +1,289 @@
+//! What the persistence workers write, and what warm-up and reconcile read.
+//!
+//! A section's events are applied in sequence order inside one transaction,
+//! with one multi-row statement per run of same-kind events, then the
+//! section row advances under an optimistic check on `last_seq`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use deadpool_postgres::{GenericClient, Transaction};
+use uuid::Uuid;
+
+use crate::seats::{Event, EventKind, SectionSnapshot};
+
+fn at(event: &Event) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(event.at_ms)
+        .single()
+        .unwrap_or_else(Utc::now)
+}
+
+fn columns(run: &[Event]) -> (Vec<Uuid>, Vec<Uuid>, Vec<DateTime<Utc>>) {
+    let ids = run.iter().map(Event::row_id).collect();
+    let students = run.iter().filter_map(|e| e.student).collect();
+    let times = run.iter().map(at).collect();
+    (ids, students, times)
+}
+
+/// Applies `events` (one section, ascending, contiguous) inside `tx`.
+pub async fn apply(
+    tx: &Transaction<'_>,
+    section: Uuid,
+    events: &[Event],
+) -> Result<(), tokio_postgres::Error> {
+    let mut renumber = false;
+    for run in events.chunk_by(|a, b| a.kind == b.kind) {
+        let (ids, students, times) = columns(run);
+        match run[0].kind {
+            EventKind::Enroll => insert_enrolled(tx, section, &ids, &students, &times).await?,
+            EventKind::Promote => {
+                delete_waitlisted(tx, section, &students).await?;
+                renumber = true;
+                insert_enrolled(tx, section, &ids, &students, &times).await?;
+            }
+            EventKind::Waitlist => {
+                let stmt = tx
+                    .prepare_cached(
+                        "insert into waitlist (id, student_id, section_id, position, created_at) \
+                         select u.id, u.student, $1, (b.base + u.ord)::integer, u.at \
+                           from unnest($2::uuid[], $3::uuid[], $4::timestamptz[]) \
+                                with ordinality as u(id, student, at, ord), \
+                                (select coalesce(max(position), 0) as base \
+                                   from waitlist where section_id = $1) b \
+                         on conflict (student_id, section_id) do nothing",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&section, &ids, &students, &times])
+                    .await?;
+            }
+            EventKind::Drop => mark_dropped(tx, section, &students, &times).await?,
+            EventKind::Unwait => {
+                delete_waitlisted(tx, section, &students).await?;
+                renumber = true;
+            }
+            EventKind::Revert => {
+                // The undone event never reached PostgreSQL (its write failed
+                // for good); clearing both states keeps a replay harmless.
+                delete_waitlisted(tx, section, &students).await?;
+                renumber = true;
+                mark_dropped(tx, section, &students, &times).await?;
+            }
+            EventKind::Config => {
+                if let Some(config) = run.iter().rev().find_map(|e| e.config) {
+                    let stmt = tx
+                        .prepare_cached(
+                            "update sections set total_seats = $2, waitlist_limit = $3, \
+                             is_active = $4, version = version + 1 where id = $1",
+                        )
+                        .await?;
+                    tx.execute(
+                        &stmt,
+                        &[
+                            &section,
+                            &config.capacity,
+                            &config.waitlist_limit,
+                            &config.active,
+                        ],
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    if renumber {
+        let stmt = tx
+            .prepare_cached(
+                "update waitlist w set position = r.rn::integer, version = w.version + 1 \
+                   from (select id, row_number() over (order by position) as rn \
+                           from waitlist where section_id = $1) r \
+                  where w.id = r.id and w.position <> r.rn",
+            )
+            .await?;
+        tx.execute(&stmt, &[&section]).await?;
+    }
+    Ok(())
+}
+
+async fn insert_enrolled(
+    tx: &Transaction<'_>,
+    section: Uuid,
+    ids: &[Uuid],
+    students: &[Uuid],
+    times: &[DateTime<Utc>],
+) -> Result<(), tokio_postgres::Error> {
+    let stmt = tx
+        .prepare_cached(
+            "insert into registrations (id, student_id, section_id, status, registration_date) \
+             select u.id, u.student, $1, 'enrolled', u.at \
+               from unnest($2::uuid[], $3::uuid[], $4::timestamptz[]) as u(id, student, at) \
+             on conflict (student_id, section_id) do update \
+                set status = 'enrolled', dropped_date = null, \
+                    registration_date = excluded.registration_date, \
+                    version = registrations.version + 1 \
+              where registrations.status = 'dropped'",
+        )
+        .await?;
+    tx.execute(&stmt, &[&section, &ids, &students, &times])
+        .await?;
+    Ok(())
+}
+
+async fn delete_waitlisted(
+    tx: &Transaction<'_>,
+    section: Uuid,
+    students: &[Uuid],
+) -> Result<(), tokio_postgres::Error> {
+    let stmt = tx
+        .prepare_cached("delete from waitlist where section_id = $1 and student_id = any($2)")
+        .await?;
+    tx.execute(&stmt, &[&section, &students]).await?;
+    Ok(())
+}
+
+async fn mark_dropped(
+    tx: &Transaction<'_>,
+    section: Uuid,
+    students: &[Uuid],
+    times: &[DateTime<Utc>],
+) -> Result<(), tokio_postgres::Error> {
+    let stmt = tx
+        .prepare_cached(
+            "update registrations r set status = 'dropped', dropped_date = u.at, \
+                    version = r.version + 1 \
+               from unnest($2::uuid[], $3::timestamptz[]) as u(student, at) \
+              where r.section_id = $1 and r.student_id = u.student and r.status = 'enrolled'",
+        )
+        .await?;
+    tx.execute(&stmt, &[&section, &students, &times]).await?;
+    Ok(())
+}
+
+/// Moves a section's `last_seq` from `from` to `to`; false when another
+/// writer moved it first (the optimistic check found no row).
+pub async fn advance(
+    tx: &Transaction<'_>,
+    section: Uuid,
+    from: i64,
+    to: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let stmt = tx
+        .prepare_cached(
+            "update sections set last_seq = $3, version = version + 1 \
+              where id = $1 and last_seq = $2",
+        )
+        .await?;
+    Ok(tx.execute(&stmt, &[&section, &from, &to]).await? == 1)
+}
+
+/// The last applied sequence of each section (absent: no such section).
+pub async fn last_seqs(
+    db: &impl GenericClient,
+    sections: &[Uuid],
+) -> Result<HashMap<Uuid, i64>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached("select id, last_seq from sections where id = any($1)")
+        .await?;
+    Ok(db
+        .query(&stmt, &[&sections])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Records an event whose write failed for good.
+pub async fn insert_dead_letter(
+    tx: &Transaction<'_>,
+    event: &Event,
+    error: &str,
+    sqlstate: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "insert into dead_letters (section_id, seq, kind, student_id, error, sqlstate) \
+         values ($1, $2, $3, $4, $5, $6) on conflict (section_id, seq) do nothing",
+        &[
+            &event.section,
+            &event.seq,
+            &event.kind.as_str(),
+            &event.student,
+            &error,
+            &sqlstate,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Which sections to snapshot.
+pub enum Snapshots<'a> {
+    /// Every section of an active semester (start-up warm-up).
+    ActiveSemesters,
+    /// These sections, whatever their state.
+    Only(&'a [Uuid]),
+    /// Every section.
+    All,
+}
+
+/// Sections with their rosters, as `load.lua` wants them.
+pub async fn snapshots(
+    db: &impl GenericClient,
+    which: Snapshots<'_>,
+) -> Result<Vec<SectionSnapshot>, tokio_postgres::Error> {
+    let base = "select s.id, s.total_seats, s.waitlist_limit, (s.is_active and sem.is_active), \
+                sem.registration_start, sem.registration_end, s.last_seq \
+                from sections s join semesters sem on sem.id = s.semester_id";
+    let rows = match which {
+        Snapshots::ActiveSemesters => {
+            db.query(&format!("{base} where sem.is_active"), &[])
+                .await?
+        }
+        Snapshots::All => db.query(base, &[]).await?,
+        Snapshots::Only(ids) => {
+            db.query(&format!("{base} where s.id = any($1)"), &[&ids])
+                .await?
+        }
+    };
+    let mut snapshots: Vec<SectionSnapshot> = rows
+        .iter()
+        .map(|r| {
+            let start: DateTime<Utc> = r.get(4);
+            let end: DateTime<Utc> = r.get(5);
+            SectionSnapshot {
+                section: r.get(0),
+                capacity: r.get(1),
+                waitlist_limit: r.get(2),
+                active: r.get(3),
+                registration_start_ms: start.timestamp_millis(),
+                registration_end_ms: end.timestamp_millis(),
+                last_seq: r.get(6),
+                enrolled: Vec::new(),
+                waitlisted: Vec::new(),
+            }
+        })
+        .collect();
+    let ids: Vec<Uuid> = snapshots.iter().map(|s| s.section).collect();
+    let index: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    for row in db
+        .query(
+            "select section_id, student_id from registrations \
+             where status = 'enrolled' and section_id = any($1)",
+            &[&ids],
+        )
+        .await?
+    {
+        let section: Uuid = row.get(0);
+        snapshots[index[&section]].enrolled.push(row.get(1));
+    }
+    for row in db
+        .query(
+            "select section_id, student_id from waitlist where section_id = any($1) \
+             order by section_id, position",
+            &[&ids],
+        )
+        .await?
+    {
+        let section: Uuid = row.get(0);
+        snapshots[index[&section]].waitlisted.push(row.get(1));
+    }
+    Ok(snapshots)
+}

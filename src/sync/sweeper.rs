@@ -1,0 +1,133 @@
+//! The outbox sweeper: the safety net under the fast path.
+//!
+//! Every `sync.sweep_interval_ms` it looks at the oldest outbox entry of every
+//! known section; a section whose oldest entry is older than
+//! `sync.sweep_min_age_ms` goes back to its shard as a catch-up job (a crash
+//! lost the queued copy, the queue was full, or PostgreSQL was away). The
+//! first sweep after start-up takes every entry, whatever its age. It also
+//! publishes the backlog that `/health` and `/metrics` show.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use deadpool_postgres::Pool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{warmup::Loader, Persistence};
+use crate::{
+    config::SyncSettings,
+    metrics::{OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, SWEEPER_REQUEUED},
+    seats::Redis,
+};
+
+/// Sections per pipelined round trip.
+const CHUNK: usize = 500;
+/// Sweeps between two refreshes of the section list from PostgreSQL.
+const REFRESH_EVERY: u32 = 10;
+
+/// What the last sweep saw, for `/health`.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Outbox entries over all sections.
+    pub entries: AtomicU64,
+    /// Unix ms of the oldest entry; 0 when there is none.
+    pub oldest_ms: AtomicI64,
+    /// Unix ms of the last completed sweep; 0 before the first.
+    pub swept_ms: AtomicI64,
+}
+
+pub struct Sweeper {
+    /// Sections this process loaded: the list while PostgreSQL is away.
+    pub loader: Arc<Loader>,
+    pub db: Pool,
+    pub redis: Redis,
+    pub persistence: Persistence,
+    pub settings: SyncSettings,
+    pub backlog: Arc<Backlog>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Sweeper {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut interval =
+            tokio::time::interval(Duration::from_millis(self.settings.sweep_interval_ms));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sections: Vec<Uuid> = Vec::new();
+        let mut sweeps = 0u32;
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            if sections.is_empty() || sweeps % REFRESH_EVERY == 0 {
+                match self.known_sections().await {
+                    Ok(found) => sections = found,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "sweeper could not refresh sections; using the last list")
+                    }
+                }
+            }
+            let mut listed: HashSet<Uuid> = sections.iter().copied().collect();
+            for section in self.loader.known() {
+                if listed.insert(section) {
+                    sections.push(section);
+                }
+            }
+            sweeps = sweeps.wrapping_add(1);
+            let min_age = if first {
+                0
+            } else {
+                self.settings.sweep_min_age_ms as i64
+            };
+            match self.sweep(&sections, min_age).await {
+                Ok(()) => first = false,
+                Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
+            }
+        }
+    }
+
+    async fn known_sections(&self) -> anyhow::Result<Vec<Uuid>> {
+        let client = self.db.get().await?;
+        let rows = client.query("select id from sections", &[]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// One pass over `sections`; re-enqueues those with entries older than `min_age_ms`.
+    pub async fn sweep(&self, sections: &[Uuid], min_age_ms: i64) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut entries = 0u64;
+        let mut oldest: Option<i64> = None;
+        for chunk in sections.chunks(CHUNK) {
+            let heads = self.redis.outbox_heads(chunk).await?;
+            for (section, (head, len)) in chunk.iter().zip(heads) {
+                entries += len;
+                let Some((_, at)) = head else { continue };
+                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                if now - at >= min_age_ms && self.persistence.catch_up(*section) {
+                    metrics::counter!(SWEEPER_REQUEUED).increment(1);
+                }
+            }
+        }
+        self.backlog.entries.store(entries, Ordering::Relaxed);
+        self.backlog
+            .oldest_ms
+            .store(oldest.unwrap_or(0), Ordering::Relaxed);
+        self.backlog.swept_ms.store(now, Ordering::Relaxed);
+        metrics::gauge!(OUTBOX_BACKLOG).set(entries as f64);
+        metrics::gauge!(OUTBOX_OLDEST_AGE)
+            .set(oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1000.0));
+        self.persistence.depths();
+        Ok(())
+    }
+}

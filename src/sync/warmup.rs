@@ -1,0 +1,118 @@
+//! Building sections' Redis state from PostgreSQL, only where it is absent
+//! (`load.lua` refuses to overwrite, so instances cannot race).
+
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use crate::{
+    metrics::SECTIONS_LOADED,
+    seats::{Load, Redis},
+    store::engine::{self, Snapshots},
+};
+
+/// What a warm-up did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Warmed {
+    pub loaded: usize,
+    pub present: usize,
+    /// Sections found but not loadable (meta gone, outbox not empty).
+    pub blocked: usize,
+}
+
+async fn load(
+    redis: &Redis,
+    snapshots: &[crate::seats::SectionSnapshot],
+) -> anyhow::Result<Warmed> {
+    let mut warmed = Warmed::default();
+    for snapshot in snapshots {
+        match redis.load(snapshot).await? {
+            Load::Loaded => warmed.loaded += 1,
+            Load::AlreadyPresent => warmed.present += 1,
+            Load::OutboxPending => {
+                warmed.blocked += 1;
+                tracing::error!(
+                    section = %snapshot.section,
+                    "section state missing while its outbox holds events; run `registrar reconcile`"
+                );
+            }
+        }
+    }
+    metrics::counter!(SECTIONS_LOADED).increment(warmed.loaded as u64);
+    Ok(warmed)
+}
+
+/// Loads the given sections if Redis lacks them; returns the ids PostgreSQL knows.
+pub async fn load_sections(
+    db: &Pool,
+    redis: &Redis,
+    sections: &[Uuid],
+) -> anyhow::Result<Vec<Uuid>> {
+    let client = db.get().await?;
+    let snapshots = engine::snapshots(&client, Snapshots::Only(sections)).await?;
+    drop(client);
+    load(redis, &snapshots).await?;
+    Ok(snapshots.iter().map(|s| s.section).collect())
+}
+
+/// Loads sections on demand for the request path, one load at a time: when
+/// hundreds of requests find the same section missing at once, one reads
+/// PostgreSQL and the others find it loaded when their turn comes.
+pub struct Loader {
+    db: Pool,
+    redis: Redis,
+    gate: tokio::sync::Mutex<()>,
+    /// Every section this process loaded or found loaded: the sweeper's list
+    /// while PostgreSQL cannot be asked for one.
+    known: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+impl Loader {
+    pub fn new(db: Pool, redis: Redis) -> Self {
+        Self {
+            db,
+            redis,
+            gate: tokio::sync::Mutex::new(()),
+            known: Default::default(),
+        }
+    }
+
+    fn remember(&self, sections: impl IntoIterator<Item = Uuid>) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.extend(sections);
+    }
+
+    /// Sections this process knows of.
+    pub fn known(&self) -> Vec<Uuid> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.iter().copied().collect()
+    }
+
+    /// Loads every section of an active semester that Redis lacks.
+    pub async fn warm_up(&self) -> anyhow::Result<Warmed> {
+        let client = self.db.get().await?;
+        let snapshots = engine::snapshots(&client, Snapshots::ActiveSemesters).await?;
+        drop(client);
+        let warmed = load(&self.redis, &snapshots).await?;
+        self.remember(snapshots.iter().map(|s| s.section));
+        Ok(warmed)
+    }
+
+    /// Makes sure each of `sections` is in Redis; returns those that exist.
+    pub async fn ensure(&self, sections: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
+        let _turn = self.gate.lock().await;
+        let mut present = Vec::new();
+        let mut missing = Vec::new();
+        for section in sections {
+            if self.redis.is_loaded(*section).await? {
+                present.push(*section);
+            } else {
+                missing.push(*section);
+            }
+        }
+        if !missing.is_empty() {
+            present.extend(load_sections(&self.db, &self.redis, &missing).await?);
+        }
+        self.remember(present.iter().copied());
+        Ok(present)
+    }
+}

@@ -1,0 +1,400 @@
+//! Each Lua script on its own against a real Redis: every return code,
+//! including absent keys. Each test has its own namespace.
+
+use registrar::{
+    config::{RedisSettings, Secret},
+    seats::{Compensate, Drop, Event, EventKind, Load, Redis, Reserve, Resize, SectionSnapshot},
+};
+use uuid::Uuid;
+
+use crate::helpers::redis_url;
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn redis() -> Redis {
+    Redis::new(&RedisSettings {
+        url: Secret::new(redis_url()),
+        namespace: format!("t{}", Uuid::new_v4().simple()),
+        connect_timeout_ms: 1000,
+        response_timeout_ms: 1000,
+    })
+    .unwrap()
+}
+
+fn snapshot(section: Uuid, capacity: i32, waitlist_limit: i32) -> SectionSnapshot {
+    SectionSnapshot {
+        section,
+        capacity,
+        waitlist_limit,
+        active: true,
+        registration_start_ms: NOW - 1000,
+        registration_end_ms: NOW + 1000,
+        last_seq: 0,
+        enrolled: Vec::new(),
+        waitlisted: Vec::new(),
+    }
+}
+
+async fn loaded(capacity: i32, waitlist_limit: i32) -> (Redis, Uuid) {
+    let r = redis();
+    let section = Uuid::new_v4();
+    assert_eq!(
+        r.load(&snapshot(section, capacity, waitlist_limit))
+            .await
+            .unwrap(),
+        Load::Loaded
+    );
+    (r, section)
+}
+
+fn ids(n: usize) -> Vec<Uuid> {
+    (0..n).map(|_| Uuid::new_v4()).collect()
+}
+
+#[tokio::test]
+async fn every_script_reports_an_absent_section_without_writing() {
+    let r = redis();
+    let section = Uuid::new_v4();
+    let student = Uuid::new_v4();
+
+    assert_eq!(
+        r.reserve(section, student, NOW).await.unwrap(),
+        Reserve::NotLoaded
+    );
+    assert_eq!(
+        r.drop_student(section, student, NOW).await.unwrap(),
+        Drop::NotLoaded
+    );
+    assert_eq!(
+        r.resize(section, Some(5), None, None, NOW).await.unwrap(),
+        Resize::NotLoaded
+    );
+    assert!(!r.is_loaded(section).await.unwrap());
+    assert!(r.outbox_from(section, 1, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn load_builds_state_only_when_absent() {
+    let r = redis();
+    let section = Uuid::new_v4();
+    let enrolled = ids(2);
+    let waiting = ids(3);
+    let mut snap = snapshot(section, 5, 10);
+    snap.enrolled = enrolled.clone();
+    snap.waitlisted = waiting.clone();
+    snap.last_seq = 7;
+
+    assert_eq!(r.load(&snap).await.unwrap(), Load::Loaded);
+    let mut other = snapshot(section, 99, 99);
+    other.enrolled = ids(1);
+    assert_eq!(r.load(&other).await.unwrap(), Load::AlreadyPresent);
+
+    let (roster, queue) = r.roster(section).await.unwrap();
+    assert_eq!(roster.len(), 2);
+    assert!(enrolled.iter().all(|e| roster.contains(e)));
+    assert_eq!(
+        queue, waiting,
+        "waitlist order is PostgreSQL's position order"
+    );
+    let counts = r.live_counts(&[section]).await.unwrap()[0].unwrap();
+    assert_eq!(
+        (
+            counts.capacity,
+            counts.seats_available,
+            counts.waitlist_length
+        ),
+        (5, 3, 3)
+    );
+    // A newcomer queues behind the loaded waitlist, and the sequence goes on from 7.
+    let late = Uuid::new_v4();
+    let mut full = snapshot(Uuid::new_v4(), 0, 10);
+    full.waitlisted = waiting.clone();
+    full.last_seq = 7;
+    r.load(&full).await.unwrap();
+    assert_eq!(
+        r.reserve(full.section, late, NOW).await.unwrap(),
+        Reserve::Waitlisted {
+            seq: 8,
+            position: 4
+        }
+    );
+}
+
+#[tokio::test]
+async fn load_refuses_a_section_whose_outbox_still_holds_events() {
+    let (r, section) = loaded(1, 0).await;
+    r.reserve(section, Uuid::new_v4(), NOW).await.unwrap();
+    r.forget_section(section).await.unwrap();
+
+    assert_eq!(
+        r.load(&snapshot(section, 1, 0)).await.unwrap(),
+        Load::OutboxPending
+    );
+}
+
+#[tokio::test]
+async fn reserve_enrolls_then_waitlists_then_refuses_full() {
+    let (r, section) = loaded(1, 1).await;
+    let [a, b, c] = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+
+    assert_eq!(
+        r.reserve(section, a, NOW).await.unwrap(),
+        Reserve::Enrolled { seq: 1 }
+    );
+    assert_eq!(
+        r.reserve(section, b, NOW).await.unwrap(),
+        Reserve::Waitlisted {
+            seq: 2,
+            position: 1
+        }
+    );
+    assert_eq!(r.reserve(section, c, NOW).await.unwrap(), Reserve::Full);
+    assert_eq!(
+        r.reserve(section, a, NOW).await.unwrap(),
+        Reserve::AlreadyEnrolled
+    );
+    assert_eq!(
+        r.reserve(section, b, NOW).await.unwrap(),
+        Reserve::AlreadyWaitlisted { position: 1 }
+    );
+
+    let events = r.outbox_from(section, 1, 10).await.unwrap();
+    let kinds: Vec<(i64, EventKind, Option<Uuid>)> =
+        events.iter().map(|e| (e.seq, e.kind, e.student)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (1, EventKind::Enroll, Some(a)),
+            (2, EventKind::Waitlist, Some(b))
+        ],
+        "refusals write nothing"
+    );
+}
+
+#[tokio::test]
+async fn reserve_refuses_inactive_sections_and_closed_windows() {
+    let r = redis();
+    let inactive = Uuid::new_v4();
+    let mut snap = snapshot(inactive, 5, 5);
+    snap.active = false;
+    r.load(&snap).await.unwrap();
+    let (r2, open) = loaded(5, 5).await;
+
+    assert_eq!(
+        r.reserve(inactive, Uuid::new_v4(), NOW).await.unwrap(),
+        Reserve::Inactive
+    );
+    assert_eq!(
+        r2.reserve(open, Uuid::new_v4(), NOW - 5000).await.unwrap(),
+        Reserve::WindowClosed
+    );
+    assert_eq!(
+        r2.reserve(open, Uuid::new_v4(), NOW + 1000).await.unwrap(),
+        Reserve::WindowClosed
+    );
+    assert!(r2.outbox_from(open, 1, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn drop_frees_the_seat_or_hands_it_to_the_waitlist_head() {
+    let (r, section) = loaded(1, 5).await;
+    let [a, b, c, stranger] = [
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    ];
+    r.reserve(section, a, NOW).await.unwrap();
+    r.reserve(section, b, NOW).await.unwrap();
+    r.reserve(section, c, NOW).await.unwrap();
+
+    assert_eq!(
+        r.drop_student(section, stranger, NOW).await.unwrap(),
+        Drop::NotRegistered
+    );
+    assert_eq!(
+        r.drop_student(section, a, NOW).await.unwrap(),
+        Drop::Dropped {
+            seq: 4,
+            promoted: Some(b)
+        }
+    );
+    assert_eq!(
+        r.drop_student(section, c, NOW).await.unwrap(),
+        Drop::LeftWaitlist { seq: 6 }
+    );
+    assert_eq!(
+        r.drop_student(section, b, NOW).await.unwrap(),
+        Drop::Dropped {
+            seq: 7,
+            promoted: None
+        }
+    );
+
+    let counts = r.live_counts(&[section]).await.unwrap()[0].unwrap();
+    assert_eq!(
+        (
+            counts.enrolled,
+            counts.seats_available,
+            counts.waitlist_length
+        ),
+        (0, 1, 0)
+    );
+    let kinds: Vec<EventKind> = r
+        .outbox_from(section, 4, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::Drop,
+            EventKind::Promote,
+            EventKind::Unwait,
+            EventKind::Drop
+        ]
+    );
+}
+
+fn event(section: Uuid, seq: i64, kind: EventKind, student: Uuid) -> Event {
+    Event {
+        section,
+        seq,
+        kind,
+        student: Some(student),
+        at_ms: NOW,
+        config: None,
+    }
+}
+
+#[tokio::test]
+async fn compensate_undoes_an_enrolment_once_and_promotes_the_head() {
+    let (r, section) = loaded(1, 5).await;
+    let [a, b] = [Uuid::new_v4(), Uuid::new_v4()];
+    r.reserve(section, a, NOW).await.unwrap();
+    r.reserve(section, b, NOW).await.unwrap();
+    let failed = event(section, 1, EventKind::Enroll, a);
+
+    let first = r.compensate(&failed, "gone", NOW).await.unwrap();
+    let second = r.compensate(&failed, "gone", NOW).await.unwrap();
+
+    assert_eq!(
+        first,
+        Compensate::Reverted {
+            seq: 3,
+            promoted: Some(b)
+        }
+    );
+    assert_eq!(second, Compensate::Already);
+    let (roster, queue) = r.roster(section).await.unwrap();
+    assert_eq!((roster, queue), (vec![b], vec![]));
+    let standing = r.standings(a, &[section]).await.unwrap().remove(0);
+    assert_eq!(standing.reverted_reason.as_deref(), Some("gone"));
+}
+
+#[tokio::test]
+async fn compensate_returns_the_seat_when_nobody_waits_and_handles_every_other_case() {
+    let (r, section) = loaded(2, 5).await;
+    let [a, b, c] = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    r.reserve(section, a, NOW).await.unwrap();
+    r.reserve(section, b, NOW).await.unwrap();
+    r.drop_student(section, b, NOW).await.unwrap();
+
+    let seat_back = r
+        .compensate(&event(section, 1, EventKind::Enroll, a), "x", NOW)
+        .await
+        .unwrap();
+    let gone_already = r
+        .compensate(&event(section, 2, EventKind::Enroll, b), "x", NOW)
+        .await
+        .unwrap();
+    let a_drop = r
+        .compensate(&event(section, 3, EventKind::Drop, b), "x", NOW)
+        .await
+        .unwrap();
+    r.reserve(section, c, NOW).await.unwrap();
+    r.resize(section, Some(1), None, None, NOW).await.unwrap();
+    let d = Uuid::new_v4();
+    r.reserve(section, d, NOW).await.unwrap();
+    let waitlisted = r.standings(d, &[section]).await.unwrap().remove(0);
+    assert_eq!(waitlisted.waitlist_position, Some(1));
+    let undo_wait = r
+        .compensate(&event(section, 99, EventKind::Waitlist, d), "x", NOW)
+        .await
+        .unwrap();
+
+    assert!(matches!(
+        seat_back,
+        Compensate::Reverted { promoted: None, .. }
+    ));
+    assert_eq!(gone_already, Compensate::NothingToUndo);
+    assert_eq!(a_drop, Compensate::NotUndoable);
+    assert!(matches!(
+        undo_wait,
+        Compensate::Reverted { promoted: None, .. }
+    ));
+    let counts = r.live_counts(&[section]).await.unwrap()[0].unwrap();
+    assert_eq!(
+        (
+            counts.enrolled,
+            counts.seats_available,
+            counts.waitlist_length
+        ),
+        (1, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn resize_promotes_the_waitlist_head_first_and_refuses_going_below_the_roster() {
+    let (r, section) = loaded(1, 5).await;
+    let students = ids(4);
+    for s in &students {
+        r.reserve(section, *s, NOW).await.unwrap();
+    }
+
+    let below = r.resize(section, Some(0), None, None, NOW).await.unwrap();
+    let raised = r.resize(section, Some(3), None, None, NOW).await.unwrap();
+    let limit_only = r
+        .resize(section, None, Some(0), Some(false), NOW)
+        .await
+        .unwrap();
+
+    assert_eq!(below, Resize::BelowEnrolled { enrolled: 1 });
+    assert_eq!(
+        raised,
+        Resize::Resized {
+            seq: 5,
+            promoted: vec![students[1], students[2]]
+        }
+    );
+    assert_eq!(
+        limit_only,
+        Resize::Resized {
+            seq: 8,
+            promoted: vec![]
+        }
+    );
+    let counts = r.live_counts(&[section]).await.unwrap()[0].unwrap();
+    assert_eq!(
+        (
+            counts.capacity,
+            counts.enrolled,
+            counts.seats_available,
+            counts.waitlist_length
+        ),
+        (3, 3, 0, 1)
+    );
+    assert_eq!(
+        r.reserve(section, Uuid::new_v4(), NOW).await.unwrap(),
+        Reserve::Inactive
+    );
+    let config = r.outbox_from(section, 8, 1).await.unwrap().remove(0);
+    assert_eq!(config.kind, EventKind::Config);
+    let cfg = config.config.unwrap();
+    assert_eq!(
+        (cfg.capacity, cfg.waitlist_limit, cfg.active),
+        (3, 0, false)
+    );
+}
