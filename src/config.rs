@@ -77,6 +77,8 @@ pub struct SyncSettings {
     pub retry_max_ms: u64,
     pub sweep_interval_ms: u64,
     pub sweep_min_age_ms: u64,
+    /// Period of the in-server drift check; 0 disables it.
+    pub reconcile_interval_secs: u64,
     pub drain_timeout_ms: u64,
 }
 

@@ -48,6 +48,13 @@ enum Command {
         #[arg(long, default_value = "admin-password")]
         admin_password: String,
     },
+    /// Compare Redis with PostgreSQL per section and print any drift; exit 1
+    /// when drift remains. With --fix, rebuild drifted sections' Redis state
+    /// from PostgreSQL (only sections whose outbox is empty).
+    Reconcile {
+        #[arg(long)]
+        fix: bool,
+    },
     /// Print a JWT for a student (by number or id) or for the admin.
     Token {
         #[arg(long, conflicts_with_all = ["student_id", "admin"])]
@@ -162,6 +169,25 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 seed::ADMIN_NUMBER,
                 opts.admin_password
             );
+            Ok(())
+        }
+        Command::Reconcile { fix } => {
+            let pool = store::pool(&settings.database)?;
+            let redis = registrar::seats::Redis::new(&settings.redis)?;
+            let reports = registrar::sync::reconcile::reconcile(&pool, &redis, fix).await?;
+            for report in &reports {
+                println!("{}", serde_json::to_string(report)?);
+            }
+            let drift = reports
+                .iter()
+                .filter(|r| r.is_drift() && !r.repaired)
+                .count();
+            let pending = reports.iter().filter(|r| !r.is_drift()).count();
+            let repaired = reports.iter().filter(|r| r.repaired).count();
+            eprintln!("{drift} sections drifted, {repaired} repaired, {pending} still draining");
+            if drift > 0 {
+                anyhow::bail!("Redis and PostgreSQL disagree on {drift} sections");
+            }
             Ok(())
         }
         Command::Token {

@@ -13,7 +13,7 @@ pub mod event;
 pub mod keys;
 pub mod scripts;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
@@ -333,13 +333,4 @@ impl Redis {
         let parse = |v: Vec<String>| v.iter().filter_map(|s| Uuid::try_parse(s).ok()).collect();
         Ok((parse(enrolled), parse(waiting)))
     }
-}
-
-/// Groups items by section, keeping their order.
-pub fn by_section<T>(items: impl IntoIterator<Item = (Uuid, T)>) -> HashMap<Uuid, Vec<T>> {
-    let mut map: HashMap<Uuid, Vec<T>> = HashMap::new();
-    for (section, item) in items {
-        map.entry(section).or_default().push(item);
-    }
-    map
 }

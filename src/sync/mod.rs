@@ -9,6 +9,7 @@
 //!   a full queue, a PostgreSQL outage) and reports the backlog.
 //! - [`warmup`]: builds a section's Redis state from PostgreSQL when absent.
 
+pub mod reconcile;
 pub mod shard;
 pub mod sweeper;
 pub mod warmup;
@@ -190,6 +191,7 @@ mod tests {
             retry_max_ms: 100,
             sweep_interval_ms: 1,
             sweep_min_age_ms: 1,
+            reconcile_interval_secs: 0,
             drain_timeout_ms: 1,
         };
         for attempt in 0..40 {

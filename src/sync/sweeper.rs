@@ -65,6 +65,8 @@ impl Sweeper {
         let mut sections: Vec<Uuid> = Vec::new();
         let mut sweeps = 0u32;
         let mut first = true;
+        let reconcile_every = Duration::from_secs(self.settings.reconcile_interval_secs);
+        let mut reconciled = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
@@ -93,6 +95,21 @@ impl Sweeper {
             match self.sweep(&sections, min_age).await {
                 Ok(()) => first = false,
                 Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
+            }
+            if !reconcile_every.is_zero() && reconciled.elapsed() >= reconcile_every {
+                reconciled = tokio::time::Instant::now();
+                match super::reconcile::reconcile(&self.db, &self.redis, false).await {
+                    Ok(reports) => {
+                        let drifted = reports.iter().filter(|r| r.is_drift()).count();
+                        if drifted > 0 {
+                            tracing::warn!(
+                                drifted,
+                                "Redis and PostgreSQL disagree; see `registrar reconcile`"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "drift check skipped"),
+                }
             }
         }
     }

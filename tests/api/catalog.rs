@@ -96,6 +96,7 @@ async fn available_sections_filter_by_semester_and_course_and_hide_full_ones() {
     let (token, _) = app.student(1).await;
     let full = seeded.report.section_ids[0];
     app.register(&token, &[full]).await;
+    app.wait_persisted(&[full]).await;
     let semester = seeded.report.semester_id;
 
     let all: Value = app

@@ -8,7 +8,10 @@ use std::{
 };
 
 use futures_util::{stream, StreamExt};
-use registrar::config::Secret;
+use registrar::{
+    config::Secret,
+    sync::reconcile::{reconcile, Difference},
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -528,4 +531,40 @@ async fn registrations_continue_while_postgres_is_away_and_all_land_when_it_retu
         .unwrap()
         .get(0);
     assert_eq!(dead, 0, "a transient outage undoes nothing");
+}
+
+#[tokio::test]
+async fn reconcile_reports_drift_and_fix_rebuilds_redis_from_postgres() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(3, 2, 5, 5).await;
+    let section = seeded.report.section_ids[0];
+    let students = app.student_ids().await;
+    for s in &students {
+        app.register(&app.token_for(*s), &[section]).await;
+    }
+    app.wait_persisted(&[section]).await;
+    let clean = reconcile(&app.db, &app.redis, false).await.unwrap();
+    // Corrupt Redis behind the engine's back.
+    let keys = app.redis.section_keys(section);
+    redis::cmd("SREM")
+        .arg(&keys.enrolled)
+        .arg(students[0].to_string())
+        .query_async::<()>(&mut app.redis.conn())
+        .await
+        .unwrap();
+
+    let found = reconcile(&app.db, &app.redis, false).await.unwrap();
+    let fixed = reconcile(&app.db, &app.redis, true).await.unwrap();
+    let after = reconcile(&app.db, &app.redis, false).await.unwrap();
+
+    assert!(clean.is_empty(), "{clean:?}");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].section, section);
+    assert!(found[0].differences.contains(&Difference::Enrolled {
+        only_redis: vec![],
+        only_postgres: vec![students[0]],
+    }));
+    assert!(fixed[0].repaired);
+    assert!(after.is_empty(), "{after:?}");
+    app.assert_converged(section).await;
 }

@@ -2,6 +2,7 @@
 //! PostgreSQL database and Redis namespace, plus one method per endpoint.
 
 use std::{
+    collections::BTreeSet,
     net::{SocketAddr, TcpListener as StdListener},
     path::Path,
     sync::Once,
@@ -393,97 +394,20 @@ impl TestApp {
         .await
     }
 
-    /// Waits until PostgreSQL has applied every event Redis issued for these
-    /// sections and their outboxes are empty.
     pub async fn wait_persisted(&self, sections: &[Uuid]) {
-        let done = eventually(Duration::from_secs(60), || async {
-            let db = self.db.get().await.unwrap();
-            let mut conn = self.redis.conn();
-            for section in sections {
-                let keys = self.redis.section_keys(*section);
-                let (seq, pending): (Option<i64>, i64) = redis::pipe()
-                    .get(&keys.seq)
-                    .xlen(&keys.outbox)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                let applied: i64 = db
-                    .query_one("select last_seq from sections where id = $1", &[section])
-                    .await
-                    .unwrap()
-                    .get(0);
-                if seq.unwrap_or(0) != applied || pending != 0 {
-                    return false;
-                }
-            }
-            true
-        })
-        .await;
-        assert!(done, "PostgreSQL did not catch up with Redis");
+        wait_persisted(&self.db, &self.redis, sections).await
     }
 
-    /// PostgreSQL's roster of a section: enrolled ids, and waitlisted ids by position.
-    pub async fn pg_roster(&self, section: Uuid) -> (std::collections::BTreeSet<Uuid>, Vec<Uuid>) {
-        let db = self.db.get().await.unwrap();
-        let enrolled = db
-            .query(
-                "select student_id from registrations where section_id = $1 and status = 'enrolled'",
-                &[&section],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let rows = db
-            .query(
-                "select student_id, position from waitlist where section_id = $1 order by position",
-                &[&section],
-            )
-            .await
-            .unwrap();
-        let positions: Vec<i32> = rows.iter().map(|r| r.get(1)).collect();
-        assert_eq!(
-            positions,
-            (1..=rows.len() as i32).collect::<Vec<_>>(),
-            "waitlist positions are contiguous from 1"
-        );
-        (enrolled, rows.iter().map(|r| r.get(0)).collect())
+    pub async fn pg_roster(&self, section: Uuid) -> (BTreeSet<Uuid>, Vec<Uuid>) {
+        pg_roster(&self.db, section).await
     }
 
-    /// Redis's roster of a section, in the same shape.
-    pub async fn redis_roster(
-        &self,
-        section: Uuid,
-    ) -> (std::collections::BTreeSet<Uuid>, Vec<Uuid>) {
-        let (enrolled, waiting) = self.redis.roster(section).await.unwrap();
-        (enrolled.into_iter().collect(), waiting)
+    pub async fn redis_roster(&self, section: Uuid) -> (BTreeSet<Uuid>, Vec<Uuid>) {
+        redis_roster(&self.redis, section).await
     }
 
-    /// Asserts Redis and PostgreSQL agree on a section and neither oversells.
     pub async fn assert_converged(&self, section: Uuid) {
-        let pg = self.pg_roster(section).await;
-        let live = self.redis_roster(section).await;
-        assert_eq!(pg.0, live.0, "enrolled sets differ");
-        assert_eq!(pg.1, live.1, "waitlists differ");
-        let db = self.db.get().await.unwrap();
-        let row = db
-            .query_one(
-                "select total_seats, enrolled_count from sections where id = $1",
-                &[&section],
-            )
-            .await
-            .unwrap();
-        let (total, count): (i32, i32) = (row.get(0), row.get(1));
-        assert_eq!(
-            count as usize,
-            pg.0.len(),
-            "enrolled_count matches the rows"
-        );
-        assert!(count <= total, "no oversell");
-        let counts = self.redis.live_counts(&[section]).await.unwrap()[0].unwrap();
-        assert_eq!(counts.capacity, i64::from(total));
-        assert_eq!(counts.seats_available, i64::from(total - count));
+        assert_converged(&self.db, &self.redis, section).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
@@ -558,4 +482,94 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until PostgreSQL has applied every event Redis issued for these
+/// sections and their outboxes are empty.
+pub async fn wait_persisted(db: &Pool, redis: &Redis, sections: &[Uuid]) {
+    let done = eventually(Duration::from_secs(60), || async {
+        let db = db.get().await.unwrap();
+        let mut conn = redis.conn();
+        for section in sections {
+            let keys = redis.section_keys(*section);
+            let (seq, pending): (Option<i64>, i64) = redis::pipe()
+                .get(&keys.seq)
+                .xlen(&keys.outbox)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let applied: i64 = db
+                .query_one("select last_seq from sections where id = $1", &[section])
+                .await
+                .unwrap()
+                .get(0);
+            if seq.unwrap_or(0) != applied || pending != 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(done, "PostgreSQL did not catch up with Redis");
+}
+
+/// PostgreSQL's roster of a section: enrolled ids, and waitlisted ids by position.
+pub async fn pg_roster(db: &Pool, section: Uuid) -> (BTreeSet<Uuid>, Vec<Uuid>) {
+    let db = db.get().await.unwrap();
+    let enrolled = db
+        .query(
+            "select student_id from registrations where section_id = $1 and status = 'enrolled'",
+            &[&section],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let rows = db
+        .query(
+            "select student_id, position from waitlist where section_id = $1 order by position",
+            &[&section],
+        )
+        .await
+        .unwrap();
+    let positions: Vec<i32> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(
+        positions,
+        (1..=rows.len() as i32).collect::<Vec<_>>(),
+        "waitlist positions are contiguous from 1"
+    );
+    (enrolled, rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Redis's roster of a section, in the same shape.
+pub async fn redis_roster(redis: &Redis, section: Uuid) -> (BTreeSet<Uuid>, Vec<Uuid>) {
+    let (enrolled, waiting) = redis.roster(section).await.unwrap();
+    (enrolled.into_iter().collect(), waiting)
+}
+
+/// Asserts Redis and PostgreSQL agree on a section and neither oversells.
+pub async fn assert_converged(db: &Pool, redis: &Redis, section: Uuid) {
+    let pg = pg_roster(db, section).await;
+    let live = redis_roster(redis, section).await;
+    assert_eq!(pg.0, live.0, "enrolled sets differ");
+    assert_eq!(pg.1, live.1, "waitlists differ");
+    let db = db.get().await.unwrap();
+    let row = db
+        .query_one(
+            "select total_seats, enrolled_count from sections where id = $1",
+            &[&section],
+        )
+        .await
+        .unwrap();
+    let (total, count): (i32, i32) = (row.get(0), row.get(1));
+    assert_eq!(
+        count as usize,
+        pg.0.len(),
+        "enrolled_count matches the rows"
+    );
+    assert!(count <= total, "no oversell");
+    let counts = redis.live_counts(&[section]).await.unwrap()[0].unwrap();
+    assert_eq!(counts.capacity, i64::from(total));
+    assert_eq!(counts.seats_available, i64::from(total - count));
 }

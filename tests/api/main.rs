@@ -10,6 +10,8 @@ mod helpers;
 mod input;
 mod migrations;
 mod probes;
+mod processes;
 mod proxy;
+mod recovery;
 mod scripts;
 mod shutdown;

@@ -1,7 +1,4 @@
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use registrar::config::Secret;
 use reqwest::StatusCode;
@@ -9,6 +6,7 @@ use serde_json::Value;
 
 use crate::{
     helpers::{eventually, free_port, spawn_app, spawn_app_with, via_port},
+    processes::PrivateRedis,
     proxy::Proxy,
 };
 
@@ -53,43 +51,6 @@ async fn metrics_are_prometheus_text_with_descriptions_and_request_counts() {
         text.contains("http_request_duration_seconds_bucket{"),
         "{text}"
     );
-}
-
-/// A private redis-server on a free port, killed on drop.
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        Self { child, port }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

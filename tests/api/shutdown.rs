@@ -1,10 +1,6 @@
 //! The real binary as a child process, stopped with SIGTERM.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use registrar::{seed, store};
 use tokio::{
@@ -12,58 +8,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{create_database, free_port, redis_url, test_settings, PASSWORD};
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(database_url: &str, namespace: &str) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_registrar"))
-        .arg("serve")
-        .env("APP_ENV", "test")
-        .env(
-            "APP_CONFIG_DIR",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
-        )
-        .env("APP__HTTP__PORT", port.to_string())
-        .env("APP__DATABASE__URL", database_url)
-        .env("APP__REDIS__URL", redis_url())
-        .env("APP__REDIS__NAMESPACE", namespace)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the registrar binary starts");
-    Server { child, port }
-}
-
-async fn wait_until_live(port: u16) {
-    for _ in 0..250 {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/live")).await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the server did not come up on port {port}");
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill is available");
-    assert!(status.success());
-}
+use crate::{
+    helpers::{create_database, test_settings, PASSWORD},
+    processes::ChildServer,
+};
 
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
@@ -89,8 +37,8 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     )
     .await
     .unwrap();
-    let mut server = start_server(&url, &settings.redis.namespace);
-    wait_until_live(server.port).await;
+    let server = ChildServer::start(&url, None, &settings.redis.namespace);
+    server.wait_live().await;
 
     // A login whose body is only half sent: the request is in flight.
     let body = format!(r#"{{"student_number":"S0000001","password":"{PASSWORD}"}}"#);
@@ -106,7 +54,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     stream.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    sigterm(&server.child);
+    server.sigterm();
     let mut refused = false;
     for _ in 0..100 {
         if TcpStream::connect(("127.0.0.1", server.port))
@@ -124,14 +72,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
         .await
         .expect("the in-flight request is answered and the connection closed")
         .unwrap();
-    let status = tokio::task::spawn_blocking(move || {
-        let status = server.child.wait();
-        (status, server)
-    })
-    .await
-    .unwrap()
-    .0
-    .unwrap();
+    let status = server.wait_exit().await;
 
     assert!(refused, "new connections are refused once shutdown began");
     let answer = String::from_utf8_lossy(&answer);

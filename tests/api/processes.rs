@@ -1,0 +1,151 @@
+//! Servers run as child processes: a private Redis, and the registrar binary
+//! itself for tests that kill or signal it.
+
+use std::{
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use crate::helpers::{free_port, redis_url};
+
+/// A private redis-server on a free port, killed on drop.
+pub struct PrivateRedis {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Waits until it answers PING.
+    pub async fn wait_up(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        for _ in 0..250 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("private Redis on port {} did not start", self.port);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The registrar binary serving on a free port; killed on drop.
+pub struct ChildServer {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl ChildServer {
+    /// Starts `registrar serve` with the test configuration and these
+    /// database URL, Redis URL and namespace.
+    pub fn start(database_url: &str, redis: Option<&str>, namespace: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_registrar"))
+            .arg("serve")
+            .env("APP_ENV", "test")
+            .env(
+                "APP_CONFIG_DIR",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+            )
+            .env("APP__HTTP__PORT", port.to_string())
+            .env("APP__DATABASE__URL", database_url)
+            .env(
+                "APP__REDIS__URL",
+                redis.map_or_else(redis_url, str::to_string),
+            )
+            .env("APP__REDIS__NAMESPACE", namespace)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the registrar binary starts");
+        Self { child, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    async fn wait_for(&self, path: &str) {
+        for _ in 0..500 {
+            if let Ok(r) = reqwest::get(self.url(path)).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the server on port {} never answered {path}", self.port);
+    }
+
+    pub async fn wait_live(&self) {
+        self.wait_for("/live").await;
+    }
+
+    pub async fn wait_ready(&self) {
+        self.wait_for("/ready").await;
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill is available");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (off the async threads).
+    pub async fn wait_exit(mut self) -> ExitStatus {
+        tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().expect("the child can be waited for");
+            (status, self)
+        })
+        .await
+        .unwrap()
+        .0
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

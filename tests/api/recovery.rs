@@ -1,0 +1,244 @@
+//! Crashes and lost caches: the real binary killed with SIGKILL, and Redis
+//! emptied under a running server.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use deadpool_postgres::Pool;
+use futures_util::{stream, StreamExt};
+use registrar::{
+    auth::Tokens,
+    config::{RedisSettings, Secret},
+    domain::Role,
+    seats::Redis,
+    seed, store,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    helpers::{
+        assert_converged, create_database, pg_roster, test_settings, wait_persisted, TestDatabase,
+    },
+    processes::{ChildServer, PrivateRedis},
+};
+
+/// Each student and the status answered, None when the request died.
+type Answers = Vec<(Uuid, Option<String>)>;
+
+struct Setup {
+    _database: TestDatabase,
+    url: String,
+    namespace: String,
+    db: Pool,
+    tokens: Tokens,
+    sections: Vec<Uuid>,
+    students: Vec<Uuid>,
+}
+
+/// A migrated, seeded database for a child server.
+async fn setup(students: usize, sections: usize, seats: i32, waitlist: i32) -> Setup {
+    let database = create_database().await;
+    let settings = test_settings(&database.url);
+    let db = store::pool(&settings.database).unwrap();
+    store::migrate::run(&mut db.get().await.unwrap())
+        .await
+        .unwrap();
+    let report = seed::seed(
+        &db,
+        &seed::SeedOptions {
+            students,
+            courses: sections,
+            sections_per_course: 1,
+            seats,
+            waitlist,
+            password: "unused-password".into(),
+            admin_password: "unused-password".into(),
+        },
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    let ids = db
+        .get()
+        .await
+        .unwrap()
+        .query(
+            "select id from students where role = 'student' order by student_number",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Setup {
+        url: database.url.clone(),
+        _database: database,
+        namespace: settings.redis.namespace.clone(),
+        tokens: Tokens::new(
+            settings.auth.jwt_secret.expose().as_bytes(),
+            std::time::Duration::from_secs(3600),
+        ),
+        db,
+        sections: report.section_ids,
+        students: ids,
+    }
+}
+
+fn redis_for(url: &str, namespace: &str) -> Redis {
+    Redis::new(&RedisSettings {
+        url: Secret::new(url),
+        namespace: namespace.into(),
+        connect_timeout_ms: 1000,
+        response_timeout_ms: 1000,
+    })
+    .unwrap()
+}
+
+async fn register(
+    http: &reqwest::Client,
+    server_url: &str,
+    token: &str,
+    section: Uuid,
+) -> Result<Value, reqwest::Error> {
+    let response = http
+        .post(format!("{server_url}/api/v1/register"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "section_ids": [section] }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let body: Value = response.json().await?;
+    Ok(body["results"][0].clone())
+}
+
+#[tokio::test]
+async fn a_sigkill_while_acknowledging_loses_no_acknowledged_registration() {
+    let s = setup(400, 1, 150, 0).await;
+    let section = s.sections[0];
+    let server = ChildServer::start(&s.url, None, &s.namespace);
+    server.wait_ready().await;
+    let base = server.url("");
+    let http = reqwest::Client::new();
+    let enrolled_answers = Arc::new(AtomicUsize::new(0));
+    let answers: Arc<Mutex<Answers>> = Arc::default();
+    let server = Arc::new(Mutex::new(Some(server)));
+
+    stream::iter(s.students.clone())
+        .map(|student| {
+            let (http, base, token) = (
+                http.clone(),
+                base.clone(),
+                s.tokens.mint(student, Role::Student, true),
+            );
+            let (enrolled_answers, answers, server) =
+                (enrolled_answers.clone(), answers.clone(), server.clone());
+            async move {
+                let status = register(&http, &base, &token, section)
+                    .await
+                    .ok()
+                    .map(|r| r["status"].as_str().unwrap_or("").to_string());
+                if status.as_deref() == Some("enrolled")
+                    && enrolled_answers.fetch_add(1, Ordering::SeqCst) + 1 == 60
+                {
+                    // Kill mid-stream: other requests are in flight right now.
+                    if let Some(mut child) = server.lock().unwrap().take() {
+                        child.child.kill().unwrap();
+                        let _ = child.child.wait();
+                    }
+                }
+                answers.lock().unwrap().push((student, status));
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    let answers = answers.lock().unwrap().clone();
+    let acknowledged: BTreeSet<Uuid> = answers
+        .iter()
+        .filter(|(_, st)| st.as_deref() == Some("enrolled"))
+        .map(|(s, _)| *s)
+        .collect();
+    let unanswered: Vec<Uuid> = answers
+        .iter()
+        .filter(|(_, st)| st.is_none())
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(acknowledged.len() >= 60);
+    assert!(!unanswered.is_empty(), "the kill interrupted requests");
+
+    let restarted = ChildServer::start(&s.url, None, &s.namespace);
+    restarted.wait_ready().await;
+    // Clients whose request died retry; the answer tells them the truth.
+    let mut learned = BTreeSet::new();
+    for student in &unanswered {
+        let token = s.tokens.mint(*student, Role::Student, true);
+        let result = register(&http, &restarted.url(""), &token, section)
+            .await
+            .unwrap();
+        match result["status"].as_str().unwrap() {
+            "enrolled" | "already_enrolled" => {
+                learned.insert(*student);
+            }
+            "rejected" => assert_eq!(result["reason"], "full"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace);
+    wait_persisted(&s.db, &redis, &[section]).await;
+
+    let (enrolled, _) = pg_roster(&s.db, section).await;
+    assert!(
+        acknowledged.is_subset(&enrolled),
+        "every acknowledged seat is in PostgreSQL"
+    );
+    let expected: BTreeSet<Uuid> = acknowledged.union(&learned).copied().collect();
+    assert_eq!(enrolled, expected, "nothing unacknowledged is enrolled");
+    assert!(enrolled.len() <= 150, "no oversell");
+    assert_converged(&s.db, &redis, section).await;
+}
+
+#[tokio::test]
+async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restart() {
+    let private = PrivateRedis::start();
+    private.wait_up().await;
+    let s = setup(60, 2, 20, 10).await;
+    let server = ChildServer::start(&s.url, Some(&private.url()), &s.namespace);
+    server.wait_ready().await;
+    let http = reqwest::Client::new();
+    for (i, student) in s.students.iter().enumerate() {
+        let token = s.tokens.mint(*student, Role::Student, true);
+        register(&http, &server.url(""), &token, s.sections[i % 2])
+            .await
+            .unwrap();
+    }
+    let redis = redis_for(&private.url(), &s.namespace);
+    wait_persisted(&s.db, &redis, &s.sections).await;
+    let before: Vec<_> = {
+        let mut v = Vec::new();
+        for section in &s.sections {
+            v.push(pg_roster(&s.db, *section).await);
+        }
+        v
+    };
+
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut redis.conn())
+        .await
+        .unwrap();
+    server.sigterm();
+    assert!(server.wait_exit().await.success());
+    let restarted = ChildServer::start(&s.url, Some(&private.url()), &s.namespace);
+    restarted.wait_ready().await;
+
+    for (section, pg) in s.sections.iter().zip(before) {
+        assert_eq!(crate::helpers::redis_roster(&redis, *section).await, pg);
+        assert_converged(&s.db, &redis, *section).await;
+    }
+}
