@@ -14,6 +14,8 @@
 //! - [`domain`]: values valid by construction.
 //! - [`seats`]: the Redis side, the hot path's source of truth.
 //! - [`store`]: the PostgreSQL side, the system of record, and its migrations.
+//! - [`sync`]: persistence shards, outbox sweeper, warm-up, reconcile.
+//! - [`audit`]: the promises of SPEC §2 checked against both stores.
 //! - [`seed`]: demo data.
 //! - [`telemetry`], [`metrics`]: logs and Prometheus metrics.
 //!
@@ -25,6 +27,7 @@
 //! reads the body within its limit, and calls `seats` (Redis) or `store`
 //! (PostgreSQL) → errors leave as `application/problem+json`.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod domain;

@@ -1,0 +1,271 @@
+//! A lean HTTP/1.1 load client on hyper: one connection per worker, bodies
+//! and headers prepared before the clock starts, latencies into HDR
+//! histograms per second. Open-loop latency is measured from the intended
+//! send time, so a stalled server is charged for the queue it causes
+//! (no coordinated omission).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::{client::conn::http1, header, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::model::{Latency, Sample};
+
+/// One prepared request.
+#[derive(Clone)]
+pub struct Call {
+    pub kind: &'static str,
+    pub method: Method,
+    pub path: String,
+    pub token: Option<String>,
+    pub body: Option<Bytes>,
+    /// (student, section) the call is about, for the ledger.
+    pub tag: Option<(uuid::Uuid, uuid::Uuid)>,
+}
+
+impl Call {
+    pub fn get(kind: &'static str, path: String, token: Option<String>) -> Self {
+        Self {
+            kind,
+            method: Method::GET,
+            path,
+            token,
+            body: None,
+            tag: None,
+        }
+    }
+
+    pub fn post(kind: &'static str, path: &str, token: String, body: serde_json::Value) -> Self {
+        Self {
+            kind,
+            method: Method::POST,
+            path: path.to_string(),
+            token: Some(format!("Bearer {token}")),
+            body: Some(Bytes::from(body.to_string())),
+            tag: None,
+        }
+    }
+
+    pub fn tagged(mut self, student: uuid::Uuid, section: uuid::Uuid) -> Self {
+        self.tag = Some((student, section));
+        self
+    }
+
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder()
+            .method(self.method.clone())
+            .uri(&self.path)
+            .header(header::HOST, "localhost");
+        if let Some(token) = &self.token {
+            let value = if token.starts_with("Bearer ") {
+                token.clone()
+            } else {
+                format!("Bearer {token}")
+            };
+            builder = builder.header(header::AUTHORIZATION, value);
+        }
+        if self.body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        builder
+            .body(Full::new(self.body.clone().unwrap_or_default()))
+            .expect("prepared requests are valid")
+    }
+}
+
+/// One HTTP/1.1 connection, reopened after an error.
+pub struct Conn {
+    addr: SocketAddr,
+    sender: Option<http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Conn {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, sender: None }
+    }
+
+    async fn sender(&mut self) -> Result<&mut http1::SendRequest<Full<Bytes>>, &'static str> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(self.addr).await.map_err(|_| "connect")?;
+            let _ = stream.set_nodelay(true);
+            let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|_| "connect")?;
+            tokio::spawn(connection);
+            self.sender = Some(sender);
+        }
+        Ok(self.sender.as_mut().expect("just set"))
+    }
+
+    /// Sends `call`; returns the status and body, or an error kind.
+    pub async fn send(&mut self, call: &Call) -> Result<(StatusCode, Bytes), &'static str> {
+        let result = async {
+            let sender = self.sender().await?;
+            sender.ready().await.map_err(|_| "connection")?;
+            let response =
+                tokio::time::timeout(Duration::from_secs(30), sender.send_request(call.request()))
+                    .await
+                    .map_err(|_| "timeout")?
+                    .map_err(|_| "connection")?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|_| "connection")?
+                .to_bytes();
+            Ok((status, body))
+        }
+        .await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn summary(h: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p95_ms: ms(h.value_at_quantile(0.95)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+    }
+}
+
+/// Collects latencies for one phase.
+pub struct Recorder {
+    pub started: Instant,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    total: Histogram<u64>,
+    per_second: Vec<Histogram<u64>>,
+    by_kind: HashMap<&'static str, Histogram<u64>>,
+    errors: HashMap<String, u64>,
+}
+
+/// What a worker records locally before handing it over in bulk.
+#[derive(Default)]
+pub struct Local {
+    records: Vec<(u32, &'static str, u64)>,
+    errors: Vec<String>,
+}
+
+/// Records handed over at once; keeps the lock rare.
+const FLUSH_EVERY: usize = 512;
+
+impl Local {
+    pub fn record(
+        &mut self,
+        recorder: &Recorder,
+        kind: &'static str,
+        sent: Instant,
+        done: Instant,
+    ) {
+        let second = sent.saturating_duration_since(recorder.started).as_secs() as u32;
+        let us = done.saturating_duration_since(sent).as_micros().max(1) as u64;
+        self.records.push((second, kind, us));
+        if self.records.len() >= FLUSH_EVERY {
+            recorder.absorb(self);
+        }
+    }
+
+    pub fn error(&mut self, kind: String) {
+        self.errors.push(kind);
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            inner: Mutex::new(Inner {
+                total: histogram(),
+                per_second: Vec::new(),
+                by_kind: HashMap::new(),
+                errors: HashMap::new(),
+            }),
+        }
+    }
+
+    pub fn absorb(&self, local: &mut Local) {
+        let mut inner = self.inner.lock().unwrap();
+        for (second, kind, us) in local.records.drain(..) {
+            let second = second as usize;
+            while inner.per_second.len() <= second {
+                inner.per_second.push(histogram());
+            }
+            let _ = inner.per_second[second].record(us);
+            let _ = inner.total.record(us);
+            let _ = inner
+                .by_kind
+                .entry(kind)
+                .or_insert_with(histogram)
+                .record(us);
+        }
+        for e in local.errors.drain(..) {
+            *inner.errors.entry(e).or_default() += 1;
+        }
+    }
+
+    pub fn total(&self) -> Latency {
+        summary(&self.inner.lock().unwrap().total)
+    }
+
+    pub fn by_kind(&self) -> Vec<(String, Latency)> {
+        let inner = self.inner.lock().unwrap();
+        let mut v: Vec<(String, Latency)> = inner
+            .by_kind
+            .iter()
+            .map(|(k, h)| (k.to_string(), summary(h)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn errors(&self) -> Vec<(String, u64)> {
+        let inner = self.inner.lock().unwrap();
+        let mut v: Vec<(String, u64)> = inner.errors.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        v.sort();
+        v
+    }
+
+    /// Throughput and percentiles per second of the phase.
+    pub fn samples(&self, phase: &str) -> Vec<Sample> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .per_second
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let l = summary(h);
+                Sample {
+                    t_s: i as f64,
+                    phase: phase.to_string(),
+                    throughput: h.len() as f64,
+                    p50_ms: l.p50_ms,
+                    p95_ms: l.p95_ms,
+                    p99_ms: l.p99_ms,
+                    ..Sample::default()
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,548 @@
+//! The load tool: `cargo bench --bench load -- --scenario race --preset load`.
+//!
+//! It creates its own database and Redis namespace, seeds what the scenario
+//! needs, starts the release binary, mints tokens, drives the scenario,
+//! measures the ceilings with the same client and connection count (GET
+//! /live, the reserve script called directly on Redis, a raw batched insert
+//! of as many rows into the same schema), measures the persistence drain
+//! rate, then drains and audits SPEC §2 against both stores. It prints a
+//! table and writes a JSON file and an HTML report to `--out`. A broken
+//! promise fails the run (exit code 1).
+//!
+//! Every loop is bounded by a request count or a duration.
+
+mod client;
+mod model;
+mod report;
+mod server;
+mod workloads;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, ValueEnum};
+use model::{Check, Phase, Ratio, RunReport, Sample};
+use registrar::seed::SeedOptions;
+use server::{System, Target};
+use workloads::{Ledger, Workload};
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    /// N students register for one section.
+    Race,
+    /// Browse 5, view 3, register 2, mine 1, drop 1 over 200 sections.
+    Peak,
+    /// Fill sections, then keep pressing on their waitlists.
+    ReserveQueue,
+    /// Full sections with waitlists: concurrent drops and promotions.
+    DropPromotion,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Preset {
+    /// Seconds-long run for CI.
+    Smoke,
+    Load,
+    Stress,
+    /// Few connections, then a sudden jump, then back.
+    Spike,
+    /// Long and steady (open loop) to show the memory trend.
+    Soak,
+}
+
+/// The named settings of a preset.
+#[derive(Debug, Clone)]
+struct Shape {
+    /// (connections, seconds) stages; one stage unless spiking.
+    stages: Vec<(usize, u64)>,
+    /// Students seeded (race: all register once).
+    students: usize,
+    /// Events accumulated while PostgreSQL is held back, for the drain rate.
+    drain_events: usize,
+    /// Open-loop arrival rate (requests/s), if any.
+    rate: Option<f64>,
+}
+
+fn shape(preset: Preset) -> Shape {
+    match preset {
+        Preset::Smoke => Shape {
+            stages: vec![(32, 3)],
+            students: 2_000,
+            drain_events: 1_000,
+            rate: None,
+        },
+        Preset::Load => Shape {
+            stages: vec![(64, 20)],
+            students: 10_000,
+            drain_events: 10_000,
+            rate: None,
+        },
+        Preset::Stress => Shape {
+            stages: vec![(256, 30)],
+            students: 20_000,
+            drain_events: 20_000,
+            rate: None,
+        },
+        Preset::Spike => Shape {
+            stages: vec![(16, 5), (512, 10), (16, 5)],
+            students: 20_000,
+            drain_events: 10_000,
+            rate: None,
+        },
+        Preset::Soak => Shape {
+            stages: vec![(64, 600)],
+            students: 20_000,
+            drain_events: 10_000,
+            rate: Some(2_000.0),
+        },
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Registration load tests with an invariant audit")]
+struct Args {
+    #[arg(long, value_enum, default_value = "race")]
+    scenario: Scenario,
+    #[arg(long, value_enum, default_value = "load")]
+    preset: Preset,
+    /// Override the preset's connection count (every stage).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Override the preset's duration, seconds (time-bound scenarios).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Override the preset's students.
+    #[arg(long)]
+    students: Option<usize>,
+    /// Open loop at this many requests per second (latency from intended send time).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Race: seats and waitlist of the section.
+    #[arg(long, default_value_t = 100)]
+    seats: i32,
+    #[arg(long, default_value_t = 50)]
+    waitlist: i32,
+    /// Skip the ceilings and the drain measurement.
+    #[arg(long)]
+    no_ceilings: bool,
+    /// Persistence shards of the server.
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// Where the JSON and HTML reports go.
+    #[arg(long, default_value = "target/load-reports")]
+    out: PathBuf,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{cores} cores, {mem:.0} GiB RAM, revision {rev}")
+}
+
+/// Samples /health and the server's memory once a second while a phase runs.
+fn sample_health(
+    system: &System,
+    phase: &str,
+) -> (
+    tokio::task::JoinHandle<Vec<Sample>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let url = format!("http://{}/health", system.addr);
+    let pid = system.pid();
+    let phase = phase.to_string();
+    let handle = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut stopped => break,
+            }
+            let health: serde_json::Value = match http.get(&url).send().await {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            };
+            samples.push(Sample {
+                t_s: started.elapsed().as_secs_f64().floor(),
+                phase: phase.clone(),
+                queue_depth: health["queues"]["total"].as_u64().unwrap_or(0),
+                outbox_backlog: health["outbox"]["backlog"].as_u64().unwrap_or(0),
+                lag_s: health["outbox"]["oldest_age_seconds"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                rss_mib: server::rss_mib(pid),
+                ..Sample::default()
+            });
+        }
+        samples
+    });
+    (handle, stop)
+}
+
+/// Merges client samples (throughput, latency) with server samples (queues, memory).
+fn merge(mut client: Vec<Sample>, server: Vec<Sample>) -> Vec<Sample> {
+    for s in server {
+        let i = s.t_s as usize;
+        while client.len() <= i {
+            let t = client.len() as f64;
+            client.push(Sample {
+                t_s: t,
+                phase: s.phase.clone(),
+                ..Sample::default()
+            });
+        }
+        let c = &mut client[i];
+        c.queue_depth = s.queue_depth;
+        c.outbox_backlog = s.outbox_backlog;
+        c.lag_s = s.lag_s;
+        c.rss_mib = s.rss_mib;
+    }
+    client
+}
+
+/// Runs one measured phase of `workload` and returns it with its samples.
+async fn measure(
+    system: &System,
+    name: &str,
+    workload: Arc<dyn Workload>,
+    stages: &[(usize, u64)],
+    rate: Option<f64>,
+    bounded_by_time: bool,
+) -> (Phase, Vec<Sample>) {
+    let recorder = Arc::new(client::Recorder::new());
+    let (sampler, stop) = sample_health(system, name);
+    let started = Instant::now();
+    for (connections, seconds) in stages {
+        let deadline = bounded_by_time.then(|| Instant::now() + Duration::from_secs(*seconds));
+        match rate {
+            Some(rate) => {
+                workloads::open_loop(
+                    system.addr,
+                    *connections,
+                    rate,
+                    Duration::from_secs(*seconds),
+                    workload.clone(),
+                    recorder.clone(),
+                )
+                .await
+            }
+            None => {
+                workloads::closed_loop(
+                    system.addr,
+                    *connections,
+                    deadline,
+                    workload.clone(),
+                    recorder.clone(),
+                )
+                .await
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    let server_samples = sampler.await.unwrap_or_default();
+    let total = recorder.total();
+    let phase = Phase {
+        name: name.to_string(),
+        connections: stages.iter().map(|s| s.0).max().unwrap_or(0),
+        target_rate: rate,
+        duration_s: elapsed,
+        throughput: total.count as f64 / elapsed.max(1e-9),
+        latency: total,
+        by_kind: recorder.by_kind(),
+        errors: recorder.errors(),
+    };
+    (phase, merge(recorder.samples(name), server_samples))
+}
+
+/// Sum of `usec` over every command in INFO commandstats, and evalsha's calls.
+async fn redis_usec(redis: &registrar::seats::Redis) -> anyhow::Result<(u64, u64, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis.conn())
+        .await?;
+    let mut total = 0;
+    let (mut eval_calls, mut eval_usec) = (0, 0);
+    for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
+        let field = |name: &str| -> u64 {
+            line.split([':', ','])
+                .find_map(|kv| {
+                    kv.strip_prefix(&format!("{name}="))
+                        .and_then(|v| v.parse().ok())
+                })
+                .unwrap_or(0)
+        };
+        total += field("usec");
+        if line.starts_with("cmdstat_evalsha:") {
+            eval_calls = field("calls");
+            eval_usec = field("usec");
+        }
+    }
+    Ok((total, eval_calls, eval_usec))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut shape = shape(args.preset);
+    if let Some(c) = args.connections {
+        shape.stages.iter_mut().for_each(|s| s.0 = c);
+    }
+    if let Some(d) = args.duration {
+        let n = shape.stages.len() as u64;
+        shape.stages.iter_mut().for_each(|s| s.1 = (d / n).max(1));
+    }
+    if let Some(n) = args.students {
+        shape.students = n;
+        shape.drain_events = shape.drain_events.min(n);
+    }
+    if args.rate.is_some() {
+        shape.rate = args.rate;
+    }
+    let connections = shape.stages.iter().map(|s| s.0).max().unwrap_or(1);
+    let (sections, seats, waitlist) = match args.scenario {
+        Scenario::Race => (1, args.seats, args.waitlist),
+        Scenario::Peak => (200, 30, 10),
+        Scenario::ReserveQueue => (50, 40, 40),
+        // 80 students fill each section, 40 more arrive during the drops.
+        Scenario::DropPromotion => ((shape.students / 120).clamp(1, 50), 40, 40),
+    };
+    // Extra sections for the drain measurement, big enough for every event.
+    let drain_sections = 8;
+    let seed_options = SeedOptions {
+        students: shape.students,
+        courses: sections + drain_sections,
+        sections_per_course: 1,
+        seats,
+        waitlist,
+        password: "bench-password".into(),
+        admin_password: "bench-admin-password".into(),
+    };
+    eprintln!(
+        "scenario {:?}, preset {:?}, {connections} connections",
+        args.scenario, args.preset
+    );
+    let target = Target::from_env();
+    let system = System::start(&target, &seed_options, args.shards).await?;
+    let all_sections = workloads::sections(&system).await?;
+    let (scenario_sections, drain_targets) = all_sections.split_at(sections);
+    workloads::make_room(&system, drain_targets, shape.drain_events).await?;
+    let students = workloads::students(&system).await?;
+    let ledger = Arc::new(Ledger::default());
+    let started_at = chrono::Utc::now().to_rfc3339();
+    let mut phases = Vec::new();
+    let mut samples = Vec::new();
+    let mut ratios = Vec::new();
+
+    // The scenario itself.
+    let time_bound = matches!(args.scenario, Scenario::Peak | Scenario::ReserveQueue);
+    let workload: Arc<dyn Workload> = match args.scenario {
+        Scenario::Race => Arc::new(workloads::race(
+            &students,
+            scenario_sections[0],
+            ledger.clone(),
+        )),
+        Scenario::Peak => Arc::new(
+            workloads::peak(
+                &system,
+                &students,
+                scenario_sections,
+                connections,
+                ledger.clone(),
+            )
+            .await?,
+        ),
+        Scenario::ReserveQueue => Arc::new(workloads::reserve_queue(
+            &students,
+            scenario_sections,
+            connections,
+            ledger.clone(),
+        )),
+        Scenario::DropPromotion => Arc::new(
+            workloads::drop_promotion(&system, &students, scenario_sections, ledger.clone())
+                .await?,
+        ),
+    };
+    let (redis_before, _, _) = redis_usec(&system.redis).await?;
+    let name = format!("{:?}", args.scenario).to_lowercase();
+    let (phase, phase_samples) = measure(
+        &system,
+        &name,
+        workload,
+        &shape.stages,
+        shape.rate,
+        time_bound,
+    )
+    .await;
+    let (redis_after, _, _) = redis_usec(&system.redis).await?;
+    let answered = Instant::now();
+    let drain_s = system
+        .drain(scenario_sections, Duration::from_secs(120))
+        .await?
+        .as_secs_f64();
+    let registrations = phase
+        .by_kind
+        .iter()
+        .find(|(k, _)| k == "register")
+        .map_or(0, |(_, l)| l.count);
+    let register_phase = phase.clone();
+    phases.push(phase);
+    samples.extend(phase_samples);
+    eprintln!("scenario done; persistence drained {drain_s:.2}s after the last answer");
+    let _ = answered;
+
+    if !args.no_ceilings {
+        // HTTP ceiling: GET /live, same client, same connections, same count.
+        let count = register_phase.latency.count.max(5_000);
+        let live = Arc::new(workloads::Fixed::new(
+            client::Call::get("live", "/live".into(), None),
+            count,
+        ));
+        let (live_phase, live_samples) = measure(
+            &system,
+            "ceiling:/live",
+            live,
+            &[(connections, 0)],
+            None,
+            false,
+        )
+        .await;
+        if let Some((_, reg)) = register_phase.by_kind.iter().find(|(k, _)| k == "register") {
+            let reg_rate = reg.count as f64 / register_phase.duration_s.max(1e-9);
+            ratios.push(Ratio {
+                name: "register throughput / GET /live throughput".into(),
+                value: reg_rate / live_phase.throughput.max(1e-9),
+                target: ">= 0.5 (race, 256 connections)".into(),
+                met: Some(reg_rate / live_phase.throughput.max(1e-9) >= 0.5),
+            });
+            ratios.push(Ratio {
+                name: "register p99 / GET /live p99".into(),
+                value: reg.p99_ms / live_phase.latency.p99_ms.max(1e-9),
+                target: "<= 3 (64 connections)".into(),
+                met: Some(reg.p99_ms / live_phase.latency.p99_ms.max(1e-9) <= 3.0),
+            });
+        }
+        phases.push(live_phase);
+        samples.extend(live_samples);
+
+        // Redis ceiling: the reserve script straight on Redis, and a bare EVALSHA.
+        let (redis_phase, per_reserve_us, per_bare_us) =
+            workloads::redis_ceiling(&target, connections, count).await?;
+        phases.push(redis_phase);
+        if registrations > 0 {
+            let per_registration = (redis_after - redis_before) as f64 / registrations as f64;
+            ratios.push(Ratio {
+                name: format!(
+                    "Redis server time per registration ({per_registration:.1} µs, all commands) / bare EVALSHA DECR ({per_bare_us:.1} µs)"
+                ),
+                value: per_registration / per_bare_us.max(1e-9),
+                target: "<= 3".into(),
+                met: Some(per_registration / per_bare_us.max(1e-9) <= 3.0),
+            });
+            ratios.push(Ratio {
+                name: format!("reserve.lua alone ({per_reserve_us:.1} µs) / bare EVALSHA DECR"),
+                value: per_reserve_us / per_bare_us.max(1e-9),
+                target: String::new(),
+                met: None,
+            });
+        }
+
+        // Drain: hold PostgreSQL back, pile up events, let go, time the drain.
+        let (drain_phase, drained_events, drain_rate) = workloads::drain_rate(
+            &system,
+            &students,
+            drain_targets,
+            shape.drain_events,
+            ledger.clone(),
+        )
+        .await?;
+        phases.push(drain_phase);
+        let (insert_phase, insert_rate) = workloads::insert_ceiling(
+            &system,
+            &students,
+            drained_events,
+            system.settings.sync.batch_size,
+        )
+        .await?;
+        phases.push(insert_phase);
+        ratios.push(Ratio {
+            name: format!("drain rate ({drain_rate:.0} events/s) / raw batched insert ({insert_rate:.0} rows/s)"),
+            value: drain_rate / insert_rate.max(1e-9),
+            target: ">= 0.5".into(),
+            met: Some(drain_rate / insert_rate.max(1e-9) >= 0.5),
+        });
+        ratios.push(Ratio {
+            name: "lag back to zero after the scenario's last answer (s)".into(),
+            value: drain_s,
+            target: "<= 2 (race)".into(),
+            met: Some(drain_s <= 2.0),
+        });
+    }
+
+    // Audit every section after everything drained.
+    system
+        .drain(&all_sections, Duration::from_secs(120))
+        .await?;
+    let acknowledged: HashMap<uuid::Uuid, BTreeSet<uuid::Uuid>> = ledger.enrolled();
+    let findings =
+        registrar::audit::audit(&system.db, &system.redis, &all_sections, &acknowledged).await?;
+    let audit: Vec<Check> = findings
+        .into_iter()
+        .map(|f| Check {
+            name: f.check.to_string(),
+            passed: f.passed,
+            detail: f.detail,
+        })
+        .collect();
+    let rss_peak = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+    let rss_end = system.rss_mib();
+    let report = RunReport {
+        scenario: name.clone(),
+        preset: format!("{:?}", args.preset).to_lowercase(),
+        machine: machine(),
+        started_at,
+        phases,
+        samples,
+        drain_s,
+        audit,
+        ratios,
+        rss_peak_mib: rss_peak,
+        rss_end_mib: rss_end,
+    };
+    system.stop().await?;
+    std::fs::create_dir_all(&args.out)?;
+    let stem = format!("{}-{}", report.scenario, report.preset);
+    report::print_table(&report);
+    report::write_json(&report, &args.out.join(format!("{stem}.json")))?;
+    report::write_html(&report, &args.out.join(format!("{stem}.html")))?;
+    eprintln!("reports: {}/{stem}.json and .html", args.out.display());
+    if !report.audit_passed() {
+        eprintln!("AUDIT FAILED: a promise of SPEC §2 was broken");
+        std::process::exit(1);
+    }
+    Ok(())
+}

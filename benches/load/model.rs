@@ -1,0 +1,98 @@
+//! What one load run measured: the data behind the terminal table, the JSON
+//! file and the HTML report.
+
+use serde::Serialize;
+
+/// Latency summary of one kind of request, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One phase of a run (a scenario or a ceiling) as measured by the client.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Phase {
+    /// "race", "peak", "reserve-queue", "drop-promotion", "ceiling:/live",
+    /// "ceiling:redis-reserve", "ceiling:pg-batch-insert".
+    pub name: String,
+    /// Closed loop: concurrent connections. Open loop: also the connection pool size.
+    pub connections: usize,
+    /// Open loop only: the intended arrival rate (requests per second).
+    pub target_rate: Option<f64>,
+    pub duration_s: f64,
+    /// Requests (or operations) completed per second.
+    pub throughput: f64,
+    /// Over all requests of the phase.
+    pub latency: Latency,
+    /// By request kind ("register", "browse", "view", "mine", "drop", ...).
+    pub by_kind: Vec<(String, Latency)>,
+    /// Errors by kind ("http_503", "timeout", "connect", ...), with counts.
+    pub errors: Vec<(String, u64)>,
+}
+
+/// One point of the time series, one per second of a phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    /// Seconds since the phase started.
+    pub t_s: f64,
+    pub phase: String,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// Jobs waiting in the persistence queues (sum over shards).
+    pub queue_depth: u64,
+    /// Outbox entries not yet in PostgreSQL.
+    pub outbox_backlog: u64,
+    /// Age of the oldest outbox entry (persistence lag), seconds.
+    pub lag_s: f64,
+    /// Resident memory of the server process, MiB.
+    pub rss_mib: f64,
+}
+
+/// One checked promise of SPEC §2.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    /// What was found when it failed (empty when it passed).
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub name: String,
+    pub value: f64,
+    /// The target from the issue, e.g. ">= 0.5"; empty if none.
+    pub target: String,
+    pub met: Option<bool>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub scenario: String,
+    pub preset: String,
+    /// e.g. "2 cores, 23 GiB, Linux 6.x" and the git revision.
+    pub machine: String,
+    pub started_at: String,
+    pub phases: Vec<Phase>,
+    pub samples: Vec<Sample>,
+    /// Seconds from the end of the load to an empty outbox.
+    pub drain_s: f64,
+    pub audit: Vec<Check>,
+    pub ratios: Vec<Ratio>,
+    /// Peak and final server RSS, MiB.
+    pub rss_peak_mib: f64,
+    pub rss_end_mib: f64,
+}
+
+impl RunReport {
+    pub fn audit_passed(&self) -> bool {
+        self.audit.iter().all(|c| c.passed)
+    }
+}

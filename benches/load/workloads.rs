@@ -1,0 +1,779 @@
+//! What the load tool sends: the scenarios, the loops that send it, the
+//! ledger of acknowledged answers the audit checks, and the ceilings.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use registrar::{
+    auth::Tokens,
+    domain::Role,
+    seats::{Reserve, SectionSnapshot},
+};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::{
+    client::{Call, Conn, Local, Recorder},
+    model::Phase,
+    server::{redis_handle, System, Target},
+};
+
+/// What the service acknowledged, in the order the answers arrived.
+#[derive(Default)]
+pub struct Ledger {
+    entries: Mutex<Vec<(Instant, Uuid, Uuid, bool)>>,
+}
+
+impl Ledger {
+    /// `student` holds a seat in `section` (enrolled or promoted), or no longer does.
+    pub fn note(&self, student: Uuid, section: Uuid, enrolled: bool) {
+        self.entries
+            .lock()
+            .unwrap()
+            .push((Instant::now(), student, section, enrolled));
+    }
+
+    /// Per section, the students whose last acknowledged state is enrolled.
+    pub fn enrolled(&self) -> HashMap<Uuid, BTreeSet<Uuid>> {
+        let mut entries = self.entries.lock().unwrap().clone();
+        entries.sort_by_key(|e| e.0);
+        let mut map: HashMap<Uuid, BTreeSet<Uuid>> = HashMap::new();
+        for (_, student, section, enrolled) in entries {
+            let set = map.entry(section).or_default();
+            if enrolled {
+                set.insert(student);
+            } else {
+                set.remove(&student);
+            }
+        }
+        map
+    }
+
+    /// Records what a register or drop answer acknowledged.
+    pub fn observe(&self, call: &Call, status: StatusCode, body: &Bytes) {
+        let (Some((student, section)), true) = (call.tag, status.is_success()) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        match call.kind {
+            "register" if v["results"][0]["status"] == "enrolled" => {
+                self.note(student, section, true);
+            }
+            "drop" => {
+                if v["status"] == "dropped" {
+                    self.note(student, section, false);
+                }
+                if let Some(promoted) = v["promoted_student_id"]
+                    .as_str()
+                    .and_then(|s| Uuid::try_parse(s).ok())
+                {
+                    self.note(promoted, section, true);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A source of calls for the loops.
+pub trait Workload: Send + Sync {
+    /// The next call of `worker`, or None when the work is done.
+    fn next(&self, worker: usize) -> Option<Call>;
+    /// Sees every answer (to update the ledger or the worker's state).
+    fn observe(&self, worker: usize, call: &Call, status: StatusCode, body: &Bytes);
+}
+
+/// Drives `connections` workers, each on its own connection, with no think
+/// time, until the workload ends or `deadline` passes.
+pub async fn closed_loop(
+    addr: SocketAddr,
+    connections: usize,
+    deadline: Option<Instant>,
+    workload: Arc<dyn Workload>,
+    recorder: Arc<Recorder>,
+) {
+    let mut workers = Vec::with_capacity(connections);
+    for worker in 0..connections {
+        let (workload, recorder) = (workload.clone(), recorder.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conn = Conn::new(addr);
+            let mut local = Local::default();
+            while deadline.is_none_or(|d| Instant::now() < d) {
+                let Some(call) = workload.next(worker) else {
+                    break;
+                };
+                let sent = Instant::now();
+                match conn.send(&call).await {
+                    Ok((status, body)) => {
+                        local.record(&recorder, call.kind, sent, Instant::now());
+                        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                            local.error(format!("http_{}", status.as_u16()));
+                        }
+                        workload.observe(worker, &call, status, &body);
+                    }
+                    Err(kind) => local.error(kind.to_string()),
+                }
+            }
+            recorder.absorb(&mut local);
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// Sends at a fixed arrival rate for `duration` through `connections`
+/// connections; latency runs from the intended send time.
+pub async fn open_loop(
+    addr: SocketAddr,
+    connections: usize,
+    rate: f64,
+    duration: Duration,
+    workload: Arc<dyn Workload>,
+    recorder: Arc<Recorder>,
+) {
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Instant, Call)>(connections * 4);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut workers = Vec::with_capacity(connections);
+    for worker in 0..connections {
+        let (workload, recorder, rx) = (workload.clone(), recorder.clone(), rx.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conn = Conn::new(addr);
+            let mut local = Local::default();
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((intended, call)) = next else { break };
+                match conn.send(&call).await {
+                    Ok((status, body)) => {
+                        local.record(&recorder, call.kind, intended, Instant::now());
+                        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                            local.error(format!("http_{}", status.as_u16()));
+                        }
+                        workload.observe(worker, &call, status, &body);
+                    }
+                    Err(kind) => local.error(kind.to_string()),
+                }
+            }
+            recorder.absorb(&mut local);
+        }));
+    }
+    let start = tokio::time::Instant::now();
+    for i in 0..total {
+        let intended = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(intended).await;
+        let Some(call) = workload.next(i as usize % connections) else {
+            break;
+        };
+        // A full channel waits here; the wait is charged to the request,
+        // whose latency counts from `intended`.
+        if tx.send((intended.into_std(), call)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// A fixed list of calls, each sent once, in order across all workers.
+pub struct Fixed {
+    calls: Vec<Call>,
+    cursor: AtomicUsize,
+    ledger: Option<Arc<Ledger>>,
+}
+
+impl Fixed {
+    /// `call` repeated `count` times.
+    pub fn new(call: Call, count: u64) -> Self {
+        Self {
+            calls: vec![call; count as usize],
+            cursor: AtomicUsize::new(0),
+            ledger: None,
+        }
+    }
+
+    pub fn of(calls: Vec<Call>, ledger: Arc<Ledger>) -> Self {
+        Self {
+            calls,
+            cursor: AtomicUsize::new(0),
+            ledger: Some(ledger),
+        }
+    }
+}
+
+impl Workload for Fixed {
+    fn next(&self, _worker: usize) -> Option<Call> {
+        self.calls
+            .get(self.cursor.fetch_add(1, Ordering::Relaxed))
+            .cloned()
+    }
+
+    fn observe(&self, _worker: usize, call: &Call, status: StatusCode, body: &Bytes) {
+        if let Some(ledger) = &self.ledger {
+            ledger.observe(call, status, body);
+        }
+    }
+}
+
+fn register_call(token: &str, student: Uuid, section: Uuid) -> Call {
+    Call::post(
+        "register",
+        "/api/v1/register",
+        token.to_string(),
+        json!({ "section_ids": [section] }),
+    )
+    .tagged(student, section)
+}
+
+fn drop_call(token: &str, student: Uuid, section: Uuid) -> Call {
+    Call::post(
+        "drop",
+        "/api/v1/register/drop",
+        token.to_string(),
+        json!({ "section_id": section }),
+    )
+    .tagged(student, section)
+}
+
+/// The race: every student registers once for `section`.
+pub fn race(students: &[(Uuid, String)], section: Uuid, ledger: Arc<Ledger>) -> Fixed {
+    Fixed::of(
+        students
+            .iter()
+            .map(|(s, t)| register_call(t, *s, section))
+            .collect(),
+        ledger,
+    )
+}
+
+/// One worker's students and what they hold.
+struct WorkerState {
+    rng: fastrand::Rng,
+    students: Vec<(Uuid, String)>,
+    holdings: HashMap<Uuid, Vec<Uuid>>,
+}
+
+/// A weighted mix of browse, view, register, mine and drop, each worker with
+/// its own students (so a student's requests never overlap).
+pub struct Mix {
+    weights: [u32; 5],
+    sections: Vec<Uuid>,
+    semester: Uuid,
+    workers: Vec<Mutex<WorkerState>>,
+    ledger: Arc<Ledger>,
+}
+
+impl Mix {
+    fn new(
+        students: &[(Uuid, String)],
+        sections: &[Uuid],
+        semester: Uuid,
+        workers: usize,
+        weights: [u32; 5],
+        ledger: Arc<Ledger>,
+    ) -> Self {
+        let workers = workers.max(1);
+        let states = (0..workers)
+            .map(|w| {
+                Mutex::new(WorkerState {
+                    rng: fastrand::Rng::with_seed(w as u64 + 1),
+                    students: students.iter().skip(w).step_by(workers).cloned().collect(),
+                    holdings: HashMap::new(),
+                })
+            })
+            .collect();
+        Self {
+            weights,
+            sections: sections.to_vec(),
+            semester,
+            workers: states,
+            ledger,
+        }
+    }
+}
+
+impl Workload for Mix {
+    fn next(&self, worker: usize) -> Option<Call> {
+        let mut guard = self.workers[worker % self.workers.len()].lock().unwrap();
+        let state = &mut *guard;
+        let total: u32 = self.weights.iter().sum();
+        let mut pick = state.rng.u32(0..total);
+        let mut op = 0;
+        while pick >= self.weights[op] {
+            pick -= self.weights[op];
+            op += 1;
+        }
+        if state.students.is_empty() {
+            return None;
+        }
+        let students = state.students.len();
+        let which = state.rng.usize(..students);
+        let (student, token) = state.students[which].clone();
+        let section = self.sections[state.rng.usize(..self.sections.len())];
+        let bearer = Some(format!("Bearer {token}"));
+        Some(match op {
+            0 => Call::get(
+                "browse",
+                format!("/api/v1/semesters/{}/sections", self.semester),
+                bearer,
+            ),
+            1 => Call::get("view", format!("/api/v1/sections/{section}"), bearer),
+            3 => Call::get(
+                "mine",
+                format!("/api/v1/students/{student}/registrations"),
+                bearer,
+            ),
+            4 => {
+                let held = state
+                    .holdings
+                    .get(&student)
+                    .and_then(|h| h.first().copied());
+                match held {
+                    Some(section) => drop_call(&token, student, section),
+                    None => register_call(&token, student, section),
+                }
+            }
+            _ => register_call(&token, student, section),
+        })
+    }
+
+    fn observe(&self, worker: usize, call: &Call, status: StatusCode, body: &Bytes) {
+        self.ledger.observe(call, status, body);
+        let Some((student, section)) = call.tag else {
+            return;
+        };
+        if !status.is_success() {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        let mut state = self.workers[worker % self.workers.len()].lock().unwrap();
+        let held = state.holdings.entry(student).or_default();
+        match call.kind {
+            "register"
+                if matches!(
+                    v["results"][0]["status"].as_str(),
+                    Some("enrolled" | "waitlisted")
+                ) =>
+            {
+                held.push(section);
+            }
+            "drop" => held.retain(|s| *s != section),
+            _ => {}
+        }
+    }
+}
+
+/// Peak: browse 5, view 3, register 2, mine 1, drop 1 (the seeds' proportions).
+pub async fn peak(
+    system: &System,
+    students: &[(Uuid, String)],
+    sections: &[Uuid],
+    workers: usize,
+    ledger: Arc<Ledger>,
+) -> anyhow::Result<Mix> {
+    let semester = semester(system).await?;
+    Ok(Mix::new(
+        students,
+        sections,
+        semester,
+        workers,
+        [5, 3, 2, 1, 1],
+        ledger,
+    ))
+}
+
+/// Reserve-queue: registrations only, over sections that fill and then
+/// keep their waitlists under pressure.
+pub fn reserve_queue(
+    students: &[(Uuid, String)],
+    sections: &[Uuid],
+    workers: usize,
+    ledger: Arc<Ledger>,
+) -> Mix {
+    Mix::new(
+        students,
+        sections,
+        Uuid::nil(),
+        workers,
+        [0, 0, 1, 0, 0],
+        ledger,
+    )
+}
+
+/// Drop-promotion: sections filled to seats + waitlist beforehand (not
+/// measured), then half the holders drop while as many newcomers register.
+pub async fn drop_promotion(
+    system: &System,
+    students: &[(Uuid, String)],
+    sections: &[Uuid],
+    ledger: Arc<Ledger>,
+) -> anyhow::Result<Fixed> {
+    {
+        let per_section = 80;
+        let mut fill = Vec::new();
+        let mut measured = Vec::new();
+        let mut pool = students.iter();
+        for section in sections {
+            let holders: Vec<_> = pool.by_ref().take(per_section).cloned().collect();
+            let newcomers: Vec<_> = pool.by_ref().take(per_section / 2).cloned().collect();
+            for (s, t) in &holders {
+                fill.push(register_call(t, *s, *section));
+            }
+            for (i, (s, t)) in holders.iter().take(per_section / 2).enumerate() {
+                measured.push(drop_call(t, *s, *section));
+                if let Some((n, nt)) = newcomers.get(i) {
+                    measured.push(register_call(nt, *n, *section));
+                }
+            }
+        }
+        let filler: Arc<dyn Workload> = Arc::new(Fixed::of(fill, ledger.clone()));
+        closed_loop(system.addr, 16, None, filler, Arc::new(Recorder::new())).await;
+        Ok(Fixed::of(measured, ledger))
+    }
+}
+
+pub async fn semester(system: &System) -> anyhow::Result<Uuid> {
+    Ok(system
+        .db
+        .get()
+        .await?
+        .query_one("select id from semesters limit 1", &[])
+        .await?
+        .get(0))
+}
+
+/// Section ids in seeding order.
+pub async fn sections(system: &System) -> anyhow::Result<Vec<Uuid>> {
+    let rows = system
+        .db
+        .get()
+        .await?
+        .query(
+            "select s.id from sections s join courses c on c.id = s.course_id order by c.course_code, s.section_number",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn tokens(system: &System) -> Tokens {
+    Tokens::new(
+        system.settings.auth.jwt_secret.expose().as_bytes(),
+        Duration::from_secs(24 * 3600),
+    )
+}
+
+/// Every student with a token.
+pub async fn students(system: &System) -> anyhow::Result<Vec<(Uuid, String)>> {
+    let tokens = tokens(system);
+    let rows = system
+        .db
+        .get()
+        .await?
+        .query(
+            "select id from students where role = 'student' order by student_number",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let id: Uuid = r.get(0);
+            (id, tokens.mint(id, Role::Student, true))
+        })
+        .collect())
+}
+
+/// Gives the drain sections room for `events` registrations (through the admin API).
+pub async fn make_room(system: &System, sections: &[Uuid], events: usize) -> anyhow::Result<()> {
+    let admin: Uuid = system
+        .db
+        .get()
+        .await?
+        .query_one(
+            "select id from students where student_number = 'admin'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let token = tokens(system).mint(admin, Role::Admin, true);
+    let seats = events / sections.len().max(1) + 1;
+    let http = reqwest::Client::new();
+    for section in sections {
+        let response = http
+            .patch(format!(
+                "http://{}/api/v1/admin/sections/{section}",
+                system.addr
+            ))
+            .bearer_auth(&token)
+            .json(&json!({ "total_seats": seats, "waitlist_limit": 0 }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "resize failed: {}",
+            response.status()
+        );
+    }
+    Ok(())
+}
+
+fn phase_of(name: &str, connections: usize, recorder: &Recorder, elapsed: f64) -> Phase {
+    let latency = recorder.total();
+    Phase {
+        name: name.into(),
+        connections,
+        target_rate: None,
+        duration_s: elapsed,
+        throughput: latency.count as f64 / elapsed.max(1e-9),
+        latency,
+        by_kind: recorder.by_kind(),
+        errors: recorder.errors(),
+    }
+}
+
+async fn evalsha_stats(redis: &registrar::seats::Redis) -> anyhow::Result<(u64, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis.conn())
+        .await?;
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or("");
+    let field = |name: &str| -> u64 {
+        line.split([':', ','])
+            .find_map(|kv| {
+                kv.strip_prefix(&format!("{name}="))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    Ok((field("calls"), field("usec")))
+}
+
+/// The reserve script called directly on Redis by `connections` tasks over
+/// the shared connection, `count` times; and a bare EVALSHA DECR for scale.
+/// Returns the phase and Redis server µs per call of each.
+pub async fn redis_ceiling(
+    target: &Target,
+    connections: usize,
+    count: u64,
+) -> anyhow::Result<(Phase, f64, f64)> {
+    let namespace = format!("benchceil{}", Uuid::new_v4().simple());
+    let redis = redis_handle(&target.redis_url, &namespace)?;
+    redis.load_scripts().await?;
+    let section = Uuid::new_v4();
+    let now = chrono::Utc::now().timestamp_millis();
+    redis
+        .load(&SectionSnapshot {
+            section,
+            capacity: count as i32 + 1,
+            waitlist_limit: 0,
+            active: true,
+            registration_start_ms: now - 60_000,
+            registration_end_ms: now + 3_600_000,
+            last_seq: 0,
+            enrolled: Vec::new(),
+            waitlisted: Vec::new(),
+        })
+        .await?;
+    let recorder = Arc::new(Recorder::new());
+    let next = Arc::new(AtomicUsize::new(0));
+    let (calls0, usec0) = evalsha_stats(&redis).await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (redis, recorder, next) = (redis.clone(), recorder.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = Local::default();
+            while (next.fetch_add(1, Ordering::Relaxed) as u64) < count {
+                let sent = Instant::now();
+                match redis.reserve(section, Uuid::new_v4(), now).await {
+                    Ok(Reserve::Enrolled { .. }) => {
+                        local.record(&recorder, "reserve", sent, Instant::now())
+                    }
+                    Ok(other) => local.error(format!("{other:?}")),
+                    Err(_) => local.error("redis".into()),
+                }
+            }
+            recorder.absorb(&mut local);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (calls1, usec1) = evalsha_stats(&redis).await?;
+    let per_reserve = (usec1 - usec0) as f64 / (calls1 - calls0).max(1) as f64;
+
+    let bare = redis::Script::new("return redis.call('DECR', KEYS[1])");
+    let key = format!("{namespace}:{{s:bare}}:n");
+    let (calls2, usec2) = evalsha_stats(&redis).await?;
+    let mut tasks = Vec::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    for _ in 0..connections {
+        let (mut conn, bare, key, next) = (redis.conn(), bare.clone(), key.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while (next.fetch_add(1, Ordering::Relaxed) as u64) < count {
+                let _: redis::RedisResult<i64> = bare.key(&key).invoke_async(&mut conn).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let (calls3, usec3) = evalsha_stats(&redis).await?;
+    let per_bare = (usec3 - usec2) as f64 / (calls3 - calls2).max(1) as f64;
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    Ok((
+        phase_of("ceiling:redis-reserve", connections, &recorder, elapsed),
+        per_reserve,
+        per_bare,
+    ))
+}
+
+/// Holds PostgreSQL back while `events` registrations pile up in the
+/// outboxes, lets it go, and times the drain from the first event applied
+/// to the last. Returns the backlog phase, the events and events/s.
+pub async fn drain_rate(
+    system: &System,
+    students: &[(Uuid, String)],
+    sections: &[Uuid],
+    events: usize,
+    ledger: Arc<Ledger>,
+) -> anyhow::Result<(Phase, usize, f64)> {
+    let calls: Vec<Call> = students
+        .iter()
+        .take(events)
+        .enumerate()
+        .map(|(i, (s, t))| register_call(t, *s, sections[i % sections.len()]))
+        .collect();
+    let events = calls.len();
+    system.proxy.cut();
+    let recorder = Arc::new(Recorder::new());
+    let started = Instant::now();
+    closed_loop(
+        system.addr,
+        64,
+        None,
+        Arc::new(Fixed::of(calls, ledger)),
+        recorder.clone(),
+    )
+    .await;
+    let phase = phase_of(
+        "drain:backlog (PostgreSQL held back)",
+        64,
+        &recorder,
+        started.elapsed().as_secs_f64(),
+    );
+    let backlog =
+        |heads: Vec<(Option<(i64, i64)>, u64)>| heads.iter().map(|(_, n)| *n).sum::<u64>();
+    let full = backlog(system.redis.outbox_heads(sections).await?);
+    system.proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut first_progress = None;
+    loop {
+        let left = backlog(system.redis.outbox_heads(sections).await?);
+        if first_progress.is_none() && left < full {
+            first_progress = Some(Instant::now());
+        }
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the backlog did not drain in 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = first_progress.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok((phase, events, events as f64 / took.max(1e-3)))
+}
+
+/// A raw batched insert of `rows` registrations into the same schema, in
+/// transactions of `batch` rows (the shard's batch size): the PostgreSQL
+/// ceiling for the drain.
+pub async fn insert_ceiling(
+    system: &System,
+    students: &[(Uuid, String)],
+    rows: usize,
+    batch: usize,
+) -> anyhow::Result<(Phase, f64)> {
+    let mut client = system.db.get().await?;
+    let course: Uuid = client
+        .query_one("select id from courses limit 1", &[])
+        .await?
+        .get(0);
+    let semester = semester(system).await?;
+    let section = Uuid::now_v7();
+    client
+        .execute(
+            "insert into sections (id, course_id, semester_id, section_number, total_seats) values ($1, $2, $3, 'ceiling', $4)",
+            &[&section, &course, &semester, &(rows as i32)],
+        )
+        .await?;
+    let ids: Vec<Uuid> = students.iter().take(rows).map(|(s, _)| *s).collect();
+    let started = Instant::now();
+    for chunk in ids.chunks(batch) {
+        let tx = client.transaction().await?;
+        let row_ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::new_v4()).collect();
+        let times: Vec<chrono::DateTime<chrono::Utc>> =
+            chunk.iter().map(|_| chrono::Utc::now()).collect();
+        tx.execute(
+            "insert into registrations (id, student_id, section_id, status, registration_date) \
+             select u.id, u.student, $1, 'enrolled', u.at \
+               from unnest($2::uuid[], $3::uuid[], $4::timestamptz[]) as u(id, student, at)",
+            &[&section, &row_ids, &chunk, &times],
+        )
+        .await?;
+        tx.commit().await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    client
+        .execute(
+            "delete from registrations where section_id = $1",
+            &[&section],
+        )
+        .await?;
+    client
+        .execute("delete from sections where id = $1", &[&section])
+        .await?;
+    let rate = ids.len() as f64 / elapsed.max(1e-9);
+    let phase = Phase {
+        name: format!(
+            "ceiling:pg-batch-insert ({} rows, {batch} per transaction)",
+            ids.len()
+        ),
+        connections: 1,
+        duration_s: elapsed,
+        throughput: rate,
+        ..Phase::default()
+    };
+    Ok((phase, rate))
+}
