@@ -3,7 +3,8 @@
 -- no one else can ever see it free.
 --
 -- KEYS[1] meta, KEYS[2] seats, KEYS[3] enrolled, KEYS[4] waitlist,
--- KEYS[5] seq, KEYS[6] outbox (as in reserve.lua)
+-- KEYS[5] seq, KEYS[6] outbox, KEYS[7] reverted (as in reserve.lua); a
+-- student who drops no longer has an undone registration to be told about.
 -- ARGV[1] student id
 -- ARGV[2] now (unix ms)
 --
@@ -18,6 +19,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded'}
 end
 if redis.call('SREM', KEYS[3], student) == 1 then
+  redis.call('HDEL', KEYS[7], student)
   local seq = redis.call('INCR', KEYS[5])
   redis.call('XADD', KEYS[6], seq .. '-0', 'kind', 'drop', 'student', student, 'at', now)
   local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
@@ -32,6 +34,7 @@ if redis.call('SREM', KEYS[3], student) == 1 then
   return {'dropped', seq}
 end
 if redis.call('ZREM', KEYS[4], student) == 1 then
+  redis.call('HDEL', KEYS[7], student)
   local seq = redis.call('INCR', KEYS[5])
   redis.call('XADD', KEYS[6], seq .. '-0', 'kind', 'unwait', 'student', student, 'at', now)
   return {'left_waitlist', seq}

@@ -13,6 +13,12 @@ use registrar::{
 };
 use uuid::Uuid;
 
+/// mimalloc instead of the system allocator: the request path allocates
+/// many small short-lived buffers, and glibc malloc showed as ~15% of the
+/// server's CPU in a profile of the race benchmark (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "registrar", version, about = "Course registration engine")]
 struct Cli {

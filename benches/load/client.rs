@@ -93,6 +93,11 @@ impl Conn {
         Self { addr, sender: None }
     }
 
+    /// Opens the connection now (before the clock starts).
+    pub async fn open(&mut self) -> Result<(), &'static str> {
+        self.sender().await.map(|_| ())
+    }
+
     async fn sender(&mut self) -> Result<&mut http1::SendRequest<Full<Bytes>>, &'static str> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let stream = TcpStream::connect(self.addr).await.map_err(|_| "connect")?;
@@ -150,7 +155,8 @@ fn summary(h: &Histogram<u64>) -> Latency {
 
 /// Collects latencies for one phase.
 pub struct Recorder {
-    pub started: Instant,
+    /// When the measured part began (set by the loop once connections are open).
+    started: Mutex<Instant>,
     inner: Mutex<Inner>,
 }
 
@@ -166,6 +172,8 @@ struct Inner {
 pub struct Local {
     records: Vec<(u32, &'static str, u64)>,
     errors: Vec<String>,
+    /// The recorder's start, read once (records come after it is set).
+    started: Option<Instant>,
 }
 
 /// Records handed over at once; keeps the lock rare.
@@ -179,7 +187,8 @@ impl Local {
         sent: Instant,
         done: Instant,
     ) {
-        let second = sent.saturating_duration_since(recorder.started).as_secs() as u32;
+        let started = *self.started.get_or_insert_with(|| recorder.started());
+        let second = sent.saturating_duration_since(started).as_secs() as u32;
         let us = done.saturating_duration_since(sent).as_micros().max(1) as u64;
         self.records.push((second, kind, us));
         if self.records.len() >= FLUSH_EVERY {
@@ -193,9 +202,18 @@ impl Local {
 }
 
 impl Recorder {
+    pub fn started(&self) -> Instant {
+        *self.started.lock().unwrap()
+    }
+
+    /// Moves the start of the clock (after connections opened).
+    pub fn restart(&self, at: Instant) {
+        *self.started.lock().unwrap() = at;
+    }
+
     pub fn new() -> Self {
         Self {
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
             inner: Mutex::new(Inner {
                 total: histogram(),
                 per_second: Vec::new(),

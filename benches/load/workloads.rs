@@ -94,20 +94,36 @@ pub trait Workload: Send + Sync {
     fn observe(&self, worker: usize, call: &Call, status: StatusCode, body: &Bytes);
 }
 
-/// Drives `connections` workers, each on its own connection, with no think
-/// time, until the workload ends or `deadline` passes.
+/// Drives `connections` workers, each on its own connection (opened before
+/// the clock starts), with no think time, until the workload ends or
+/// `limit` has passed. Returns the measured time.
 pub async fn closed_loop(
     addr: SocketAddr,
     connections: usize,
-    deadline: Option<Instant>,
+    limit: Option<Duration>,
     workload: Arc<dyn Workload>,
     recorder: Arc<Recorder>,
-) {
+) -> Duration {
     let mut workers = Vec::with_capacity(connections);
+    let ready = Arc::new(tokio::sync::Barrier::new(connections + 1));
+    let (go_tx, go) = tokio::sync::watch::channel::<Option<Instant>>(None);
     for worker in 0..connections {
-        let (workload, recorder) = (workload.clone(), recorder.clone());
+        let (workload, recorder, ready, mut go) = (
+            workload.clone(),
+            recorder.clone(),
+            ready.clone(),
+            go.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut conn = Conn::new(addr);
+            let _ = conn.open().await;
+            ready.wait().await;
+            let started = go
+                .wait_for(Option::is_some)
+                .await
+                .map(|s| s.expect("set"))
+                .unwrap_or_else(|_| Instant::now());
+            let deadline = limit.map(|l| started + l);
             let mut local = Local::default();
             while deadline.is_none_or(|d| Instant::now() < d) {
                 let Some(call) = workload.next(worker) else {
@@ -128,9 +144,14 @@ pub async fn closed_loop(
             recorder.absorb(&mut local);
         }));
     }
+    ready.wait().await;
+    let started = Instant::now();
+    recorder.restart(started);
+    let _ = go_tx.send(Some(started));
     for w in workers {
         let _ = w.await;
     }
+    started.elapsed()
 }
 
 /// Sends at a fixed arrival rate for `duration` through `connections`
@@ -142,7 +163,7 @@ pub async fn open_loop(
     duration: Duration,
     workload: Arc<dyn Workload>,
     recorder: Arc<Recorder>,
-) {
+) -> Duration {
     let total = (rate * duration.as_secs_f64()) as u64;
     let (tx, rx) = tokio::sync::mpsc::channel::<(Instant, Call)>(connections * 4);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -170,6 +191,7 @@ pub async fn open_loop(
         }));
     }
     let start = tokio::time::Instant::now();
+    recorder.restart(start.into_std());
     for i in 0..total {
         let intended = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(intended).await;
@@ -186,6 +208,18 @@ pub async fn open_loop(
     for w in workers {
         let _ = w.await;
     }
+    start.elapsed()
+}
+
+/// The same call again and again (bounded by the loop's time limit).
+pub struct Repeat(pub Call);
+
+impl Workload for Repeat {
+    fn next(&self, _worker: usize) -> Option<Call> {
+        Some(self.0.clone())
+    }
+
+    fn observe(&self, _worker: usize, _call: &Call, _status: StatusCode, _body: &Bytes) {}
 }
 
 /// A fixed list of calls, each sent once, in order across all workers.
@@ -196,15 +230,6 @@ pub struct Fixed {
 }
 
 impl Fixed {
-    /// `call` repeated `count` times.
-    pub fn new(call: Call, count: u64) -> Self {
-        Self {
-            calls: vec![call; count as usize],
-            cursor: AtomicUsize::new(0),
-            ledger: None,
-        }
-    }
-
     pub fn of(calls: Vec<Call>, ledger: Arc<Ledger>) -> Self {
         Self {
             calls,
@@ -547,9 +572,10 @@ fn phase_of(name: &str, connections: usize, recorder: &Recorder, elapsed: f64) -
     }
 }
 
-async fn evalsha_stats(redis: &registrar::seats::Redis) -> anyhow::Result<(u64, u64)> {
+/// EVALSHA calls and µs (INFO commandstats) and Redis CPU seconds (INFO cpu).
+async fn evalsha_stats(redis: &registrar::seats::Redis) -> anyhow::Result<(u64, u64, f64)> {
     let info: String = redis::cmd("INFO")
-        .arg("commandstats")
+        .arg("all")
         .query_async(&mut redis.conn())
         .await?;
     let line = info
@@ -564,7 +590,26 @@ async fn evalsha_stats(redis: &registrar::seats::Redis) -> anyhow::Result<(u64, 
             })
             .unwrap_or(0)
     };
-    Ok((field("calls"), field("usec")))
+    let cpu = info
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum();
+    Ok((field("calls"), field("usec"), cpu))
+}
+
+/// What the Redis ceiling measured.
+pub struct RedisCeiling {
+    pub phase: Phase,
+    /// Server µs per reserve.lua call (commandstats).
+    pub reserve_us: f64,
+    /// Server µs per bare EVALSHA DECR (commandstats).
+    pub bare_us: f64,
+    /// Redis CPU µs per bare EVALSHA DECR (INFO cpu).
+    pub bare_cpu_us: f64,
 }
 
 /// The reserve script called directly on Redis by `connections` tasks over
@@ -574,7 +619,7 @@ pub async fn redis_ceiling(
     target: &Target,
     connections: usize,
     count: u64,
-) -> anyhow::Result<(Phase, f64, f64)> {
+) -> anyhow::Result<RedisCeiling> {
     let namespace = format!("benchceil{}", Uuid::new_v4().simple());
     let redis = redis_handle(&target.redis_url, &namespace)?;
     redis.load_scripts().await?;
@@ -595,7 +640,7 @@ pub async fn redis_ceiling(
         .await?;
     let recorder = Arc::new(Recorder::new());
     let next = Arc::new(AtomicUsize::new(0));
-    let (calls0, usec0) = evalsha_stats(&redis).await?;
+    let (calls0, usec0, _) = evalsha_stats(&redis).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -619,12 +664,12 @@ pub async fn redis_ceiling(
         let _ = t.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (calls1, usec1) = evalsha_stats(&redis).await?;
+    let (calls1, usec1, _) = evalsha_stats(&redis).await?;
     let per_reserve = (usec1 - usec0) as f64 / (calls1 - calls0).max(1) as f64;
 
     let bare = redis::Script::new("return redis.call('DECR', KEYS[1])");
     let key = format!("{namespace}:{{s:bare}}:n");
-    let (calls2, usec2) = evalsha_stats(&redis).await?;
+    let (calls2, usec2, cpu2) = evalsha_stats(&redis).await?;
     let mut tasks = Vec::new();
     let next = Arc::new(AtomicUsize::new(0));
     for _ in 0..connections {
@@ -638,8 +683,9 @@ pub async fn redis_ceiling(
     for t in tasks {
         let _ = t.await;
     }
-    let (calls3, usec3) = evalsha_stats(&redis).await?;
+    let (calls3, usec3, cpu3) = evalsha_stats(&redis).await?;
     let per_bare = (usec3 - usec2) as f64 / (calls3 - calls2).max(1) as f64;
+    let bare_cpu = (cpu3 - cpu2) * 1e6 / (calls3 - calls2).max(1) as f64;
     let mut conn = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{namespace}:*"))
@@ -651,11 +697,12 @@ pub async fn redis_ceiling(
             .query_async::<()>(&mut conn)
             .await?;
     }
-    Ok((
-        phase_of("ceiling:redis-reserve", connections, &recorder, elapsed),
-        per_reserve,
-        per_bare,
-    ))
+    Ok(RedisCeiling {
+        phase: phase_of("ceiling:redis-reserve", connections, &recorder, elapsed),
+        reserve_us: per_reserve,
+        bare_us: per_bare,
+        bare_cpu_us: bare_cpu,
+    })
 }
 
 /// Holds PostgreSQL back while `events` registrations pile up in the

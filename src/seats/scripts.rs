@@ -199,6 +199,7 @@ impl Redis {
         let keys = self.section_keys(section);
         let mut call = self.scripts().drop.prepare_invoke();
         call.key(&keys.core()[..])
+            .key(&keys.reverted)
             .arg(student.to_string())
             .arg(now_ms);
         let reply = self.run("drop", call).await?;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the benchmark matrix behind BENCHMARKS.md and prints its summary:
+#   bash scripts/bench-matrix.sh            (about 15 minutes; SOAK_SECONDS=600)
+# Each run writes JSON and HTML under target/load-reports/matrix/<run>/.
+# Ratios are taken within one run; the summary reports medians of the runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_services
+out=target/load-reports/matrix
+rm -rf "$out"
+cargo bench --no-run
+run() { local name=$1; shift; cargo bench --bench load -- --out "$out/$name" "$@"; }
+for i in 1 2 3; do
+    run "race-256-$i" --scenario race --preset load --connections 256
+    run "race-64-$i" --scenario race --preset load --connections 64
+done
+for i in 1 2 3; do
+    run "peak-load-$i" --scenario peak --preset load
+done
+run reserve-queue-load --scenario reserve-queue --preset load
+run drop-promotion-load --scenario drop-promotion --preset load
+run peak-stress --scenario peak --preset stress
+run peak-spike --scenario peak --preset spike
+run peak-soak --scenario peak --preset soak --duration "${SOAK_SECONDS:-600}"
+python3 scripts/bench-summary.py "$out"
