@@ -12,8 +12,9 @@ rm -rf "$out"
 cargo bench --no-run
 run() { local name=$1; shift; cargo bench --bench load -- --out "$out/$name" "$@"; }
 for i in 1 2 3; do
-    run "race-256-$i" --scenario race --preset load --connections 256
-    run "race-64-$i" --scenario race --preset load --connections 64
+    # 50,000 students (not the default 10,000) so the race lasts seconds, not a blink.
+    run "race-256-$i" --scenario race --preset load --connections 256 --students 50000
+    run "race-64-$i" --scenario race --preset load --connections 64 --students 50000
 done
 for i in 1 2 3; do
     run "peak-load-$i" --scenario peak --preset load

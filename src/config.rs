@@ -62,6 +62,8 @@ pub struct ApiSettings {
     pub max_sections_per_request: usize,
     /// Lifetime of an idempotency claim whose request never finished.
     pub idempotency_running_ttl_secs: u64,
+    /// How long catalog rows (not counts) are reused; 0 disables the cache.
+    pub catalog_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub persistence: Persistence,
     pub backlog: Arc<Backlog>,
+    /// Catalog rows kept briefly for the browse endpoints.
+    pub catalog_cache: http::catalog::CatalogCache,
     /// Loads sections Redis lacks when a request needs them.
     pub loader: Arc<warmup::Loader>,
     pub started: Instant,
@@ -126,6 +128,9 @@ impl Application {
             persistence,
             backlog,
             loader: loader.clone(),
+            catalog_cache: http::catalog::CatalogCache::new(Duration::from_millis(
+                settings.api.catalog_cache_ms,
+            )),
             db,
             redis,
             settings,

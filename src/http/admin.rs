@@ -82,6 +82,7 @@ pub async fn create_semester(state: &AppState, req: &Parts, body: Incoming) -> A
     let created = catalog::insert_semester(&db, &new)
         .await
         .map_err(|e| conflict_or(e, "a semester with this name"))?;
+    state.catalog_cache.clear();
     json(StatusCode::CREATED, &created)
 }
 
@@ -118,6 +119,7 @@ pub async fn create_course(state: &AppState, req: &Parts, body: Incoming) -> Api
     let created = catalog::insert_course(&db, &new)
         .await
         .map_err(|e| conflict_or(e, "a course with this code"))?;
+    state.catalog_cache.clear();
     json(StatusCode::CREATED, &created)
 }
 
@@ -181,6 +183,7 @@ pub async fn create_section(state: &AppState, req: &Parts, body: Incoming) -> Ap
     if let Err(e) = state.loader.ensure(&[id]).await {
         tracing::warn!(error = %e, section = %id, "new section not loaded into Redis yet");
     }
+    state.catalog_cache.clear();
     json(StatusCode::CREATED, &created)
 }
 
@@ -381,6 +384,7 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
     let mut section = catalog::section_by_id(&db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("section"))?;
+    state.catalog_cache.clear();
     crate::http::catalog::overlay_live(state, std::slice::from_mut(&mut section)).await;
     json(
         StatusCode::OK,

@@ -1,5 +1,11 @@
 //! Catalog reads: semesters and sections, for any authenticated user.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
 use hyper::{http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -48,25 +54,107 @@ pub async fn semester(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     }
 }
 
-pub async fn semester_sections(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
-    authenticate(state, &req.headers)?;
+/// Catalog rows read from PostgreSQL, kept for `api.catalog_cache_ms`.
+///
+/// Names, rooms and capacities change rarely (and admin writes clear the
+/// cache); the counts students care about come live from Redis on every
+/// request anyway. Without it, browsing dominated PostgreSQL under the peak
+/// mix (BENCHMARKS.md). Only rows that exist are kept, and each map is
+/// bounded, so unknown ids cannot grow it.
+pub struct CatalogCache {
+    ttl: Duration,
+    semesters: Timed<Arc<Vec<catalog::Section>>>,
+    sections: Timed<catalog::Section>,
+}
+
+/// Values by id with the time they were read.
+type Timed<T> = Mutex<HashMap<Uuid, (Instant, T)>>;
+
+/// Entries per map before it is emptied (a bound, not an eviction policy:
+/// a registrar has a few thousand sections).
+const CACHE_ENTRIES: usize = 20_000;
+
+impl CatalogCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            semesters: Mutex::default(),
+            sections: Mutex::default(),
+        }
+    }
+
+    /// Forgets everything (after an admin change).
+    pub fn clear(&self) {
+        self.semesters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.sections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn get<T: Clone>(&self, map: &Timed<T>, id: Uuid) -> Option<T> {
+        let map = map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&id)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put<T>(&self, map: &Timed<T>, id: Uuid, value: T) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CACHE_ENTRIES {
+            map.clear();
+        }
+        map.insert(id, (Instant::now(), value));
+    }
+}
+
+async fn sections_of(
+    state: &AppState,
+    id: Uuid,
+) -> Result<Option<Arc<Vec<catalog::Section>>>, ApiError> {
+    let cache = &state.catalog_cache;
+    if let Some(items) = cache.get(&cache.semesters, id) {
+        return Ok(Some(items));
+    }
     let db = state.db.get().await?;
     if catalog::semester_by_id(&db, id).await?.is_none() {
-        return Err(ApiError::not_found("semester"));
+        return Ok(None);
     }
-    let mut items = catalog::sections_of_semester(&db, id).await?;
-    drop(db);
+    let items = Arc::new(catalog::sections_of_semester(&db, id).await?);
+    cache.put(&cache.semesters, id, items.clone());
+    Ok(Some(items))
+}
+
+pub async fn semester_sections(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
+    authenticate(state, &req.headers)?;
+    let Some(items) = sections_of(state, id).await? else {
+        return Err(ApiError::not_found("semester"));
+    };
+    let mut items = items.as_ref().clone();
     overlay_live(state, &mut items).await;
     json(StatusCode::OK, &List { items })
 }
 
 pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     authenticate(state, &req.headers)?;
-    let db = state.db.get().await?;
-    let Some(mut section) = catalog::section_by_id(&db, id).await? else {
-        return Err(ApiError::not_found("section"));
+    let cache = &state.catalog_cache;
+    let mut section = match cache.get(&cache.sections, id) {
+        Some(section) => section,
+        None => {
+            let db = state.db.get().await?;
+            let Some(section) = catalog::section_by_id(&db, id).await? else {
+                return Err(ApiError::not_found("section"));
+            };
+            cache.put(&cache.sections, id, section.clone());
+            section
+        }
     };
-    drop(db);
     overlay_live(state, std::slice::from_mut(&mut section)).await;
     json(StatusCode::OK, &section)
 }

@@ -29,6 +29,13 @@ async fn an_admin_builds_a_catalog_without_sql() {
         .await;
     assert_eq!(semester.status(), StatusCode::CREATED);
     let semester: Value = semester.json().await.unwrap();
+    let sections_path = format!(
+        "/api/v1/semesters/{}/sections",
+        semester["id"].as_str().unwrap()
+    );
+    // Read once so the catalog cache holds the empty list.
+    let before: Value = app.get(&sections_path, admin).await.json().await.unwrap();
+    assert_eq!(before["items"], json!([]));
     let course = app
         .post(
             "/api/v1/admin/courses",
@@ -51,18 +58,7 @@ async fn an_admin_builds_a_catalog_without_sql() {
     assert_eq!(section.status(), StatusCode::CREATED);
     let section: Value = section.json().await.unwrap();
 
-    let listed: Value = app
-        .get(
-            &format!(
-                "/api/v1/semesters/{}/sections",
-                semester["id"].as_str().unwrap()
-            ),
-            admin,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get(&sections_path, admin).await.json().await.unwrap();
     assert_eq!(listed["items"][0]["id"], section["id"]);
     assert_eq!(listed["items"][0]["course_code"], "CS101");
     assert_eq!(listed["items"][0]["seats_available"], 40);
