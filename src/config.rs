@@ -64,6 +64,8 @@ pub struct ApiSettings {
     pub idempotency_running_ttl_secs: u64,
     /// How long catalog rows (not counts) are reused; 0 disables the cache.
     pub catalog_cache_ms: u64,
+    /// How long a semester listing's live counts are shared; 0 = every request reads Redis.
+    pub live_counts_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -128,9 +128,10 @@ impl Application {
             persistence,
             backlog,
             loader: loader.clone(),
-            catalog_cache: http::catalog::CatalogCache::new(Duration::from_millis(
-                settings.api.catalog_cache_ms,
-            )),
+            catalog_cache: http::catalog::CatalogCache::new(
+                Duration::from_millis(settings.api.catalog_cache_ms),
+                Duration::from_millis(settings.api.live_counts_cache_ms),
+            ),
             db,
             redis,
             settings,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{auth::authenticate, body, json, ApiError, ApiResult};
+use crate::seats::LiveCounts;
 use crate::{startup::AppState, store::catalog};
 
 #[derive(Serialize)]
@@ -23,18 +24,20 @@ struct List<T> {
 pub async fn overlay_live(state: &AppState, sections: &mut [catalog::Section]) {
     let ids: Vec<Uuid> = sections.iter().map(|s| s.id).collect();
     match state.redis.live_counts(&ids).await {
-        Ok(counts) => {
-            for (section, live) in sections.iter_mut().zip(counts) {
-                if let Some(live) = live {
-                    section.total_seats = live.capacity as i32;
-                    section.enrolled = live.enrolled as i32;
-                    section.seats_available = live.seats_available as i32;
-                    section.waitlist_length = live.waitlist_length as i32;
-                    section.live = true;
-                }
-            }
-        }
+        Ok(counts) => apply_live(sections, &counts),
         Err(e) => tracing::debug!(error = %e, "live counts unavailable; showing persisted counts"),
+    }
+}
+
+fn apply_live(sections: &mut [catalog::Section], counts: &[Option<LiveCounts>]) {
+    for (section, live) in sections.iter_mut().zip(counts) {
+        if let Some(live) = live {
+            section.total_seats = live.capacity as i32;
+            section.enrolled = live.enrolled as i32;
+            section.seats_available = live.seats_available as i32;
+            section.waitlist_length = live.waitlist_length as i32;
+            section.live = true;
+        }
     }
 }
 
@@ -65,6 +68,10 @@ pub struct CatalogCache {
     ttl: Duration,
     semesters: Timed<Arc<Vec<catalog::Section>>>,
     sections: Timed<catalog::Section>,
+    /// How long a semester's live counts are shared between requests.
+    live_ttl: Duration,
+    /// Live counts of a semester's sections, in the order of `semesters`.
+    live: Timed<Arc<Vec<Option<LiveCounts>>>>,
 }
 
 /// Values by id with the time they were read.
@@ -75,11 +82,13 @@ type Timed<T> = Mutex<HashMap<Uuid, (Instant, T)>>;
 const CACHE_ENTRIES: usize = 20_000;
 
 impl CatalogCache {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, live_ttl: Duration) -> Self {
         Self {
             ttl,
             semesters: Mutex::default(),
             sections: Mutex::default(),
+            live_ttl,
+            live: Mutex::default(),
         }
     }
 
@@ -96,9 +105,13 @@ impl CatalogCache {
     }
 
     fn get<T: Clone>(&self, map: &Timed<T>, id: Uuid) -> Option<T> {
+        self.get_within(map, id, self.ttl)
+    }
+
+    fn get_within<T: Clone>(&self, map: &Timed<T>, id: Uuid, ttl: Duration) -> Option<T> {
         let map = map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&id)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .filter(|(at, _)| at.elapsed() < ttl)
             .map(|(_, v)| v.clone())
     }
 
@@ -137,7 +150,31 @@ pub async fn semester_sections(state: &AppState, req: &Parts, id: Uuid) -> ApiRe
         return Err(ApiError::not_found("semester"));
     };
     let mut items = items.as_ref().clone();
-    overlay_live(state, &mut items).await;
+    // A full semester's counts cost four Redis commands per section; under a
+    // browsing storm one read serves every request for `live_ttl`.
+    let cache = &state.catalog_cache;
+    let counts = match cache.get_within(&cache.live, id, cache.live_ttl) {
+        Some(counts) if counts.len() == items.len() => Some(counts),
+        _ => {
+            let ids: Vec<Uuid> = items.iter().map(|s| s.id).collect();
+            match state.redis.live_counts(&ids).await {
+                Ok(counts) => {
+                    let counts = Arc::new(counts);
+                    if !cache.live_ttl.is_zero() {
+                        cache.put(&cache.live, id, counts.clone());
+                    }
+                    Some(counts)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "live counts unavailable; showing persisted counts");
+                    None
+                }
+            }
+        }
+    };
+    if let Some(counts) = counts {
+        apply_live(&mut items, &counts);
+    }
     json(StatusCode::OK, &List { items })
 }
 

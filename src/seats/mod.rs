@@ -164,6 +164,20 @@ impl Redis {
         cmd.query_async::<()>(&mut conn).await
     }
 
+    /// Removes outbox entries up to and including sequence `applied` (already
+    /// in PostgreSQL; their acknowledgement was lost, e.g. to a crash
+    /// between commit and XDEL).
+    pub async fn trim_applied(&self, section: Uuid, applied: i64) -> RedisResult<()> {
+        let keys = self.section_keys(section);
+        let mut conn = self.conn();
+        redis::cmd("XTRIM")
+            .arg(&keys.outbox)
+            .arg("MINID")
+            .arg(format!("{}-0", applied + 1))
+            .query_async(&mut conn)
+            .await
+    }
+
     /// For each section: the oldest outbox entry's (seq, time in unix ms) and
     /// the outbox length. One pipelined round trip on a bulk connection.
     pub async fn outbox_heads(

@@ -301,6 +301,9 @@ impl Shard {
                 .all(|(i, e)| e.seq == applied + 1 + i as i64);
             let mut more = false;
             if catch_up || !contiguous {
+                // Entries PostgreSQL already has but nobody acknowledged
+                // (a crash between commit and XDEL) would otherwise stay forever.
+                self.redis.trim_applied(section, applied).await?;
                 let newest_queued = events.last().map(|e| e.seq);
                 events = self.redis.outbox_from(section, applied + 1, limit).await?;
                 more = events.len() == limit

@@ -568,3 +568,33 @@ async fn reconcile_reports_drift_and_fix_rebuilds_redis_from_postgres() {
     assert!(after.is_empty(), "{after:?}");
     app.assert_converged(section).await;
 }
+
+#[tokio::test]
+async fn an_event_committed_but_never_acknowledged_leaves_the_outbox() {
+    let (app, proxy) = app_behind_proxy().await;
+    let seeded = app.seed_sections(1, 1, 5, 0).await;
+    let section = seeded.report.section_ids[0];
+    let student = app.student_ids().await[0];
+
+    // The engine cannot write; the test plays the commit that happened just
+    // before a crash, so PostgreSQL has the event and the outbox still does too.
+    proxy.cut();
+    app.register(&app.token_for(student), &[section]).await;
+    let db = app.db.get().await.unwrap();
+    db.execute(
+        "insert into registrations (id, student_id, section_id, status) values (gen_random_uuid(), $1, $2, 'enrolled')",
+        &[&student, &section],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "update sections set last_seq = 1 where id = $1",
+        &[&section],
+    )
+    .await
+    .unwrap();
+    proxy.restore();
+
+    app.wait_persisted(&[section]).await;
+    app.assert_converged(section).await;
+}
