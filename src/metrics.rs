@@ -42,6 +42,23 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often recorded histogram samples are folded into their buckets.
+/// Without it the samples pile up until the next scrape: a soak benchmark
+/// with nobody scraping grew ~1.2 MB/s at 65k requests/s (BENCHMARKS.md).
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds pending histogram samples periodically, whether or not anyone
+/// scrapes `/metrics`. Runs until the process ends.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
 /// Installs the process-wide recorder once and returns its handle; later calls
 /// (several apps in one test binary) share it.
 pub fn install() -> PrometheusHandle {

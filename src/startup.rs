@@ -161,9 +161,11 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "listening");
         let warm = tokio::spawn(warm_up(self.state.clone()));
+        let upkeep = metrics::spawn_upkeep(self.state.metrics.clone());
         let sweeper = tokio::spawn(self.sweeper.run(self.stop.subscribe()));
         http::server::serve(self.listener, self.state.clone(), shutdown).await;
         warm.abort();
+        upkeep.abort();
         let _ = self.stop.send(true);
         let deadline = Duration::from_millis(self.state.settings.sync.drain_timeout_ms);
         if self.workers.join(deadline).await {

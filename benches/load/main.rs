@@ -412,8 +412,8 @@ async fn main() -> anyhow::Result<()> {
     if !args.no_ceilings {
         // HTTP ceiling: GET /live, same client, same connections.
         let count = register_phase.latency.count.max(5_000);
-        // As long as the scenario ran and at least 3 s, so both rates are steady.
-        let seconds = register_phase.duration_s.ceil().max(3.0) as u64;
+        // As long as the scenario ran (3 to 30 s), so both rates are steady.
+        let seconds = register_phase.duration_s.ceil().clamp(3.0, 30.0) as u64;
         let live = Arc::new(workloads::Repeat(client::Call::get(
             "live",
             "/live".into(),
