@@ -56,6 +56,24 @@ impl EnrollmentStatus {
     }
 }
 
+/// Wall-clock time in unix milliseconds: the clock every script, event and
+/// lag figure uses.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Lower-case hex of `bytes` (digests in keys, fingerprints, checksums),
+/// without an allocation per byte.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
 /// Checks a free-text field: trimmed length within bounds, no control characters.
 pub fn check_text(field: &'static str, value: &str, min: usize, max: usize) -> Result<(), String> {
     let len = value.trim().chars().count();
@@ -78,6 +96,12 @@ mod tests {
         assert!(check_text("name", "   ", 1, 10).is_err());
         assert!(check_text("name", "abcdefghijk", 1, 10).is_err());
         assert!(check_text("name", "a\u{0}b", 1, 10).is_err());
+    }
+
+    #[test]
+    fn hex_is_lower_case_two_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
     }
 
     #[test]

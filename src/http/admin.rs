@@ -356,7 +356,7 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
             return Err(ApiError::not_found("section"));
         }
     }
-    let now = crate::http::registration::now_ms();
+    let now = crate::domain::now_ms();
     let promoted = match state
         .redis
         .resize(id, u.total_seats, u.waitlist_limit, u.is_active, now)

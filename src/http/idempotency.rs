@@ -15,17 +15,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{ApiError, ApiResult};
-use crate::{metrics::IDEMPOTENT_REPLAYS, seats::keys, startup::AppState};
+use crate::{domain::hex, metrics::IDEMPOTENT_REPLAYS, seats::keys, startup::AppState};
 
 /// How long a finished answer is kept.
 const KEEP_SECS: u64 = 24 * 3600;
 /// Longest accepted key.
 const MAX_KEY_CHARS: usize = 255;
 pub const HEADER: &str = "idempotency-key";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// SHA-256 of `parts` joined by newlines, as hex.
 pub fn fingerprint(parts: &[&[u8]]) -> String {

@@ -5,8 +5,6 @@
 //! PostgreSQL is touched only when a section's Redis state is missing (it
 //! is loaded, then the script runs again).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures_util::future::join_all;
 use hyper::{body::Incoming, http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -15,18 +13,11 @@ use uuid::Uuid;
 use super::{auth::authenticate, body, idempotency, json, ApiError, ApiResult};
 use crate::{
     auth::Principal,
-    domain::Role,
+    domain::{now_ms, Role},
     metrics::{DROPS, REGISTRATIONS},
     seats::{Drop, Event, EventKind, Reserve},
     startup::AppState,
 };
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// The student a request acts for: students act for themselves (naming
 /// someone else is 403), admins for anyone they name.

@@ -34,10 +34,7 @@ pub const MIGRATIONS: &[Migration] = &[
 const LOCK_KEY: i64 = 0x0072_6567_6d69_6772;
 
 fn checksum(sql: &str) -> String {
-    Sha256::digest(sql.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::domain::hex(&Sha256::digest(sql.as_bytes()))
 }
 
 /// Applies what is missing; returns the names applied (empty when up to date).

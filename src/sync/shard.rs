@@ -13,10 +13,7 @@
 //! event by event to find the culprit, which is undone once in Redis
 //! (`compensate.lua`), written to `dead_letters`, and skipped.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::collections::{BTreeMap, HashMap};
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, watch};
@@ -26,6 +23,7 @@ use uuid::Uuid;
 use super::{backoff, Job};
 use crate::{
     config::SyncSettings,
+    domain::now_ms,
     metrics::{
         BATCH_SIZE, COMPENSATIONS, DEAD_LETTERS, EVENTS_APPLIED, PERSIST_LAG, VERSION_CONFLICTS,
         WRITE_RETRIES,
@@ -108,13 +106,6 @@ fn reason_for(sqlstate: Option<&str>) -> &'static str {
         Some("23505") => "it conflicts with an existing registration",
         _ => "it could not be saved",
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// What to write for one section in one transaction.

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::{warmup::Loader, Persistence};
 use crate::{
     config::SyncSettings,
+    domain::now_ms,
     metrics::{OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, SWEEPER_REQUEUED},
     seats::Redis,
 };
@@ -51,10 +52,6 @@ pub struct Sweeper {
     pub persistence: Persistence,
     pub settings: SyncSettings,
     pub backlog: Arc<Backlog>,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl Sweeper {

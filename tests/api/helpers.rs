@@ -355,16 +355,7 @@ impl TestApp {
 
     /// Ids of the seeded students, in student-number order.
     pub async fn student_ids(&self) -> Vec<Uuid> {
-        let db = self.db.get().await.unwrap();
-        db.query(
-            "select id from students where role = 'student' order by student_number",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+        student_ids(&self.db).await
     }
 
     /// A valid student token without the cost of a login.
@@ -572,4 +563,20 @@ pub async fn assert_converged(db: &Pool, redis: &Redis, section: Uuid) {
     let counts = redis.live_counts(&[section]).await.unwrap()[0].unwrap();
     assert_eq!(counts.capacity, i64::from(total));
     assert_eq!(counts.seats_available, i64::from(total - count));
+}
+
+/// Ids of the students (not the admin) of a database, in student-number order.
+pub async fn student_ids(db: &Pool) -> Vec<Uuid> {
+    db.get()
+        .await
+        .unwrap()
+        .query(
+            "select id from students where role = 'student' order by student_number",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }

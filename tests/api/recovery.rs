@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use crate::{
     helpers::{
-        assert_converged, create_database, pg_roster, test_settings, wait_persisted, TestDatabase,
+        assert_converged, create_database, pg_roster, student_ids, test_settings, wait_persisted,
+        TestDatabase,
     },
     processes::{ChildServer, PrivateRedis},
 };
@@ -64,19 +65,7 @@ async fn setup(students: usize, sections: usize, seats: i32, waitlist: i32) -> S
     )
     .await
     .unwrap();
-    let ids = db
-        .get()
-        .await
-        .unwrap()
-        .query(
-            "select id from students where role = 'student' order by student_number",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = student_ids(&db).await;
     Setup {
         url: database.url.clone(),
         _database: database,
