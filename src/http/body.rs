@@ -92,6 +92,65 @@ mod tests {
         r.unwrap_err().code()
     }
 
+    /// The register body, as src/http/registration.rs declares it.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Register {
+        section_ids: Vec<uuid::Uuid>,
+        #[serde(default)]
+        student_id: Option<uuid::Uuid>,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+    }
+
+    const CODES: [&str; 3] = ["malformed_json", "unknown_field", "invalid_body"];
+
+    proptest::proptest! {
+        /// Arbitrary bytes decode or fail with a 400 and a known code; never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            if let Err(e) = decode::<Register>(&bytes) {
+                proptest::prop_assert_eq!(e.status(), hyper::StatusCode::BAD_REQUEST);
+                proptest::prop_assert!(CODES.contains(&e.code()));
+            }
+        }
+
+        /// JSON-shaped input near the real body: fields, types and UUIDs mutated.
+        #[test]
+        fn json_like_bodies_get_a_precise_code(
+            key in "[a-z_]{1,16}",
+            value in proptest::prop_oneof![
+                proptest::strategy::Just("[]".to_string()),
+                proptest::strategy::Just("null".to_string()),
+                "\\[\"[0-9a-f-]{0,40}\"\\]",
+                "-?[0-9]{1,20}",
+                "\"[ -~]{0,40}\"",
+            ],
+        ) {
+            let body = format!("{{\"{key}\": {value}}}");
+            match decode::<Register>(body.as_bytes()) {
+                Ok(r) => proptest::prop_assert_eq!(key, "section_ids", "decoded {:?}", r),
+                Err(e) => proptest::prop_assert!(CODES.contains(&e.code()), "{}", e.code()),
+            }
+        }
+
+        /// Query strings: any printable text is parsed or refused with 400.
+        #[test]
+        fn any_query_string_is_parsed_or_refused(q in "[ -~]{0,80}") {
+            #[derive(Debug, serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            #[allow(dead_code)]
+            struct Filter {
+                semester_id: Option<uuid::Uuid>,
+                limit: Option<i64>,
+            }
+            if let Err(e) = query::<Filter>(Some(&q)) {
+                proptest::prop_assert_eq!(e.code(), "invalid_query");
+            }
+        }
+    }
+
     #[test]
     fn json_content_types_are_recognised() {
         let ok = |s: &'static str| is_json(Some(&header::HeaderValue::from_static(s)));

@@ -295,4 +295,16 @@ mod tests {
         assert_eq!(Route::resolve("/live/x"), None);
         assert_eq!(Route::resolve("//live"), None);
     }
+
+    proptest::proptest! {
+        /// Any path resolves to a route or to nothing, never a panic, and a
+        /// resolved route's template never carries the caller's text.
+        #[test]
+        fn any_path_resolves_without_panicking(path in "(/[a-z0-9%._~-]{0,12}){0,8}/?") {
+            if let Some(route) = Route::resolve(&path) {
+                proptest::prop_assert!(route.template().starts_with('/'));
+                proptest::prop_assert!(!route.allowed().0.is_empty());
+            }
+        }
+    }
 }

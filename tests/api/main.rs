@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod authz;
 mod catalog;
 mod engine;
 mod helpers;
