@@ -43,6 +43,8 @@ pub struct HttpSettings {
     pub header_read_timeout_ms: u64,
     /// Header lines accepted per request; more is 431.
     pub max_headers: usize,
+    /// Longest request target (path and query); longer is 414.
+    pub max_uri_bytes: usize,
     /// Concurrently open client connections.
     pub max_connections: usize,
     /// Deadline for reading the body and producing the answer.
@@ -228,7 +230,7 @@ impl Settings {
                 "must not exceed api.max_page_size",
             ));
         }
-        let positive: [(&'static str, u64); 19] = [
+        let positive: [(&'static str, u64); 20] = [
             (
                 "api.max_sections_per_request",
                 self.api.max_sections_per_request as u64,
@@ -253,6 +255,7 @@ impl Settings {
                 self.http.header_read_timeout_ms,
             ),
             ("http.max_headers", self.http.max_headers as u64),
+            ("http.max_uri_bytes", self.http.max_uri_bytes as u64),
             ("http.max_connections", self.http.max_connections as u64),
             ("http.request_timeout_ms", self.http.request_timeout_ms),
             ("database.pool_size", self.database.pool_size as u64),

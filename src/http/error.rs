@@ -31,6 +31,9 @@ pub enum ApiError {
     /// 409: the request conflicts with existing state (duplicate key).
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
+    /// 414: request target longer than `http.max_uri_bytes`.
+    #[error("the request target exceeds {limit} bytes")]
+    UriTooLong { limit: usize },
     /// 413: body over the configured limit, refused before parsing.
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Internal(_) => "internal",
         }

@@ -238,6 +238,11 @@ async fn dispatch(
     req: &Parts,
     body: Incoming,
 ) -> ApiResult {
+    let limit = state.settings.http.max_uri_bytes;
+    let target = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > limit {
+        return Err(ApiError::UriTooLong { limit });
+    }
     let Some(route) = route else {
         return Err(ApiError::NotFound("no such route".into()));
     };

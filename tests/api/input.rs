@@ -161,6 +161,19 @@ async fn a_client_too_slow_to_send_its_headers_is_disconnected() {
 }
 
 #[tokio::test]
+async fn an_overlong_url_is_414() {
+    let app = spawn_app().await;
+    let long = format!(
+        "/api/v1/sections/available?course_code={}",
+        "A".repeat(app.settings.http.max_uri_bytes)
+    );
+
+    let response = app.get(&long, None).await;
+
+    assert_problem(response, StatusCode::URI_TOO_LONG, "uri_too_long").await;
+}
+
+#[tokio::test]
 async fn too_many_headers_are_refused() {
     let app = spawn_app().await;
     let mut request = String::from("GET /live HTTP/1.1\r\nhost: x\r\n");

@@ -7,6 +7,7 @@ mod auth;
 mod authz;
 mod catalog;
 mod engine;
+mod faults;
 mod helpers;
 mod input;
 mod migrations;
