@@ -231,3 +231,96 @@ async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restar
         assert_converged(&s.db, &redis, *section).await;
     }
 }
+
+#[tokio::test]
+async fn sigterm_under_load_exits_zero_and_every_answered_registration_lands() {
+    let s = setup(600, 2, 200, 50).await;
+    let server = ChildServer::start(&s.url, None, &s.namespace);
+    server.wait_ready().await;
+    let base = server.url("");
+    let http = reqwest::Client::new();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let answers: Arc<Mutex<Answers>> = Arc::default();
+    let server = Arc::new(Mutex::new(Some(server)));
+    let exit: Arc<Mutex<Option<std::thread::JoinHandle<std::process::ExitStatus>>>> =
+        Arc::default();
+
+    stream::iter(s.students.clone().into_iter().enumerate())
+        .map(|(i, student)| {
+            let section = s.sections[i % 2];
+            let (http, base, token) = (
+                http.clone(),
+                base.clone(),
+                s.tokens.mint(student, Role::Student, true),
+            );
+            let (answered, answers, server, exit) = (
+                answered.clone(),
+                answers.clone(),
+                server.clone(),
+                exit.clone(),
+            );
+            async move {
+                let status = register(&http, &base, &token, section)
+                    .await
+                    .ok()
+                    .map(|r| r["status"].as_str().unwrap_or("").to_string());
+                if status.is_some() && answered.fetch_add(1, Ordering::SeqCst) + 1 == 150 {
+                    // SIGTERM with ~200 requests in flight.
+                    if let Some(mut child) = server.lock().unwrap().take() {
+                        child.sigterm();
+                        *exit.lock().unwrap() =
+                            Some(std::thread::spawn(move || child.child.wait().unwrap()));
+                    }
+                }
+                answers.lock().unwrap().push((student, status));
+            }
+        })
+        .buffer_unordered(200)
+        .collect::<Vec<()>>()
+        .await;
+    let handle = exit.lock().unwrap().take().expect("the signal was sent");
+    let status = tokio::task::spawn_blocking(move || handle.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a clean exit within the drain deadline"
+    );
+
+    // A restart finishes whatever the drain left in the outbox.
+    let restarted = ChildServer::start(&s.url, None, &s.namespace);
+    restarted.wait_ready().await;
+    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace);
+    wait_persisted(&s.db, &redis, &s.sections).await;
+    let answers = answers.lock().unwrap().clone();
+    let section_of: std::collections::HashMap<Uuid, Uuid> = s
+        .students
+        .iter()
+        .enumerate()
+        .map(|(i, student)| (*student, s.sections[i % 2]))
+        .collect();
+    for section in &s.sections {
+        let (enrolled, waiting) = pg_roster(&s.db, *section).await;
+        let answered_as = |wanted: &str| -> BTreeSet<Uuid> {
+            answers
+                .iter()
+                .filter(|(student, st)| {
+                    st.as_deref() == Some(wanted) && section_of[student] == *section
+                })
+                .map(|(student, _)| *student)
+                .collect()
+        };
+        assert!(
+            answered_as("enrolled").is_subset(&enrolled),
+            "every answered enrolment persisted"
+        );
+        assert!(
+            answered_as("waitlisted")
+                .iter()
+                .all(|q| waiting.contains(q) || enrolled.contains(q)),
+            "every answered waitlist place persisted (or was promoted)"
+        );
+        assert_converged(&s.db, &redis, *section).await;
+    }
+}
