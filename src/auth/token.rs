@@ -155,43 +155,8 @@ mod tests {
     }
 
     #[test]
-    fn an_unsigned_alg_none_token_is_invalid() {
-        use base64_like::encode_segment;
-        let header = encode_segment(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = encode_segment(
-            format!(
-                r#"{{"sub":"{}","role":"admin","iat":0,"exp":9999999999}}"#,
-                Uuid::new_v4()
-            )
-            .as_bytes(),
-        );
-        let t = format!("{header}.{body}.");
-        assert_eq!(tokens().verify(&t), Err(TokenError::Invalid));
-    }
-
-    #[test]
     fn garbage_is_invalid() {
         assert_eq!(tokens().verify("not.a.token"), Err(TokenError::Invalid));
         assert_eq!(tokens().verify(""), Err(TokenError::Invalid));
-    }
-
-    /// Minimal unpadded base64url, enough to forge a header in a test.
-    mod base64_like {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        pub fn encode_segment(input: &[u8]) -> String {
-            let mut out = String::new();
-            for chunk in input.chunks(3) {
-                let b = [
-                    chunk[0],
-                    *chunk.get(1).unwrap_or(&0),
-                    *chunk.get(2).unwrap_or(&0),
-                ];
-                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                for i in 0..=chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        }
     }
 }
