@@ -9,9 +9,9 @@
 //! - `token_verify`: checking the HS256 bearer token (`auth::Tokens::verify`),
 //!   the per-request authentication cost (HMAC-SHA256 plus JSON claims).
 //! - `parse_register_body`: decoding the JSON body through
-//!   `http::body::decode` into a type shaped like the handler's private
-//!   `RegisterRequest` (two section ids and an idempotency key, unknown
-//!   fields denied), the request-parsing cost.
+//!   `http::body::decode` into the handler's own `RegisterRequest` (two
+//!   section ids and an idempotency key, unknown fields denied), the
+//!   request-parsing cost.
 //! - `fingerprint`: the SHA-256 idempotency fingerprint over the route, the
 //!   student and the canonical section list, exactly as the handler builds it.
 //! - `key_building`: formatting the eight Redis key names of one section
@@ -44,10 +44,13 @@ use registrar::{
     auth::Tokens,
     config::{RedisSettings, Secret},
     domain::Role,
-    http::{body, idempotency, registration::SectionResult},
+    http::{
+        body, idempotency,
+        registration::{RegisterRequest, SectionResult},
+    },
     seats::{keys::SectionKeys, Redis},
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
@@ -58,18 +61,6 @@ const STUDENT: Uuid = Uuid::from_u128(0x0190_7c1e_4b2a_7d3e_9f00_0000_0000_00aa)
 // ---------------------------------------------------------------------------
 // CPU-side costs of a registration
 // ---------------------------------------------------------------------------
-
-/// Mirrors the private `RegisterRequest` of `src/http/registration.rs`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // decoded to be measured, never read
-struct RegisterRequest {
-    section_ids: Vec<Uuid>,
-    #[serde(default)]
-    student_id: Option<Uuid>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-}
 
 /// Mirrors the handler's private `RegisterResponse`.
 #[derive(Serialize)]

@@ -92,17 +92,7 @@ mod tests {
         r.unwrap_err().code()
     }
 
-    /// The register body, as src/http/registration.rs declares it.
-    #[derive(Debug, serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Register {
-        section_ids: Vec<uuid::Uuid>,
-        #[serde(default)]
-        student_id: Option<uuid::Uuid>,
-        #[serde(default)]
-        idempotency_key: Option<String>,
-    }
+    use crate::http::registration::RegisterRequest as Register;
 
     const CODES: [&str; 3] = ["malformed_json", "unknown_field", "invalid_body"];
 

@@ -30,14 +30,16 @@ fn acting_for(principal: &Principal, named: Option<Uuid>) -> Result<Uuid, ApiErr
     }
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /register`. Public so the decoder's property tests and
+/// the micro-benchmarks exercise this very type, not a copy of it.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegisterRequest {
-    section_ids: Vec<Uuid>,
+pub struct RegisterRequest {
+    pub section_ids: Vec<Uuid>,
     #[serde(default)]
-    student_id: Option<Uuid>,
+    pub student_id: Option<Uuid>,
     #[serde(default)]
-    idempotency_key: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 /// The canonical form of a section list for fingerprints: the ids' bytes in
