@@ -1,6 +1,7 @@
--- load: build a section's state from PostgreSQL rows, only if it is absent.
--- Two instances warming the same section cannot race: the second finds
--- KEYS[1] present and changes nothing.
+-- load: build a section's state from PostgreSQL rows. Three modes decide
+-- when it may replace what Redis holds; each decision is made inside the
+-- script, so two instances loading the same section cannot race (the second
+-- finds the work done and changes nothing).
 --
 -- KEYS[1] meta, KEYS[2] seats, KEYS[3] enrolled, KEYS[4] waitlist,
 -- KEYS[5] seq, KEYS[6] outbox (as in reserve.lua)
@@ -9,29 +10,56 @@
 -- ARGV[3] active "1"/"0" (section and semester both active)
 -- ARGV[4] registration start (unix ms)
 -- ARGV[5] registration end (unix ms)
--- ARGV[6] last event sequence PostgreSQL applied
--- ARGV[7] number of enrolled students n, then ARGV[8 .. 7+n] their ids,
+-- ARGV[6] last event sequence PostgreSQL applied (P)
+-- ARGV[7] mode:
+--   "absent" load only when the section has no state (warm-up, on demand);
+--   "behind" also replace a state whose sequence is below P: Redis lost
+--            events PostgreSQL already has (restarted from an older AOF or
+--            snapshot), so every outbox entry (all <= its sequence < P) is
+--            already applied and new events would reuse applied sequences;
+--   "force"  replace the state whatever its sequence, provided the outbox
+--            holds nothing beyond P (a worker found an event that contradicts
+--            PostgreSQL; what is beyond P must drain first).
+-- ARGV[8] number of enrolled students n, then ARGV[9 .. 8+n] their ids,
 --         then the waitlisted ids in position order
 --
--- Returns 1 when loaded, 0 when the state was already there, -1 when the
--- meta hash is gone but events still wait in the outbox (a partial state
--- that needs an operator: see `registrar reconcile`).
+-- Returns {code, dropped}: code 1 loaded (or replaced), 0 nothing to do
+-- (present and not behind), -1 refused: the meta hash is gone but events
+-- still wait in the outbox (a partial state that needs an operator: see
+-- `registrar reconcile`), or in "force" mode the outbox holds events
+-- beyond P (drain them, then retry). dropped = outbox entries discarded by
+-- a replacement (already in PostgreSQL, or contradicting it).
+local applied = tonumber(ARGV[6])
+local mode = ARGV[7]
+local dropped = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+  if mode == 'absent' then
+    return {0, 0}
+  end
+  local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if mode == 'behind' and seq >= applied then
+    return {0, 0}
+  end
+  if mode == 'force' then
+    local newest = redis.call('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)[1]
+    if newest and tonumber(string.match(newest[1], '^(%d+)')) > applied then
+      return {-1, 0}
+    end
+  end
+  dropped = redis.call('XLEN', KEYS[6])
+elseif redis.call('XLEN', KEYS[6]) > 0 then
+  return {-1, 0}
 end
-if redis.call('XLEN', KEYS[6]) > 0 then
-  return -1
-end
--- An empty stream remembers its last id; start the sequence afresh.
+-- Also forgets the stream's last id, so the sequence can start again at P.
 redis.call('DEL', KEYS[6])
-local n = tonumber(ARGV[7])
-local first_waiting = 8 + n
+local n = tonumber(ARGV[8])
+local first_waiting = 9 + n
 local waiting = #ARGV - first_waiting + 1
 redis.call('DEL', KEYS[3], KEYS[4])
 -- unpack() is limited by the Lua stack: add members in chunks.
 local chunk = 1000
-for i = 8, 7 + n, chunk do
-  redis.call('SADD', KEYS[3], unpack(ARGV, i, math.min(i + chunk - 1, 7 + n)))
+for i = 9, 8 + n, chunk do
+  redis.call('SADD', KEYS[3], unpack(ARGV, i, math.min(i + chunk - 1, 8 + n)))
 end
 -- Scores -waiting .. -1 keep PostgreSQL's order and sort before every later
 -- arrival, whose score is its (positive) sequence.
@@ -42,4 +70,4 @@ redis.call('SET', KEYS[2], math.max(tonumber(ARGV[1]) - n, 0))
 redis.call('SET', KEYS[5], ARGV[6])
 redis.call('HSET', KEYS[1], 'capacity', ARGV[1], 'waitlist_limit', ARGV[2], 'active', ARGV[3],
   'reg_start', ARGV[4], 'reg_end', ARGV[5], 'loaded', 1)
-return 1
+return {1, dropped}

@@ -24,6 +24,8 @@ pub const BATCH_SIZE: &str = "persistence_batch_size";
 pub const EVENTS_APPLIED: &str = "persistence_events_applied_total";
 pub const WRITE_RETRIES: &str = "persistence_write_retries_total";
 pub const VERSION_CONFLICTS: &str = "persistence_version_conflicts_total";
+pub const SEQUENCE_CONFLICTS: &str = "persistence_sequence_conflicts_total";
+pub const REDIS_REVALIDATIONS: &str = "redis_revalidations_total";
 pub const COMPENSATIONS: &str = "compensations_total";
 pub const DEAD_LETTERS: &str = "dead_letters_total";
 pub const OUTBOX_BACKLOG: &str = "outbox_backlog";
@@ -138,6 +140,14 @@ fn describe() {
     describe_counter!(
         VERSION_CONFLICTS,
         "Optimistic checks on a section row that found another writer first."
+    );
+    describe_counter!(
+        SEQUENCE_CONFLICTS,
+        "Events whose sequence PostgreSQL already applied to a different event (Redis lost data); each rebuilds its section from PostgreSQL."
+    );
+    describe_counter!(
+        REDIS_REVALIDATIONS,
+        "Times registration paused to check Redis against PostgreSQL after a possible restart, by result (same_server, rebuilt)."
     );
     describe_counter!(
         COMPENSATIONS,

@@ -163,10 +163,21 @@ impl Application {
         let warm = tokio::spawn(warm_up(self.state.clone()));
         let upkeep = metrics::spawn_upkeep(self.state.metrics.clone());
         let sweeper = tokio::spawn(self.sweeper.run(self.stop.subscribe()));
+        // Pauses registration after a possible Redis restart until Redis is
+        // checked against PostgreSQL (src/sync/revalidate.rs).
+        let revalidator = tokio::spawn(
+            crate::sync::revalidate::Revalidator {
+                db: self.state.db.clone(),
+                redis: self.state.redis.clone(),
+                persistence: self.state.persistence.clone(),
+            }
+            .run(self.stop.subscribe()),
+        );
         http::server::serve(self.listener, self.state.clone(), shutdown).await;
         warm.abort();
         upkeep.abort();
         let _ = self.stop.send(true);
+        revalidator.abort();
         let deadline = Duration::from_millis(self.state.settings.sync.drain_timeout_ms);
         if self.workers.join(deadline).await {
             tracing::info!("persistence queues drained");

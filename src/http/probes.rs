@@ -95,6 +95,14 @@ pub async fn ready(state: &AppState) -> ApiResult {
             &serde_json::json!({ "status": "not_ready", "reason": "warming up" }),
         );
     }
+    if !state.redis.watch().is_open() {
+        // Redis may have restarted: no reservation runs until it has been
+        // checked against PostgreSQL (src/sync/revalidate.rs).
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "not_ready", "reason": "revalidating redis" }),
+        );
+    }
     let redis = check_redis(state).await;
     if redis.up() {
         json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))

@@ -85,6 +85,26 @@ impl Event {
         uuid::Builder::from_custom_bytes(bytes).into_uuid()
     }
 
+    /// A digest of what the event says (kind, student, time, settings),
+    /// recorded with it in PostgreSQL: the same (section, seq) with another
+    /// fingerprint is a different event reusing an applied sequence.
+    pub fn fingerprint(&self) -> i64 {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.kind.as_str().as_bytes());
+        hasher.update(self.student.map_or([0u8; 16], |s| *s.as_bytes()));
+        hasher.update(self.at_ms.to_be_bytes());
+        if let Some(c) = self.config {
+            hasher.update(c.capacity.to_be_bytes());
+            hasher.update(c.waitlist_limit.to_be_bytes());
+            hasher.update([u8::from(c.active)]);
+        }
+        let digest = hasher.finalize();
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(bytes)
+    }
+
     /// Parses one stream entry (`"<seq>-0"` and its field/value pairs).
     pub fn from_entry(section: Uuid, id: &str, fields: &HashMap<String, Value>) -> Option<Self> {
         let seq = id.split('-').next()?.parse().ok()?;
@@ -194,5 +214,30 @@ mod tests {
         assert_eq!(e(s, 1).row_id(), e(s, 1).row_id());
         assert_ne!(e(s, 1).row_id(), e(s, 2).row_id());
         assert_ne!(e(s, 1).row_id(), e(Uuid::new_v4(), 1).row_id());
+    }
+
+    #[test]
+    fn fingerprints_tell_different_events_at_one_sequence_apart() {
+        let student = Uuid::new_v4();
+        let e = |kind, at_ms| Event {
+            section: Uuid::nil(),
+            seq: 3,
+            kind,
+            student: Some(student),
+            at_ms,
+            config: None,
+        };
+        assert_eq!(
+            e(EventKind::Enroll, 1).fingerprint(),
+            e(EventKind::Enroll, 1).fingerprint()
+        );
+        assert_ne!(
+            e(EventKind::Enroll, 1).fingerprint(),
+            e(EventKind::Waitlist, 1).fingerprint()
+        );
+        assert_ne!(
+            e(EventKind::Enroll, 1).fingerprint(),
+            e(EventKind::Enroll, 2).fingerprint()
+        );
     }
 }

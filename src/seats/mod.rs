@@ -12,20 +12,22 @@
 pub mod event;
 pub mod keys;
 pub mod scripts;
+pub mod watch;
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
 use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     streams::StreamRangeReply,
-    RedisResult,
+    Cmd, Pipeline, RedisFuture, RedisResult, Value,
 };
 use uuid::Uuid;
 
 pub use event::{Event, EventKind, SectionConfig};
-pub use scripts::{Compensate, Drop, Load, Reserve, Resize, Scripts, SectionSnapshot};
+pub use scripts::{Compensate, Drop, Load, Rebuild, Reserve, Resize, Scripts, SectionSnapshot};
+pub use watch::RedisWatch;
 
 use crate::config::RedisSettings;
 
@@ -40,6 +42,57 @@ pub struct Redis {
     /// Prefix of every key this instance touches (`<ns>:{s:<id>}:...`).
     namespace: Arc<str>,
     scripts: Arc<Scripts>,
+    watch: Arc<RedisWatch>,
+}
+
+/// The shared connection as handed out by [`Redis::conn`]: every failure of
+/// the connection itself is reported to the [`RedisWatch`] before the
+/// caller sees it. The manager reconnects after such a failure, possibly to
+/// a restarted server, so this is where a restart first shows, whichever
+/// caller (a probe, the rate limiter, a script) happens to notice it.
+#[derive(Clone)]
+pub struct Conn {
+    inner: ConnectionManager,
+    watch: Arc<RedisWatch>,
+}
+
+impl Conn {
+    fn observe<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result {
+            if watch::is_connection_error(e) {
+                self.watch.connection_failed();
+            }
+        }
+        result
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.inner.req_packed_command(cmd).await;
+            self.observe(result)
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self
+                .inner
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+            self.observe(result)
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
 }
 
 /// A section's live numbers.
@@ -86,6 +139,7 @@ impl Redis {
             bulk,
             namespace: settings.namespace.as_str().into(),
             scripts: Arc::new(Scripts::new()),
+            watch: Arc::new(RedisWatch::new()),
         })
     }
 
@@ -98,8 +152,47 @@ impl Redis {
     }
 
     /// A clone of the shared connection for issuing commands.
-    pub fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    pub fn conn(&self) -> Conn {
+        Conn {
+            inner: self.conn.clone(),
+            watch: self.watch.clone(),
+        }
+    }
+
+    /// Whether this Redis may be trusted right now (see [`watch`]).
+    pub fn watch(&self) -> &Arc<RedisWatch> {
+        &self.watch
+    }
+
+    /// The `run_id` of the server behind the shared connection: it changes
+    /// when Redis restarts (or another server takes its place).
+    pub async fn run_id(&self) -> RedisResult<String> {
+        let mut conn = self.conn();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_string())
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Parse, "INFO server without run_id"))
+            })
+    }
+
+    /// Each section's `:seq` (None where it has none).
+    pub async fn seqs(&self, sections: &[Uuid]) -> RedisResult<Vec<Option<i64>>> {
+        let mut out = Vec::with_capacity(sections.len());
+        for chunk in sections.chunks(500) {
+            let mut pipe = redis::pipe();
+            for section in chunk {
+                pipe.cmd("GET").arg(self.section_keys(*section).seq);
+            }
+            let mut conn = self.bulk().await?;
+            let replies: Vec<Option<i64>> = pipe.query_async(&mut *conn).await?;
+            out.extend(replies);
+        }
+        Ok(out)
     }
 
     /// A pooled connection for bulk work.
@@ -115,7 +208,7 @@ impl Redis {
 
     /// Round trip to Redis.
     pub async fn ping(&self) -> RedisResult<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         redis::cmd("PING").query_async::<()>(&mut conn).await
     }
 
@@ -146,6 +239,31 @@ impl Redis {
                 }
                 event
             })
+            .collect())
+    }
+
+    /// Up to `count` outbox events of `section` at or below sequence `until`
+    /// (normally none: entries already in PostgreSQL whose removal was lost).
+    pub async fn outbox_until(
+        &self,
+        section: Uuid,
+        until: i64,
+        count: usize,
+    ) -> RedisResult<Vec<Event>> {
+        let keys = self.section_keys(section);
+        let mut conn = self.conn();
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&keys.outbox)
+            .arg("-")
+            .arg(format!("{until}-0"))
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .ids
+            .iter()
+            .filter_map(|entry| Event::from_entry(section, &entry.id, &entry.map))
             .collect())
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use redis::{RedisResult, Script, Value};
 use uuid::Uuid;
 
-use super::{event::Event, keys::SectionKeys, Redis};
+use super::{event::Event, keys::SectionKeys, watch::RedisWatch, Redis};
 use crate::metrics::SCRIPT_DURATION;
 
 /// The compiled scripts, shared by every call.
@@ -98,6 +98,27 @@ pub enum Load {
     OutboxPending,
 }
 
+/// When `load.lua` may replace a section's existing state (see its header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebuild {
+    /// Only where the section has no state.
+    Absent,
+    /// Also where Redis's sequence is below PostgreSQL's `last_seq`.
+    Behind,
+    /// Whatever Redis holds, once nothing beyond `last_seq` waits in the outbox.
+    Force,
+}
+
+impl Rebuild {
+    fn as_str(self) -> &'static str {
+        match self {
+            Rebuild::Absent => "absent",
+            Rebuild::Behind => "behind",
+            Rebuild::Force => "force",
+        }
+    }
+}
+
 /// A section as PostgreSQL holds it, for `load.lua`.
 #[derive(Debug, Clone)]
 pub struct SectionSnapshot {
@@ -161,6 +182,7 @@ impl Redis {
 
     /// Enrolls, waitlists or refuses `student` in `section` (`reserve.lua`).
     pub async fn reserve(&self, section: Uuid, student: Uuid, now_ms: i64) -> RedisResult<Reserve> {
+        let permit = self.watch().enter().ok_or_else(RedisWatch::closed_error)?;
         let keys = self.section_keys(section);
         let mut call = self.scripts().reserve.prepare_invoke();
         call.key(&keys.core()[..])
@@ -168,6 +190,9 @@ impl Redis {
             .arg(student.to_string())
             .arg(now_ms);
         let reply = self.run("reserve", call).await?;
+        if !permit.still_valid() {
+            return Err(RedisWatch::changed_error());
+        }
         let code = text(reply.first()).unwrap_or_default();
         Ok(match code.as_str() {
             "not_loaded" => Reserve::NotLoaded,
@@ -196,6 +221,7 @@ impl Redis {
         student: Uuid,
         now_ms: i64,
     ) -> RedisResult<Drop> {
+        let permit = self.watch().enter().ok_or_else(RedisWatch::closed_error)?;
         let keys = self.section_keys(section);
         let mut call = self.scripts().drop.prepare_invoke();
         call.key(&keys.core()[..])
@@ -203,6 +229,9 @@ impl Redis {
             .arg(student.to_string())
             .arg(now_ms);
         let reply = self.run("drop", call).await?;
+        if !permit.still_valid() {
+            return Err(RedisWatch::changed_error());
+        }
         let code = text(reply.first()).unwrap_or_default();
         Ok(match code.as_str() {
             "not_loaded" => Drop::NotLoaded,
@@ -258,6 +287,7 @@ impl Redis {
         active: Option<bool>,
         now_ms: i64,
     ) -> RedisResult<Resize> {
+        let permit = self.watch().enter().ok_or_else(RedisWatch::closed_error)?;
         let keys = self.section_keys(section);
         let opt = |v: Option<i32>| v.map(|v| v.to_string()).unwrap_or_default();
         let mut call = self.scripts().resize.prepare_invoke();
@@ -267,6 +297,9 @@ impl Redis {
             .arg(active.map(|a| if a { "1" } else { "0" }).unwrap_or(""))
             .arg(now_ms);
         let reply = self.run("resize", call).await?;
+        if !permit.still_valid() {
+            return Err(RedisWatch::changed_error());
+        }
         let code = text(reply.first()).unwrap_or_default();
         Ok(match code.as_str() {
             "not_loaded" => Resize::NotLoaded,
@@ -283,6 +316,17 @@ impl Redis {
 
     /// Builds a section's state from PostgreSQL if Redis lacks it (`load.lua`).
     pub async fn load(&self, snapshot: &SectionSnapshot) -> RedisResult<Load> {
+        Ok(self.rebuild(snapshot, Rebuild::Absent).await?.0)
+    }
+
+    /// Builds a section's state from PostgreSQL when `mode` allows it
+    /// (`load.lua`); also returns how many outbox entries a replacement
+    /// discarded.
+    pub async fn rebuild(
+        &self,
+        snapshot: &SectionSnapshot,
+        mode: Rebuild,
+    ) -> RedisResult<(Load, i64)> {
         let keys = self.section_keys(snapshot.section);
         let mut call = self.scripts().load.prepare_invoke();
         call.key(&keys.core()[..])
@@ -292,6 +336,7 @@ impl Redis {
             .arg(snapshot.registration_start_ms)
             .arg(snapshot.registration_end_ms)
             .arg(snapshot.last_seq)
+            .arg(mode.as_str())
             .arg(snapshot.enrolled.len());
         for id in snapshot.enrolled.iter().chain(&snapshot.waitlisted) {
             call.arg(id.to_string());
@@ -300,14 +345,15 @@ impl Redis {
         // Bulk connection: a large roster must not delay students' requests
         // queued behind it on the shared socket.
         let mut conn = self.bulk().await?;
-        let reply: i64 = call.invoke_async(&mut *conn).await?;
+        let (code, dropped): (i64, i64) = call.invoke_async(&mut *conn).await?;
         metrics::histogram!(SCRIPT_DURATION, "script" => "load")
             .record(started.elapsed().as_secs_f64());
-        Ok(match reply {
+        let outcome = match code {
             1 => Load::Loaded,
             0 => Load::AlreadyPresent,
             _ => Load::OutboxPending,
-        })
+        };
+        Ok((outcome, dropped))
     }
 
     /// Loads every script into Redis's script cache (start-up and readiness).

@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_engine.sql",
         sql: include_str!("../../sql/0002_engine.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_applied_events.sql",
+        sql: include_str!("../../sql/0003_applied_events.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).

@@ -8,8 +8,14 @@
 //! - [`sweeper`]: re-enqueues sections whose outbox has old entries (a crash,
 //!   a full queue, a PostgreSQL outage) and reports the backlog.
 //! - [`warmup`]: builds a section's Redis state from PostgreSQL when absent.
+//! - [`revalidate`]: after Redis may have restarted, pauses registration,
+//!   drains the shards, and rebuilds sections Redis holds behind PostgreSQL.
+//! - [`journal`]: fingerprints of applied events, to tell replays from
+//!   different events reusing an applied sequence.
 
+pub mod journal;
 pub mod reconcile;
+pub mod revalidate;
 pub mod shard;
 pub mod sweeper;
 pub mod warmup;
@@ -18,7 +24,7 @@ use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::Pool;
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use uuid::Uuid;
@@ -30,21 +36,14 @@ use crate::{
 };
 
 /// Work for a shard.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Job {
     /// A fresh event, straight from the script that produced it.
     Event(Event),
     /// Read this section's outbox from where PostgreSQL stands.
     CatchUp(Uuid),
-}
-
-impl Job {
-    fn section(&self) -> Uuid {
-        match self {
-            Job::Event(e) => e.section,
-            Job::CatchUp(s) => *s,
-        }
-    }
+    /// Answer once everything queued before this job is in PostgreSQL.
+    Flush(oneshot::Sender<()>),
 }
 
 /// The request path's handle on the shards; cheap to clone.
@@ -97,8 +96,8 @@ impl Persistence {
         )
     }
 
-    fn send(&self, job: Job) -> bool {
-        let shard = shard_of(job.section(), self.senders.len());
+    fn send(&self, section: Uuid, job: Job) -> bool {
+        let shard = shard_of(section, self.senders.len());
         match self.senders[shard].try_send(job) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -112,12 +111,32 @@ impl Persistence {
     /// Hands an event to its shard without waiting. Never fails the caller:
     /// if the queue is full the sweeper finds the event in the outbox.
     pub fn submit(&self, event: Event) {
-        self.send(Job::Event(event));
+        self.send(event.section, Job::Event(event));
     }
 
     /// Asks the section's shard to read its outbox; false if the queue is full.
     pub fn catch_up(&self, section: Uuid) -> bool {
-        self.send(Job::CatchUp(section))
+        self.send(section, Job::CatchUp(section))
+    }
+
+    /// Waits until every shard has written what it held when called (the
+    /// in-memory copies are the only ones left of events a restarted Redis
+    /// lost). Waits for queue space rather than failing; false if a shard
+    /// has stopped. While PostgreSQL is away this waits for it.
+    pub async fn flush(&self) -> bool {
+        let mut answers = Vec::with_capacity(self.senders.len());
+        for sender in self.senders.iter() {
+            let (tx, rx) = oneshot::channel();
+            if sender.send(Job::Flush(tx)).await.is_err() {
+                return false;
+            }
+            answers.push(rx);
+        }
+        let mut all = true;
+        for answer in answers {
+            all &= answer.await.is_ok();
+        }
+        all
     }
 
     /// Jobs waiting in each shard's queue (also published as a gauge).
@@ -156,6 +175,47 @@ fn futures_join(
             }
         }
     })
+}
+
+/// Longest a round trip of the background tasks (shards, sweeper,
+/// revalidator) to PostgreSQL may take before its connection is given up.
+/// The server's statement timeout cannot help when the server never sees
+/// the query (a partition: the connection hangs silently); a batch commits
+/// in milliseconds and each statement is bounded server-side by
+/// `database.statement_timeout_ms`, so this only cuts connections that
+/// stopped answering.
+pub(crate) const DB_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Takes a connection that did not answer within [`DB_DEADLINE`] out of the
+/// pool and closes it, instead of handing a stuck connection to the next user.
+pub(crate) fn discard(client: deadpool_postgres::Object) {
+    drop(deadpool_postgres::Object::take(client));
+}
+
+/// Runs `query` with `client` within [`DB_DEADLINE`]; on expiry the
+/// connection is discarded and the error says so.
+pub(crate) async fn bounded<T, E>(
+    client: deadpool_postgres::Object,
+    query: impl for<'c> FnOnce(
+        &'c deadpool_postgres::Object,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, E>> + Send + 'c>,
+    >,
+) -> Result<T, anyhow::Error>
+where
+    E: Into<anyhow::Error>,
+{
+    let outcome = tokio::time::timeout(DB_DEADLINE, query(&client)).await;
+    match outcome {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => {
+            discard(client);
+            Err(anyhow::anyhow!(
+                "PostgreSQL did not answer within {} s; connection dropped",
+                DB_DEADLINE.as_secs()
+            ))
+        }
+    }
 }
 
 /// Exponential backoff with full jitter: a random wait in [0, min(max, base·2^attempt)].

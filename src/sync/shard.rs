@@ -12,21 +12,33 @@
 //! anything. A permanent one (a row that cannot exist) makes the shard retry
 //! event by event to find the culprit, which is undone once in Redis
 //! (`compensate.lua`), written to `dead_letters`, and skipped.
+//!
+//! Replays and contradictions: an event at or below `last_seq` is normally a
+//! replay (a queued copy of what a catch-up already wrote, an entry whose
+//! acknowledgement was lost) and is skipped. But Redis restarted from an
+//! older AOF numbers new events with sequences PostgreSQL already applied;
+//! skipping those would lose them silently. So such an event is compared
+//! with the fingerprint PostgreSQL recorded for that sequence
+//! ([`super::journal`]); a different one is counted
+//! (`persistence_sequence_conflicts_total`), logged, and the section's Redis
+//! state is rebuilt from PostgreSQL ([`crate::seats::RedisWatch`]). The
+//! same holds for a queued copy that differs from the outbox entry of its
+//! sequence; the queued copy, which continues PostgreSQL's history, wins.
 
 use std::collections::{BTreeMap, HashMap};
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::{backoff, Job};
+use super::{backoff, discard, journal, Job, DB_DEADLINE};
 use crate::{
     config::SyncSettings,
     domain::now_ms,
     metrics::{
-        BATCH_SIZE, COMPENSATIONS, DEAD_LETTERS, EVENTS_APPLIED, PERSIST_LAG, VERSION_CONFLICTS,
-        WRITE_RETRIES,
+        BATCH_SIZE, COMPENSATIONS, DEAD_LETTERS, EVENTS_APPLIED, PERSIST_LAG, SEQUENCE_CONFLICTS,
+        VERSION_CONFLICTS, WRITE_RETRIES,
     },
     seats::{Compensate, Event, Redis},
     store::engine,
@@ -83,6 +95,14 @@ impl From<deadpool_postgres::PoolError> for WriteError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         WriteError::Transient(e.to_string())
     }
+}
+
+/// A round trip that did not come back within [`DB_DEADLINE`].
+fn late() -> WriteError {
+    WriteError::Transient(format!(
+        "PostgreSQL did not answer within {} s; connection dropped",
+        DB_DEADLINE.as_secs()
+    ))
 }
 
 impl From<redis::RedisError> for WriteError {
@@ -181,17 +201,32 @@ impl Shard {
         jobs
     }
 
-    /// Writes a batch, retrying until it is done (or the process stops).
+    /// Writes a batch, retrying until it is done (or the process stops);
+    /// then answers the flushes it contained.
     async fn process(&mut self, jobs: Vec<Job>) {
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut queued: BTreeMap<Uuid, (Vec<Event>, bool)> = BTreeMap::new();
         for job in jobs {
             match job {
                 Job::Event(e) => queued.entry(e.section).or_default().0.push(e),
                 Job::CatchUp(s) => queued.entry(s).or_default().1 = true,
+                Job::Flush(done) => flushes.push(done),
             }
         }
+        if self.write_all(queued).await {
+            for done in flushes {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// The retry loop of [`Self::process`]; false if it gave up (stopping).
+    async fn write_all(&mut self, mut queued: BTreeMap<Uuid, (Vec<Event>, bool)>) -> bool {
         let mut attempt = 0u32;
         while !queued.is_empty() {
+            // A failed plan leaves `queued` half taken apart; the copy keeps
+            // queued events that may exist nowhere else (Redis lost them).
+            let backup = queued.clone();
             let result = match self.plan(&mut queued).await {
                 Ok(plans) => match self.write(&plans).await {
                     Ok(()) => {
@@ -219,7 +254,10 @@ impl Shard {
                         Err(e)
                     }
                 },
-                Err(e) => Err(e),
+                Err(e) => {
+                    queued = backup;
+                    Err(e)
+                }
             };
             match result {
                 Ok(()) => attempt = 0,
@@ -236,12 +274,55 @@ impl Shard {
                     tracing::warn!(shard = self.id, error = %e, retry_in_ms = wait.as_millis() as u64, "persistence write failed; retrying");
                     if *self.stop.borrow() && attempt > 3 {
                         tracing::warn!(shard = self.id, "stopping with work left in the outbox");
-                        return;
+                        return false;
                     }
                     tokio::time::sleep(wait).await;
                 }
             }
         }
+        true
+    }
+
+    /// Counts the events of `candidates` (at or below what PostgreSQL
+    /// applied) whose recorded fingerprint differs: different events reusing
+    /// applied sequences. Unrecorded ones (pruned, or applied before the
+    /// journal existed) cannot be checked and count as replays.
+    async fn contradicted(&self, section: Uuid, candidates: &[Event]) -> Result<usize, WriteError> {
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let mut seqs: Vec<i64> = candidates.iter().map(|e| e.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let client = self.db.get().await?;
+        let recorded =
+            match tokio::time::timeout(DB_DEADLINE, journal::fingerprints(&client, section, &seqs))
+                .await
+            {
+                Ok(recorded) => recorded?,
+                Err(_) => {
+                    discard(client);
+                    return Err(late());
+                }
+            };
+        Ok(candidates
+            .iter()
+            .filter(|e| recorded.get(&e.seq).is_some_and(|f| *f != e.fingerprint()))
+            .count())
+    }
+
+    /// Reports events that contradict what PostgreSQL (or this shard's
+    /// queue) holds for their sequence and has the section rebuilt.
+    fn conflicts(&self, section: Uuid, count: usize, what: &str) {
+        if count == 0 {
+            return;
+        }
+        metrics::counter!(SEQUENCE_CONFLICTS).increment(count as u64);
+        tracing::error!(
+            shard = self.id, %section, count, what,
+            "events reuse sequences of other events (Redis lost data?); rebuilding the section from PostgreSQL"
+        );
+        self.redis.watch().rebuild_section(section);
     }
 
     /// Known `last_seq` of each section, reading the unknown ones from PostgreSQL.
@@ -255,7 +336,14 @@ impl Shard {
             return Ok(());
         }
         let client = self.db.get().await?;
-        let found = engine::last_seqs(&client, &unknown).await?;
+        let found =
+            match tokio::time::timeout(DB_DEADLINE, engine::last_seqs(&client, &unknown)).await {
+                Ok(found) => found?,
+                Err(_) => {
+                    discard(client);
+                    return Err(late());
+                }
+            };
         for section in unknown {
             match found.get(&section) {
                 Some(seq) => {
@@ -283,7 +371,9 @@ impl Shard {
                 continue;
             };
             let (mut events, catch_up) = queued.remove(&section).unwrap_or_default();
-            events.retain(|e| e.seq > applied);
+            let (mut replays, fresh): (Vec<Event>, Vec<Event>) =
+                events.into_iter().partition(|e| e.seq <= applied);
+            events = fresh;
             events.sort_by_key(|e| e.seq);
             events.dedup_by_key(|e| e.seq);
             let contiguous = events
@@ -293,12 +383,45 @@ impl Shard {
             let mut more = false;
             if catch_up || !contiguous {
                 // Entries PostgreSQL already has but nobody acknowledged
-                // (a crash between commit and XDEL) would otherwise stay forever.
+                // (a crash between commit and XDEL) would otherwise stay
+                // forever; check they are what PostgreSQL applied, then trim.
+                replays.extend(self.redis.outbox_until(section, applied, limit).await?);
+                let contradicted = self.contradicted(section, &replays).await?;
+                self.conflicts(section, contradicted, "at or below last_seq");
                 self.redis.trim_applied(section, applied).await?;
-                let newest_queued = events.last().map(|e| e.seq);
-                events = self.redis.outbox_from(section, applied + 1, limit).await?;
-                more = events.len() == limit
-                    || newest_queued.is_some_and(|n| events.last().is_none_or(|e| e.seq < n));
+                let outbox = self.redis.outbox_from(section, applied + 1, limit).await?;
+                let outbox_full = outbox.len() == limit;
+                let read_up_to = outbox.last().map(|e| e.seq);
+                let mut merged: BTreeMap<i64, Event> =
+                    outbox.into_iter().map(|e| (e.seq, e)).collect();
+                let mut differing = 0;
+                let mut beyond = Vec::new();
+                for e in events {
+                    if outbox_full && read_up_to.is_some_and(|last| e.seq > last) {
+                        // Not read from the outbox yet: compare next time.
+                        beyond.push(e);
+                        continue;
+                    }
+                    match merged.get(&e.seq) {
+                        Some(o) if o.fingerprint() != e.fingerprint() => {
+                            differing += 1;
+                            // The queued copy continues PostgreSQL's history.
+                            merged.insert(e.seq, e);
+                        }
+                        Some(_) => {}
+                        // The outbox lost it (Redis restarted): the queued
+                        // copy is the only one left of an acknowledged event.
+                        None => {
+                            merged.insert(e.seq, e);
+                        }
+                    }
+                }
+                self.conflicts(section, differing, "queued copy differs from the outbox");
+                events = merged.into_values().collect();
+                more = outbox_full || !beyond.is_empty();
+                if !beyond.is_empty() {
+                    queued.entry(section).or_default().0.extend(beyond);
+                }
                 if let Some(first) = events.first() {
                     if first.seq != applied + 1 {
                         tracing::error!(
@@ -313,7 +436,15 @@ impl Shard {
                     .enumerate()
                     .take_while(|(i, e)| e.seq == start + *i as i64)
                     .count();
-                events.truncate(run);
+                let rest = events.split_off(run);
+                if !rest.is_empty() {
+                    // Keep what lies past a gap: it may exist nowhere else.
+                    more = true;
+                    queued.entry(section).or_default().0.extend(rest);
+                }
+            } else if !replays.is_empty() {
+                let contradicted = self.contradicted(section, &replays).await?;
+                self.conflicts(section, contradicted, "at or below last_seq");
             }
             if more {
                 queued.entry(section).or_default().1 = true;
@@ -329,12 +460,27 @@ impl Shard {
         Ok(plans)
     }
 
-    /// One transaction for all plans.
+    /// One transaction for all plans, given up after [`DB_DEADLINE`] (a
+    /// commit whose answer was lost is found applied on the retry: the
+    /// optimistic check fails, the events are replays).
     async fn write(&self, plans: &[Planned]) -> Result<(), WriteError> {
         if plans.is_empty() {
             return Ok(());
         }
         let mut client = self.db.get().await?;
+        match tokio::time::timeout(DB_DEADLINE, Self::write_with(&mut client, plans)).await {
+            Ok(result) => result,
+            Err(_) => {
+                discard(client);
+                Err(late())
+            }
+        }
+    }
+
+    async fn write_with(
+        client: &mut deadpool_postgres::Object,
+        plans: &[Planned],
+    ) -> Result<(), WriteError> {
         let tx = client.transaction().await?;
         for plan in plans {
             engine::apply(&tx, plan.section, &plan.events).await?;
@@ -343,6 +489,7 @@ impl Shard {
                 return Err(WriteError::Conflict(plan.section));
             }
         }
+        journal::record(&tx, plans.iter().flat_map(|p| &p.events)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -423,12 +570,23 @@ impl Shard {
         };
         metrics::counter!(COMPENSATIONS, "result" => label).increment(1);
         let mut client = self.db.get().await?;
-        let tx = client.transaction().await?;
-        engine::insert_dead_letter(&tx, event, error, sqlstate).await?;
-        if !engine::advance(&tx, event.section, applied, event.seq).await? {
-            return Err(WriteError::Conflict(event.section));
+        let record = async {
+            let tx = client.transaction().await?;
+            engine::insert_dead_letter(&tx, event, error, sqlstate).await?;
+            if !engine::advance(&tx, event.section, applied, event.seq).await? {
+                return Err(WriteError::Conflict(event.section));
+            }
+            journal::record(&tx, [event]).await?;
+            tx.commit().await?;
+            Ok(())
+        };
+        match tokio::time::timeout(DB_DEADLINE, record).await {
+            Ok(result) => result?,
+            Err(_) => {
+                discard(client);
+                return Err(late());
+            }
         }
-        tx.commit().await?;
         metrics::counter!(DEAD_LETTERS).increment(1);
         self.applied.insert(event.section, event.seq);
         if let Err(e) = self.redis.ack(event.section, &[event.seq]).await {

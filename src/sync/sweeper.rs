@@ -32,6 +32,8 @@ use crate::{
 const CHUNK: usize = 500;
 /// Sweeps between two refreshes of the section list from PostgreSQL.
 const REFRESH_EVERY: u32 = 10;
+/// Sweeps between two prunes of old event fingerprints (`journal::KEEP`).
+const PRUNE_EVERY: u32 = 600;
 
 /// What the last sweep saw, for `/health`.
 #[derive(Debug, Default)]
@@ -83,6 +85,9 @@ impl Sweeper {
                     sections.push(section);
                 }
             }
+            if sweeps % PRUNE_EVERY == PRUNE_EVERY - 1 {
+                self.prune().await;
+            }
             sweeps = sweeps.wrapping_add(1);
             let min_age = if first {
                 0
@@ -95,7 +100,14 @@ impl Sweeper {
             }
             if !reconcile_every.is_zero() && reconciled.elapsed() >= reconcile_every {
                 reconciled = tokio::time::Instant::now();
-                match super::reconcile::reconcile(&self.db, &self.redis, false).await {
+                let check = tokio::time::timeout(
+                    super::DB_DEADLINE,
+                    super::reconcile::reconcile(&self.db, &self.redis, false),
+                );
+                match check
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+                {
                     Ok(reports) => {
                         let drifted = reports.iter().filter(|r| r.is_drift()).count();
                         if drifted > 0 {
@@ -111,9 +123,26 @@ impl Sweeper {
         }
     }
 
+    async fn prune(&self) {
+        let pruned = async {
+            let client = self.db.get().await?;
+            super::bounded(client, |c| Box::pin(super::journal::prune(c))).await
+        };
+        match pruned.await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "old event fingerprints pruned"),
+            Err(e) => tracing::debug!(error = %e, "fingerprint prune skipped"),
+        }
+    }
+
     async fn known_sections(&self) -> anyhow::Result<Vec<Uuid>> {
+        // Bounded: a connection stuck in a partition must not stop the sweeps
+        // (the backlog in /health would freeze).
         let client = self.db.get().await?;
-        let rows = client.query("select id from sections", &[]).await?;
+        let rows = super::bounded(client, |c| {
+            Box::pin(c.query("select id from sections", &[]))
+        })
+        .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

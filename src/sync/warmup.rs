@@ -1,12 +1,14 @@
-//! Building sections' Redis state from PostgreSQL, only where it is absent
-//! (`load.lua` refuses to overwrite, so instances cannot race).
+//! Building sections' Redis state from PostgreSQL where it is absent, and
+//! at start-up also where Redis is behind PostgreSQL (restarted from an
+//! older AOF while this process was down). `load.lua` decides inside the
+//! script, so instances cannot race.
 
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use crate::{
     metrics::SECTIONS_LOADED,
-    seats::{Load, Redis},
+    seats::{Load, Rebuild, Redis},
     store::engine::{self, Snapshots},
 };
 
@@ -22,10 +24,11 @@ pub struct Warmed {
 async fn load(
     redis: &Redis,
     snapshots: &[crate::seats::SectionSnapshot],
+    mode: Rebuild,
 ) -> anyhow::Result<Warmed> {
     let mut warmed = Warmed::default();
     for snapshot in snapshots {
-        match redis.load(snapshot).await? {
+        match redis.rebuild(snapshot, mode).await?.0 {
             Load::Loaded => warmed.loaded += 1,
             Load::AlreadyPresent => warmed.present += 1,
             Load::OutboxPending => {
@@ -50,7 +53,7 @@ pub async fn load_sections(
     let client = db.get().await?;
     let snapshots = engine::snapshots(&client, Snapshots::Only(sections)).await?;
     drop(client);
-    load(redis, &snapshots).await?;
+    load(redis, &snapshots, Rebuild::Absent).await?;
     Ok(snapshots.iter().map(|s| s.section).collect())
 }
 
@@ -87,12 +90,13 @@ impl Loader {
         known.iter().copied().collect()
     }
 
-    /// Loads every section of an active semester that Redis lacks.
+    /// Loads every section of an active semester that Redis lacks or holds
+    /// behind PostgreSQL.
     pub async fn warm_up(&self) -> anyhow::Result<Warmed> {
         let client = self.db.get().await?;
         let snapshots = engine::snapshots(&client, Snapshots::ActiveSemesters).await?;
         drop(client);
-        let warmed = load(&self.redis, &snapshots).await?;
+        let warmed = load(&self.redis, &snapshots, Rebuild::Behind).await?;
         self.remember(snapshots.iter().map(|s| s.section));
         Ok(warmed)
     }

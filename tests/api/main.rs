@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod authz;
 mod catalog;
+mod dependencies;
 mod engine;
 mod faults;
 mod helpers;

@@ -2,7 +2,7 @@
 //! itself for tests that kill or signal it.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
 };
@@ -15,9 +15,48 @@ pub struct PrivateRedis {
     pub port: u16,
 }
 
+/// A directory for a private server's files, removed on drop.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("regtest-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl PrivateRedis {
     pub fn start() -> Self {
         Self::start_on(free_port())
+    }
+
+    /// A private redis-server persisting to an append-only file in `dir`
+    /// with `appendfsync` = `fsync` ("always", "everysec" or "no"); started
+    /// again with the same port and directory, it reloads that file.
+    pub fn start_with_aof(port: u16, dir: &Path, fsync: &str) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", fsync])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        Self { child, port }
+    }
+
+    /// SIGKILL: no shutdown save, no final fsync; what the AOF holds is what
+    /// the fsync policy had written.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn start_on(port: u16) -> Self {
