@@ -28,6 +28,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub auth: AuthSettings,
+    pub rate_limit: RateLimitSettings,
     pub log: LogSettings,
 }
 
@@ -115,6 +116,34 @@ pub struct AuthSettings {
     pub token_ttl_secs: u64,
     /// Password verifications running at once (each is CPU and memory heavy).
     pub max_concurrent_hashes: usize,
+}
+
+/// Token buckets kept in Redis (so every instance shares them) and the
+/// failed-login back-off. Rates are requests per second; a burst is how many
+/// may come at once after a quiet period.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    /// Every authenticated API request of one student (admins are exempt).
+    pub student_per_second: f64,
+    pub student_burst: u32,
+    /// Every API request from one client address (an IPv6 /64 counts as one).
+    pub address_per_second: f64,
+    pub address_burst: u32,
+    /// Login attempts from one client address, on top of the address bucket.
+    pub login_per_second: f64,
+    pub login_burst: u32,
+    /// Failed logins of one account before each further failure locks it.
+    pub login_free_failures: u32,
+    /// First lock; each further failure doubles it, up to the maximum.
+    pub login_backoff_base_ms: u64,
+    pub login_backoff_max_ms: u64,
+    /// Failures are forgotten after this long without another one.
+    pub login_failure_window_secs: u64,
+    /// Header carrying the client address when behind a trusted reverse
+    /// proxy (its last entry is used); empty = the TCP peer address.
+    pub client_ip_header: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,8 +302,64 @@ impl Settings {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(name, "must be greater than zero"));
         }
+        self.rate_limit.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl RateLimitSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let rates = [
+            ("rate_limit.student_per_second", self.student_per_second),
+            ("rate_limit.address_per_second", self.address_per_second),
+            ("rate_limit.login_per_second", self.login_per_second),
+        ];
+        for (name, rate) in rates {
+            // Below one per hour the bucket's refill interval stops being a
+            // sensible number of microseconds; above a million it rounds to zero.
+            if !(rate.is_finite() && (1.0 / 3600.0..=1_000_000.0).contains(&rate)) {
+                return Err(invalid(name, "must be between 1/3600 and 1000000"));
+            }
+        }
+        let counts = [
+            ("rate_limit.student_burst", self.student_burst as u64),
+            ("rate_limit.address_burst", self.address_burst as u64),
+            ("rate_limit.login_burst", self.login_burst as u64),
+            (
+                "rate_limit.login_free_failures",
+                self.login_free_failures as u64,
+            ),
+            (
+                "rate_limit.login_backoff_base_ms",
+                self.login_backoff_base_ms,
+            ),
+            (
+                "rate_limit.login_failure_window_secs",
+                self.login_failure_window_secs,
+            ),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(name, "must be greater than zero"));
+        }
+        if self.login_backoff_max_ms < self.login_backoff_base_ms {
+            return Err(invalid(
+                "rate_limit.login_backoff_max_ms",
+                "must not be below rate_limit.login_backoff_base_ms",
+            ));
+        }
+        if !self.client_ip_header.is_empty()
+            && hyper::header::HeaderName::from_bytes(self.client_ip_header.as_bytes()).is_err()
+        {
+            return Err(invalid(
+                "rate_limit.client_ip_header",
+                "must be a valid header name or empty",
+            ));
+        }
         Ok(())
     }
 }
@@ -327,6 +412,18 @@ mod tests {
         s.http.max_connections = 0;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("http.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn a_rate_limit_without_a_rate_is_rejected_naming_the_setting() {
+        let mut s = valid();
+        s.rate_limit.enabled = true;
+        s.rate_limit.student_per_second = 0.0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("rate_limit.student_per_second"), "{err}");
+        s.rate_limit.enabled = false;
+        s.validate()
+            .expect("rates are not checked while limits are off");
     }
 
     #[test]

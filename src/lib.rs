@@ -15,6 +15,7 @@
 //! - [`seats`]: the Redis side, the hot path's source of truth.
 //! - [`store`]: the PostgreSQL side, the system of record, and its migrations.
 //! - [`sync`]: persistence shards, outbox sweeper, warm-up, reconcile.
+//! - [`limits`]: rate limits and failed-login back-off, shared through Redis.
 //! - [`audit`]: the promises of SPEC §2 checked against both stores.
 //! - [`seed`]: demo data.
 //! - [`telemetry`], [`metrics`]: logs and Prometheus metrics.
@@ -23,7 +24,8 @@
 //!
 //! `http::server` accepts (bounded connections, header timeout) →
 //! `http::router` resolves the route, checks the method, applies the request
-//! deadline and records metrics → a handler authenticates the bearer token,
+//! deadline and records metrics → the rate limits are charged (client
+//! address, and the student when the token is valid) → a handler authenticates the bearer token,
 //! reads the body within its limit, and calls `seats` (Redis) or `store`
 //! (PostgreSQL) → errors leave as `application/problem+json`.
 
@@ -32,6 +34,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod seats;
 pub mod seed;

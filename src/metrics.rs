@@ -34,6 +34,9 @@ pub const SWEEPER_REQUEUED: &str = "sweeper_requeued_total";
 pub const SECTIONS_LOADED: &str = "warmup_sections_loaded_total";
 pub const RECONCILE_DRIFT: &str = "reconcile_drift_sections";
 pub const IDEMPOTENT_REPLAYS: &str = "idempotent_replays_total";
+pub const RATE_LIMITED: &str = "rate_limited_total";
+pub const RATE_LIMIT_ERRORS: &str = "rate_limit_errors_total";
+pub const LOGIN_LOCKS: &str = "auth_login_locks_total";
 
 /// Latency buckets from 100 µs to 10 s: the hot path answers in well under a
 /// millisecond, the slow tail (timeouts) is seconds.
@@ -174,6 +177,18 @@ fn describe() {
     describe_gauge!(
         RECONCILE_DRIFT,
         "Sections whose Redis and PostgreSQL state differed at the last reconcile."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests answered 429, by the limit that refused them (student, address, login, account)."
+    );
+    describe_counter!(
+        RATE_LIMIT_ERRORS,
+        "Rate-limit checks that could not reach Redis; the request was let through."
+    );
+    describe_counter!(
+        LOGIN_LOCKS,
+        "Failed logins that locked their account for a back-off period."
     );
     describe_counter!(
         IDEMPOTENT_REPLAYS,

@@ -43,6 +43,8 @@ pub struct AppState {
     pub catalog_cache: http::catalog::CatalogCache,
     /// Loads sections Redis lacks when a request needs them.
     pub loader: Arc<warmup::Loader>,
+    /// Rate limits and the failed-login back-off.
+    pub limiter: crate::limits::Limiter,
     pub started: Instant,
     /// Set when shutdown begins: `/ready` answers 503 from then on.
     shutting_down: AtomicBool,
@@ -128,6 +130,7 @@ impl Application {
             persistence,
             backlog,
             loader: loader.clone(),
+            limiter: crate::limits::Limiter::new(&settings.rate_limit, &settings.redis.namespace),
             catalog_cache: http::catalog::CatalogCache::new(
                 Duration::from_millis(settings.api.catalog_cache_ms),
                 Duration::from_millis(settings.api.live_counts_cache_ms),

@@ -130,6 +130,10 @@ impl System {
             .env("APP__REDIS__NAMESPACE", &settings.redis.namespace)
             .env("APP__SYNC__SHARDS", shards.to_string())
             .env("APP__LOG__LEVEL", "warn")
+            // Every client of the tool is one loopback address; the limits
+            // are measured by their own scenario (flood), not in the way of
+            // the throughput ones.
+            .env("APP__RATE_LIMIT__ENABLED", rate_limits_env())
             .stdout(Stdio::null())
             .spawn()
             .context("failed to start the registrar binary")?;
@@ -298,4 +302,14 @@ pub fn redis_handle(url: &str, namespace: &str) -> anyhow::Result<Redis> {
         connect_timeout_ms: 1000,
         response_timeout_ms: 5000,
     })
+}
+
+/// `false` unless the run asked for the server's rate limits
+/// (`LOAD_RATE_LIMITS=1`, set by the flood scenario before the server starts).
+fn rate_limits_env() -> &'static str {
+    if std::env::var_os("LOAD_RATE_LIMITS").is_some_and(|v| v == "1") {
+        "true"
+    } else {
+        "false"
+    }
 }

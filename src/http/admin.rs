@@ -59,7 +59,7 @@ struct CreateSemester {
 }
 
 pub async fn create_semester(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
-    authenticate_admin(state, &req.headers)?;
+    authenticate_admin(state, req)?;
     let s: CreateSemester = body::json(req, body, state.settings.http.max_body_bytes).await?;
     check_text("name", &s.name, 1, 100).map_err(validation)?;
     if s.end_date < s.start_date {
@@ -99,7 +99,7 @@ struct CreateCourse {
 }
 
 pub async fn create_course(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
-    authenticate_admin(state, &req.headers)?;
+    authenticate_admin(state, req)?;
     let c: CreateCourse = body::json(req, body, state.settings.http.max_body_bytes).await?;
     check_text("course_code", &c.course_code, 1, 32).map_err(validation)?;
     check_text("course_name", &c.course_name, 1, 200).map_err(validation)?;
@@ -143,7 +143,7 @@ struct CreateSection {
 }
 
 pub async fn create_section(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
-    authenticate_admin(state, &req.headers)?;
+    authenticate_admin(state, req)?;
     let s: CreateSection = body::json(req, body, state.settings.http.max_body_bytes).await?;
     check_text("section_number", &s.section_number, 1, 16).map_err(validation)?;
     check_text("instructor", &s.instructor, 0, 200).map_err(validation)?;
@@ -250,7 +250,7 @@ fn check_student(i: usize, s: &CreateStudent) -> Result<(), ApiError> {
 
 /// Bulk account creation: all rows or none.
 pub async fn create_students(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
-    authenticate_admin(state, &req.headers)?;
+    authenticate_admin(state, req)?;
     let list: Vec<CreateStudent> =
         body::json(req, body, state.settings.http.max_body_bytes).await?;
     let max = state.settings.api.max_bulk_students;
@@ -325,7 +325,7 @@ struct UpdatedSection {
 /// seats reach the waitlist head first and the change is ordered with every
 /// registration in the section's outbox; PostgreSQL follows from there.
 pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: Uuid) -> ApiResult {
-    authenticate_admin(state, &req.headers)?;
+    authenticate_admin(state, req)?;
     let u: UpdateSection = body::json(req, body, state.settings.http.max_body_bytes).await?;
     if u.total_seats.is_none() && u.waitlist_limit.is_none() && u.is_active.is_none() {
         return Err(validation(

@@ -1,20 +1,28 @@
 //! `POST /auth/login` and the bearer-token check every other API route uses.
 
-use hyper::{body::Incoming, header, http::request::Parts, HeaderMap, StatusCode};
+use hyper::{body::Incoming, header, http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{body, json, ApiError, ApiResult};
+use std::{future::Future, time::Duration};
+
+use super::{body, json, limits, ApiError, ApiResult};
 use crate::{
     auth::{Principal, TokenError},
     domain::Role,
-    metrics::LOGINS,
+    metrics::{LOGINS, LOGIN_LOCKS, RATE_LIMITED, RATE_LIMIT_ERRORS},
     startup::AppState,
     store,
 };
 
-/// The caller named by the `Authorization: Bearer` header, or 401.
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let value = headers
+/// The caller named by the `Authorization: Bearer` header, or 401. The
+/// rate limiter may have verified the token already and left the principal
+/// in the request's extensions.
+pub fn authenticate(state: &AppState, req: &Parts) -> Result<Principal, ApiError> {
+    if let Some(principal) = req.extensions.get::<Principal>() {
+        return Ok(*principal);
+    }
+    let value = req
+        .headers
         .get(header::AUTHORIZATION)
         .ok_or(ApiError::Unauthorized {
             code: "missing_token",
@@ -46,8 +54,8 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, 
 }
 
 /// The caller, who must be an admin: 401 without a valid token, 403 for a student.
-pub fn authenticate_admin(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let principal = authenticate(state, headers)?;
+pub fn authenticate_admin(state: &AppState, req: &Parts) -> Result<Principal, ApiError> {
+    let principal = authenticate(state, req)?;
     if principal.role != Role::Admin {
         return Err(ApiError::Forbidden);
     }
@@ -77,8 +85,19 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     if login.student_number.len() > 64 || login.password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(invalid_credentials());
     }
+    let student_number = login.student_number.trim();
+    let guard = LoginGuard::new(state, student_number);
+    if let Some(wait) = guard.locked().await {
+        metrics::counter!(RATE_LIMITED, "scope" => "account").increment(1);
+        metrics::counter!(LOGINS, "outcome" => "locked").increment(1);
+        return Err(ApiError::TooManyRequests {
+            code: "login_backoff",
+            detail: "too many failed logins for this account; retry after the number of seconds in Retry-After",
+            retry_after_secs: limits::retry_after_secs(wait),
+        });
+    }
     let db = state.db.get().await?;
-    let account = store::students::credentials(&db, login.student_number.trim()).await?;
+    let account = store::students::credentials(&db, student_number).await?;
     drop(db);
     let (hash, identity) = match account {
         Some(c) => (Some(c.password_hash), Some((c.id, c.role, c.active))),
@@ -88,6 +107,7 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     match identity {
         Some((id, role, active)) if ok => {
             metrics::counter!(LOGINS, "outcome" => "success").increment(1);
+            guard.succeeded().await;
             json(
                 StatusCode::OK,
                 &LoginResponse {
@@ -99,8 +119,67 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         }
         _ => {
             metrics::counter!(LOGINS, "outcome" => "invalid").increment(1);
+            guard.failed().await;
             Err(invalid_credentials())
         }
+    }
+}
+
+/// The failed-login back-off of one account, when rate limits are on. Redis
+/// trouble lets the attempt through (logged and counted): the Argon2 cost and
+/// the login bucket of the address still bound a guesser.
+struct LoginGuard<'a> {
+    state: &'a AppState,
+    student_number: &'a str,
+}
+
+impl<'a> LoginGuard<'a> {
+    fn new(state: &'a AppState, student_number: &'a str) -> Self {
+        Self {
+            state,
+            student_number,
+        }
+    }
+
+    async fn locked(&self) -> Option<Duration> {
+        let limiter = &self.state.limiter;
+        self.ask(limiter.login_locked(&self.state.redis, self.student_number))
+            .await
+            .flatten()
+    }
+
+    async fn failed(&self) {
+        let limiter = &self.state.limiter;
+        let lock = self
+            .ask(limiter.login_failed(&self.state.redis, self.student_number))
+            .await;
+        if let Some(Some(lock)) = lock {
+            metrics::counter!(LOGIN_LOCKS).increment(1);
+            tracing::info!(
+                lock_ms = lock.as_millis() as u64,
+                "account locked after failed logins"
+            );
+        }
+    }
+
+    async fn succeeded(&self) {
+        let limiter = &self.state.limiter;
+        self.ask(limiter.login_succeeded(&self.state.redis, self.student_number))
+            .await;
+    }
+
+    /// Runs `call` (a future does nothing until awaited) when the limits
+    /// are on; a Redis failure is logged, counted and treated as "no answer".
+    async fn ask<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
+        if !self.state.limiter.enabled() {
+            return None;
+        }
+        call.await
+            .map_err(|e| {
+                metrics::counter!(RATE_LIMIT_ERRORS).increment(1);
+                tracing::warn!(error = %e, "failed-login back-off could not be checked");
+            })
+            .ok()
     }
 }
 

@@ -42,14 +42,14 @@ fn apply_live(sections: &mut [catalog::Section], counts: &[Option<LiveCounts>]) 
 }
 
 pub async fn semesters(state: &AppState, req: &Parts) -> ApiResult {
-    authenticate(state, &req.headers)?;
+    authenticate(state, req)?;
     let db = state.db.get().await?;
     let items = catalog::semesters(&db).await?;
     json(StatusCode::OK, &List { items })
 }
 
 pub async fn semester(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
-    authenticate(state, &req.headers)?;
+    authenticate(state, req)?;
     let db = state.db.get().await?;
     match catalog::semester_by_id(&db, id).await? {
         Some(semester) => json(StatusCode::OK, &semester),
@@ -145,7 +145,7 @@ async fn sections_of(
 }
 
 pub async fn semester_sections(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
-    authenticate(state, &req.headers)?;
+    authenticate(state, req)?;
     let Some(items) = sections_of(state, id).await? else {
         return Err(ApiError::not_found("semester"));
     };
@@ -179,7 +179,7 @@ pub async fn semester_sections(state: &AppState, req: &Parts, id: Uuid) -> ApiRe
 }
 
 pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
-    authenticate(state, &req.headers)?;
+    authenticate(state, req)?;
     let cache = &state.catalog_cache;
     let mut section = match cache.get(&cache.sections, id) {
         Some(section) => section,
@@ -206,7 +206,7 @@ struct AvailableQuery {
 }
 
 pub async fn available(state: &AppState, req: &Parts) -> ApiResult {
-    authenticate(state, &req.headers)?;
+    authenticate(state, req)?;
     let q: AvailableQuery = body::query(req.uri.query())?;
     let api = &state.settings.api;
     let limit = q.limit.unwrap_or(api.default_page_size);

@@ -43,6 +43,13 @@ pub enum ApiError {
     /// 422: well-formed but semantically invalid.
     #[error("{detail}")]
     Unprocessable { code: &'static str, detail: String },
+    /// 429 with Retry-After: a rate limit or the failed-login back-off.
+    #[error("{detail}")]
+    TooManyRequests {
+        code: &'static str,
+        detail: &'static str,
+        retry_after_secs: u64,
+    },
     /// 503 with Retry-After: a dependency is away, a deadline passed, or shutting down.
     #[error("{detail}")]
     Unavailable {
@@ -95,6 +102,7 @@ impl ApiError {
             ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -107,6 +115,7 @@ impl ApiError {
             | ApiError::Unauthorized { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. }
+            | ApiError::TooManyRequests { code, .. }
             | ApiError::Unavailable { code, .. } => code,
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
@@ -146,6 +155,11 @@ impl ApiError {
                 builder = builder.header(header::WWW_AUTHENTICATE, "Bearer");
             }
             ApiError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                builder = builder.header(header::RETRY_AFTER, retry_after_secs.to_string());
+            }
+            ApiError::TooManyRequests {
                 retry_after_secs, ..
             } => {
                 builder = builder.header(header::RETRY_AFTER, retry_after_secs.to_string());

@@ -2,7 +2,8 @@
 //!
 //! A request's way: [`server`] accepts the connection (connection limit,
 //! header timeout) → [`router::handle`] names the route, checks the method,
-//! applies the request deadline and records metrics → a handler module
+//! applies the request deadline and records metrics → [`limits`] charges the
+//! rate limits → a handler module
 //! authenticates ([`auth::authenticate`]), reads the body ([`body`]) and
 //! calls the store or Redis → errors become problem+json ([`error`]).
 
@@ -12,6 +13,7 @@ pub mod body;
 pub mod catalog;
 pub mod error;
 pub mod idempotency;
+pub mod limits;
 pub mod probes;
 pub mod registration;
 pub mod router;

@@ -90,7 +90,7 @@ fn outcome_label(r: &SectionResult) -> &'static str {
 }
 
 pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
-    let principal = authenticate(state, &req.headers)?;
+    let principal = authenticate(state, req)?;
     let request: RegisterRequest =
         body::json(req, body, state.settings.http.max_body_bytes).await?;
     let student = acting_for(&principal, request.student_id)?;
@@ -221,7 +221,7 @@ struct DropResponse {
 }
 
 pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
-    let principal = authenticate(state, &req.headers)?;
+    let principal = authenticate(state, req)?;
     let request: DropRequest = body::json(req, body, state.settings.http.max_body_bytes).await?;
     let student = acting_for(&principal, request.student_id)?;
     let key = idempotency::key_of(req, request.idempotency_key)?;

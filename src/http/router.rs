@@ -7,7 +7,8 @@ use hyper::{body::Incoming, header::HeaderValue, http::request::Parts, Method, R
 use tracing::Instrument;
 
 use super::{
-    admin, auth, catalog, path_id, probes, registration, students, ApiError, ApiResult, Body,
+    admin, auth, catalog, limits, path_id, probes, registration, students, ApiError, ApiResult,
+    Body,
 };
 use crate::{
     metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS},
@@ -102,6 +103,16 @@ impl<'a> Route<'a> {
         }
     }
 
+    /// The rate limits the route charges; probes and metrics charge none
+    /// (orchestrators and Prometheus poll them, from inside the network).
+    fn charge(&self) -> Option<limits::Charge> {
+        match self {
+            Route::Live | Route::Ready | Route::Health | Route::Metrics => None,
+            Route::Login => Some(limits::Charge::Login),
+            _ => Some(limits::Charge::Api),
+        }
+    }
+
     fn allowed(&self) -> (&'static [Method], &'static str) {
         match self {
             Route::AdminSection(_) => (&[Method::PATCH], "PATCH"),
@@ -142,10 +153,13 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
     let rid = request_id(&parts);
-    let route = Route::resolve(parts.uri.path());
+    // The route borrows the path; the limiter may add to the request's
+    // extensions, so the route is resolved from a (reference-counted) copy.
+    let uri = parts.uri.clone();
+    let route = Route::resolve(uri.path());
     let template = route.map_or("unmatched", |r| r.template());
     let span = tracing::info_span!(
         "request",
@@ -156,7 +170,7 @@ pub async fn handle(
     metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
     let deadline = state.settings.http.request_timeout();
     let result = async {
-        match tokio::time::timeout(deadline, dispatch(&state, route, &parts, body)).await {
+        match tokio::time::timeout(deadline, dispatch(&state, route, &mut parts, body)).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::Unavailable {
                 code: "request_timeout",
@@ -235,7 +249,7 @@ fn method_label(method: &Method) -> &'static str {
 async fn dispatch(
     state: &AppState,
     route: Option<Route<'_>>,
-    req: &Parts,
+    req: &mut Parts,
     body: Incoming,
 ) -> ApiResult {
     let limit = state.settings.http.max_uri_bytes;
@@ -250,6 +264,10 @@ async fn dispatch(
     if !methods.contains(&req.method) {
         return Err(ApiError::MethodNotAllowed { allow });
     }
+    if let Some(charge) = route.charge() {
+        limits::admit(state, req, charge).await?;
+    }
+    let req = &*req;
     match route {
         Route::Live => probes::live(),
         Route::Ready => probes::ready(state).await,

@@ -11,7 +11,7 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use super::router;
+use super::{limits::Peer, router};
 use crate::{metrics::HTTP_CONNECTIONS, startup::AppState};
 
 /// Pause after a failed `accept` (typically EMFILE: out of file descriptors)
@@ -57,7 +57,10 @@ pub async fn serve(
             tracing::debug!(error = %e, %peer, "could not set TCP_NODELAY");
         }
         let state = state.clone();
-        let service = service_fn(move |req| router::handle(state.clone(), req));
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
+            router::handle(state.clone(), req)
+        });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             metrics::gauge!(HTTP_CONNECTIONS).increment(1.0);

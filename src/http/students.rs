@@ -24,7 +24,7 @@ struct List<T> {
 }
 
 fn ensure_may_read(state: &AppState, req: &Parts, student_id: Uuid) -> Result<(), ApiError> {
-    let principal = authenticate(state, &req.headers)?;
+    let principal = authenticate(state, req)?;
     if principal.may_act_for(student_id) {
         Ok(())
     } else {

@@ -11,6 +11,7 @@ mod engine;
 mod faults;
 mod helpers;
 mod input;
+mod limits;
 mod migrations;
 mod probes;
 mod processes;
