@@ -4,7 +4,7 @@
 //! duplicate answers 409 `already_exists`, an unknown course or semester 422
 //! `unknown_reference`.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use hyper::{body::Incoming, http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -62,6 +62,17 @@ pub async fn create_semester(state: &AppState, req: &Parts, body: Incoming) -> A
     authenticate_admin(state, req)?;
     let s: CreateSemester = body::json(req, body, state.settings.http.max_body_bytes).await?;
     check_text("name", &s.name, 1, 100).map_err(validation)?;
+    // chrono parses years far outside PostgreSQL's date range (which starts
+    // in 4713 BC); a semester is dated within the years 1 to 9999.
+    let years = [
+        s.start_date.year(),
+        s.end_date.year(),
+        s.registration_start.year(),
+        s.registration_end.year(),
+    ];
+    if years.iter().any(|y| !(1..=9999).contains(y)) {
+        return Err(validation("dates must lie in the years 1 to 9999".into()));
+    }
     if s.end_date < s.start_date {
         return Err(validation("end_date must not precede start_date".into()));
     }
@@ -236,7 +247,11 @@ fn check_student(i: usize, s: &CreateStudent) -> Result<(), ApiError> {
     check_text("name", &s.name, 1, 200).map_err(at)?;
     let email_ok = s.email.len() <= 254
         && s.email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !s.email.contains(char::is_whitespace)
+            !local.is_empty()
+                && domain.contains('.')
+                && !s
+                    .email
+                    .contains(|c: char| c.is_whitespace() || c.is_control())
         });
     if !email_ok {
         return Err(at("email is not a valid address".into()));
@@ -347,11 +362,15 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
         )));
     }
     if !state.redis.is_loaded(id).await? {
-        let known = state
-            .loader
-            .ensure(&[id])
-            .await
-            .map_err(|e| ApiError::Internal(e.context("failed to load a section")))?;
+        let known = state.loader.ensure(&[id]).await.map_err(|e| {
+            // PostgreSQL or Redis is away (SPEC §8: 503, not 500), as in `register`.
+            tracing::warn!(error = %e, "could not load a section from PostgreSQL");
+            ApiError::Unavailable {
+                code: "section_unavailable",
+                detail: "this section is being loaded; retry shortly",
+                retry_after_secs: 1,
+            }
+        })?;
         if known.is_empty() {
             return Err(ApiError::not_found("section"));
         }

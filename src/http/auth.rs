@@ -82,7 +82,13 @@ const MAX_PASSWORD_CHARS: usize = 1024;
 
 pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     let login: LoginRequest = body::json(req, body, state.settings.http.max_body_bytes).await?;
-    if login.student_number.len() > 64 || login.password.chars().count() > MAX_PASSWORD_CHARS {
+    // No student number has a control character, and PostgreSQL refuses a
+    // NUL in text outright (that would be a 500), so such input fails as
+    // wrong credentials before reaching it.
+    if login.student_number.len() > 64
+        || login.student_number.contains(char::is_control)
+        || login.password.chars().count() > MAX_PASSWORD_CHARS
+    {
         return Err(invalid_credentials());
     }
     let student_number = login.student_number.trim();

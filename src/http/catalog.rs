@@ -223,6 +223,17 @@ pub async fn available(state: &AppState, req: &Parts) -> ApiResult {
             "offset must not be negative",
         ));
     }
+    // PostgreSQL refuses a NUL in text (a 500), and no course code has a
+    // control character: refuse the filter as malformed instead.
+    if q.course_code
+        .as_deref()
+        .is_some_and(|c| c.contains(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "course_code must not contain control characters",
+        ));
+    }
     let filter = catalog::AvailableFilter {
         semester_id: q.semester_id,
         course_code: q.course_code.filter(|c| !c.is_empty()),

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
+pub mod openapi;
 pub mod probes;
 pub mod registration;
 pub mod router;

@@ -235,11 +235,15 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         let now = now_ms();
         let mut outcome = state.redis.drop_student(section, student, now).await?;
         if outcome == Drop::NotLoaded {
-            let known = state
-                .loader
-                .ensure(&[section])
-                .await
-                .map_err(|e| ApiError::Internal(e.context("failed to load a section")))?;
+            let known = state.loader.ensure(&[section]).await.map_err(|e| {
+                // PostgreSQL or Redis is away (SPEC §8: 503, not 500), as in `register`.
+                tracing::warn!(error = %e, "could not load a section from PostgreSQL");
+                ApiError::Unavailable {
+                    code: "section_unavailable",
+                    detail: "this section is being loaded; retry shortly",
+                    retry_after_secs: 1,
+                }
+            })?;
             if known.is_empty() {
                 return Err(ApiError::not_found("section"));
             }

@@ -22,6 +22,7 @@ enum Route<'a> {
     Ready,
     Health,
     Metrics,
+    OpenApi,
     Login,
     Register,
     RegisterDrop,
@@ -57,6 +58,7 @@ impl<'a> Route<'a> {
             [Some("health"), None, ..] => Health,
             [Some("metrics"), None, ..] => Metrics,
             [Some("api"), Some("v1"), Some(a), b, c, None] => match (a, b, c) {
+                ("openapi.json", None, None) => OpenApi,
                 ("auth", Some("login"), None) => Login,
                 ("register", None, None) => Register,
                 ("register", Some("drop"), None) => RegisterDrop,
@@ -85,6 +87,7 @@ impl<'a> Route<'a> {
             Route::Ready => "/ready",
             Route::Health => "/health",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/api/v1/openapi.json",
             Route::Login => "/api/v1/auth/login",
             Route::Register => "/api/v1/register",
             Route::RegisterDrop => "/api/v1/register/drop",
@@ -126,6 +129,43 @@ impl<'a> Route<'a> {
             _ => (&[Method::GET, Method::HEAD], "GET, HEAD"),
         }
     }
+}
+
+impl Route<'static> {
+    /// One of every route, with the template's `{id}` as its path parameter.
+    /// The unit test `every_route_is_listed_once` fails to compile when a
+    /// variant is added without being listed here.
+    const ALL: [Route<'static>; 20] = [
+        Route::Live,
+        Route::Ready,
+        Route::Health,
+        Route::Metrics,
+        Route::OpenApi,
+        Route::Login,
+        Route::Register,
+        Route::RegisterDrop,
+        Route::Semesters,
+        Route::Semester("{id}"),
+        Route::SemesterSections("{id}"),
+        Route::SectionsAvailable,
+        Route::Section("{id}"),
+        Route::StudentRegistrations("{id}"),
+        Route::StudentWaitlist("{id}"),
+        Route::AdminSemesters,
+        Route::AdminCourses,
+        Route::AdminSections,
+        Route::AdminSection("{id}"),
+        Route::AdminStudents,
+    ];
+}
+
+/// Every route's template with the methods it allows (as in `Allow`): what
+/// the OpenAPI document (docs/openapi.json) must describe, no more, no less.
+pub fn route_templates() -> Vec<(&'static str, &'static str)> {
+    Route::ALL
+        .iter()
+        .map(|route| (route.template(), route.allowed().1))
+        .collect()
 }
 
 /// Longest client-supplied request id echoed back; longer ones are replaced.
@@ -209,6 +249,7 @@ fn status_label(status: hyper::StatusCode) -> &'static str {
     const CODES: &[(u16, &str)] = &[
         (200, "200"),
         (201, "201"),
+        (304, "304"),
         (204, "204"),
         (400, "400"),
         (401, "401"),
@@ -273,6 +314,7 @@ async fn dispatch(
         Route::Ready => probes::ready(state).await,
         Route::Health => probes::health(state).await,
         Route::Metrics => probes::metrics(state),
+        Route::OpenApi => super::openapi::document(req),
         Route::Login => auth::login(state, req, body).await,
         Route::Register => registration::register(state, req, body).await,
         Route::RegisterDrop => registration::drop(state, req, body).await,
@@ -317,6 +359,50 @@ mod tests {
         assert_eq!(Route::resolve("/api/v1/semesters/a/b/c/d"), None);
         assert_eq!(Route::resolve("/live/x"), None);
         assert_eq!(Route::resolve("//live"), None);
+    }
+
+    #[test]
+    fn every_route_is_listed_once() {
+        // No wildcard: a new variant must be given a place in `Route::ALL`.
+        fn index(route: Route<'_>) -> usize {
+            match route {
+                Route::Live => 0,
+                Route::Ready => 1,
+                Route::Health => 2,
+                Route::Metrics => 3,
+                Route::OpenApi => 4,
+                Route::Login => 5,
+                Route::Register => 6,
+                Route::RegisterDrop => 7,
+                Route::Semesters => 8,
+                Route::Semester(_) => 9,
+                Route::SemesterSections(_) => 10,
+                Route::SectionsAvailable => 11,
+                Route::Section(_) => 12,
+                Route::StudentRegistrations(_) => 13,
+                Route::StudentWaitlist(_) => 14,
+                Route::AdminSemesters => 15,
+                Route::AdminCourses => 16,
+                Route::AdminSections => 17,
+                Route::AdminSection(_) => 18,
+                Route::AdminStudents => 19,
+            }
+        }
+        for (i, route) in Route::ALL.iter().enumerate() {
+            assert_eq!(index(*route), i, "{route:?} is out of place in Route::ALL");
+        }
+    }
+
+    #[test]
+    fn every_template_resolves_back_to_its_route() {
+        for route in Route::ALL {
+            assert_eq!(Route::resolve(route.template()), Some(route));
+        }
+        let templates: Vec<_> = route_templates().into_iter().map(|(t, _)| t).collect();
+        let unique: std::collections::BTreeSet<_> = templates.iter().collect();
+        assert_eq!(unique.len(), templates.len(), "{templates:?}");
+        assert!(route_templates().contains(&("/api/v1/openapi.json", "GET, HEAD")));
+        assert!(route_templates().contains(&("/api/v1/admin/sections/{id}", "PATCH")));
     }
 
     proptest::proptest! {

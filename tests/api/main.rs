@@ -13,6 +13,7 @@ mod helpers;
 mod input;
 mod limits;
 mod migrations;
+mod openapi;
 mod probes;
 mod processes;
 mod proxy;

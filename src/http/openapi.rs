@@ -1,0 +1,91 @@
+//! `GET /api/v1/openapi.json`: the API's OpenAPI 3.1 document.
+//!
+//! The document lives in the repository (`docs/openapi.json`) and is compiled
+//! into the binary, so a server always serves the contract it was built
+//! with. `tests/api/openapi.rs` checks that its paths are exactly the
+//! router's routes; `scripts/schemathesis.sh` checks the answers against it.
+
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, header::HeaderValue, http::request::Parts, Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+use super::ApiResult;
+use crate::domain::hex;
+
+/// The document, byte for byte as in the repository.
+pub const DOCUMENT: &str = include_str!("../../docs/openapi.json");
+
+/// Clients (Swagger UI, generators) may reuse their copy for this long; the
+/// ETag makes asking again afterwards cost a 304.
+const CACHE_CONTROL: &str = "public, max-age=300";
+
+/// A strong validator derived from the content: it changes exactly when the
+/// document does, also across servers built from the same source.
+static ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
+    let digest = Sha256::digest(DOCUMENT.as_bytes());
+    HeaderValue::from_str(&format!("\"{}\"", hex(&digest[..16])))
+        .expect("a quoted hex string is a valid header value")
+});
+
+pub fn document(req: &Parts) -> ApiResult {
+    let fresh = req
+        .headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .any(|v| matches_etag(v, &ETAG));
+    let builder = Response::builder()
+        .header(header::ETAG, ETAG.clone())
+        .header(header::CACHE_CONTROL, CACHE_CONTROL);
+    let response = if fresh {
+        builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Full::default())
+    } else {
+        builder
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(DOCUMENT.as_bytes())))
+    };
+    Ok(response.expect("static headers are valid"))
+}
+
+/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): a list of
+/// entity tags, `W/` prefixes ignored, or `*`.
+fn matches_etag(value: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let etag = etag.as_bytes();
+    value.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate).as_bytes() == etag
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_is_json_of_openapi_3_1() {
+        let doc: serde_json::Value =
+            serde_json::from_str(DOCUMENT).expect("docs/openapi.json is JSON");
+        let version = doc["openapi"].as_str().unwrap_or_default();
+        assert!(version.starts_with("3.1."), "openapi = {version:?}");
+    }
+
+    #[test]
+    fn if_none_match_uses_the_weak_comparison() {
+        let etag = HeaderValue::from_static("\"abc\"");
+        let matches = |v: &'static str| matches_etag(&HeaderValue::from_static(v), &etag);
+        assert!(matches("\"abc\""));
+        assert!(matches("W/\"abc\""));
+        assert!(matches("\"x\", \"abc\""));
+        assert!(matches("*"));
+        assert!(!matches("\"abcd\""));
+        assert!(!matches("abc"));
+        assert!(!matches(""));
+    }
+}
