@@ -375,6 +375,15 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
             return Err(ApiError::not_found("section"));
         }
     }
+    // The answer shows the catalog row, so read it before changing anything:
+    // without PostgreSQL the change is refused (503) with nothing changed,
+    // rather than made and then answered as if it had failed.
+    let mut section = {
+        let db = state.db.get().await?;
+        catalog::section_by_id(&db, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("section"))?
+    };
     let now = crate::domain::now_ms();
     let promoted = match state
         .redis
@@ -399,12 +408,28 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
     // The config and promote events carry values only the script knows:
     // let the shard read them from the outbox.
     state.persistence.catch_up(id);
-    let db = state.db.get().await?;
-    let mut section = catalog::section_by_id(&db, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("section"))?;
     state.catalog_cache.clear();
     crate::http::catalog::overlay_live(state, std::slice::from_mut(&mut section)).await;
+    // PostgreSQL learns of the change through the outbox a moment later, so
+    // the row read above shows the old settings: answer with what Redis now
+    // enforces (the live counts above come from there too). The change is
+    // made by now, so a failed read falls back to what the request asked for
+    // instead of turning the answer into an error.
+    let enforced: redis::RedisResult<(Option<i32>, Option<String>)> = redis::cmd("HMGET")
+        .arg(state.redis.section_keys(id).meta)
+        .arg("waitlist_limit")
+        .arg("active")
+        .query_async(&mut state.redis.conn())
+        .await;
+    let (limit, active) = enforced.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "section settings unreadable; answering with the request's");
+        (
+            u.waitlist_limit,
+            u.is_active.map(|a| if a { "1" } else { "0" }.to_string()),
+        )
+    });
+    section.waitlist_limit = limit.unwrap_or(section.waitlist_limit);
+    section.is_active = active.map_or(section.is_active, |a| a == "1");
     json(
         StatusCode::OK,
         &UpdatedSection {

@@ -214,15 +214,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let url = database.url.clone();
     let mut settings = test_settings(&url);
     customize(&mut settings);
-    let app = Application::build(settings.clone())
-        .await
-        .expect("the application builds");
-    let addr = app.local_addr();
-    let state = app.state();
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
+    let (state, addr, tx, server) = start(&settings).await;
     TestApp {
         state,
         redis: Redis::new(&settings.redis).unwrap(),
@@ -238,6 +230,56 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         database: Some(database),
         shutdown: Some(tx),
         server: Some(server),
+    }
+}
+
+/// What a started application hands its `TestApp`: its state, its address,
+/// the trigger of its graceful shutdown, and the task serving it.
+type Started = (
+    std::sync::Arc<registrar::startup::AppState>,
+    SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+);
+
+/// Builds the application from `settings` and serves it until the returned
+/// sender fires (or is dropped).
+async fn start(settings: &Settings) -> Started {
+    let app = Application::build(settings.clone())
+        .await
+        .expect("the application builds");
+    let addr = app.local_addr();
+    let state = app.state();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    (state, addr, tx, server)
+}
+
+impl TestApp {
+    /// Restarts the application as a process restart does: stops it the way
+    /// SIGTERM does (stop accepting, let the shards drain for at most
+    /// `sync.drain_timeout_ms`, leave the rest in the outbox, close the
+    /// pools), then starts a new one on the same database and Redis
+    /// namespace. The new one listens on a new port and is not yet ready:
+    /// call `wait_ready` (or wait for `/live` while PostgreSQL is away).
+    pub async fn restart(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task did not panic")
+                .expect("the server stopped cleanly");
+        }
+        let (state, addr, tx, server) = start(&self.settings).await;
+        self.state = state;
+        self.addr = addr;
+        self.base = format!("http://{addr}");
+        self.shutdown = Some(tx);
+        self.server = Some(server);
     }
 }
 

@@ -13,6 +13,7 @@ mod helpers;
 mod input;
 mod limits;
 mod migrations;
+mod model;
 mod openapi;
 mod probes;
 mod processes;
