@@ -40,7 +40,9 @@ pub struct HttpSettings {
     pub port: u16,
     /// Largest accepted request body; larger is 413 before any parsing.
     pub max_body_bytes: usize,
-    /// Deadline for a client to send its complete request head.
+    /// Deadline for a client to send its complete request head; it also
+    /// runs while a kept-alive connection waits for its next request, so it
+    /// is the keep-alive idle timeout as well.
     pub header_read_timeout_ms: u64,
     /// Header lines accepted per request; more is 431.
     pub max_headers: usize,

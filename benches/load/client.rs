@@ -165,13 +165,15 @@ struct Inner {
     per_second: Vec<Histogram<u64>>,
     by_kind: HashMap<&'static str, Histogram<u64>>,
     errors: HashMap<String, u64>,
+    /// Errors by kind per second of the phase (for fault windows).
+    errors_per_second: Vec<HashMap<String, u64>>,
 }
 
 /// What a worker records locally before handing it over in bulk.
 #[derive(Default)]
 pub struct Local {
     records: Vec<(u32, &'static str, u64)>,
-    errors: Vec<String>,
+    errors: Vec<(Instant, String)>,
     /// The recorder's start, read once (records come after it is set).
     started: Option<Instant>,
 }
@@ -197,7 +199,7 @@ impl Local {
     }
 
     pub fn error(&mut self, kind: String) {
-        self.errors.push(kind);
+        self.errors.push((Instant::now(), kind));
     }
 }
 
@@ -219,6 +221,7 @@ impl Recorder {
                 per_second: Vec::new(),
                 by_kind: HashMap::new(),
                 errors: HashMap::new(),
+                errors_per_second: Vec::new(),
             }),
         }
     }
@@ -238,7 +241,15 @@ impl Recorder {
                 .or_insert_with(histogram)
                 .record(us);
         }
-        for e in local.errors.drain(..) {
+        let started = self.started();
+        for (at, e) in local.errors.drain(..) {
+            let second = at.saturating_duration_since(started).as_secs() as usize;
+            while inner.errors_per_second.len() <= second {
+                inner.errors_per_second.push(HashMap::new());
+            }
+            *inner.errors_per_second[second]
+                .entry(e.clone())
+                .or_default() += 1;
             *inner.errors.entry(e).or_default() += 1;
         }
     }
@@ -263,6 +274,32 @@ impl Recorder {
         let mut v: Vec<(String, u64)> = inner.errors.iter().map(|(k, n)| (k.clone(), *n)).collect();
         v.sort();
         v
+    }
+
+    /// Requests answered and errors by kind over seconds `from..to` of the phase.
+    pub fn window(&self, from: usize, to: usize) -> (u64, Vec<(String, u64)>) {
+        let inner = self.inner.lock().unwrap();
+        let answered = inner
+            .per_second
+            .iter()
+            .skip(from)
+            .take(to.saturating_sub(from))
+            .map(|h| h.len())
+            .sum();
+        let mut errors: HashMap<String, u64> = HashMap::new();
+        for second in inner
+            .errors_per_second
+            .iter()
+            .skip(from)
+            .take(to.saturating_sub(from))
+        {
+            for (kind, n) in second {
+                *errors.entry(kind.clone()).or_default() += n;
+            }
+        }
+        let mut errors: Vec<(String, u64)> = errors.into_iter().collect();
+        errors.sort();
+        (answered, errors)
     }
 
     /// Throughput and percentiles per second of the phase.

@@ -12,6 +12,7 @@
 //! Every loop is bounded by a request count or a duration.
 
 mod client;
+mod faults;
 mod model;
 mod report;
 mod server;
@@ -135,6 +136,23 @@ struct Args {
     /// Where the JSON and HTML reports go.
     #[arg(long, default_value = "target/load-reports")]
     out: PathBuf,
+    /// Soak with faults: PostgreSQL cut, black-holed and slowed, Redis cut,
+    /// in turns (open loop; see benches/load/faults.rs).
+    #[arg(long)]
+    faults: bool,
+    /// With --faults: a fault starts or ends every this many seconds.
+    #[arg(long, default_value_t = 10)]
+    fault_every: u64,
+    /// With --faults: delay per chunk and direction while PostgreSQL is slow.
+    #[arg(long, default_value_t = 100)]
+    pg_delay_ms: u64,
+    /// With --faults: requests in flight at most (each on a pooled
+    /// connection). While PostgreSQL is black-holed a read waits ~3 s
+    /// (database.connect_timeout_ms) for its 503; at 2,000 req/s that is
+    /// ~4,000 reads in flight, and a smaller cap would queue registrations
+    /// behind them in the client, not in the server.
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -173,7 +191,12 @@ fn sample_health(
     let pid = system.pid();
     let phase = phase.to_string();
     let handle = tokio::spawn(async move {
-        let http = reqwest::Client::new();
+        // Bounded: /health waits on a black-holed PostgreSQL (--faults), and
+        // the memory reading must not stall with it.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(900))
+            .build()
+            .unwrap_or_default();
         let started = Instant::now();
         let mut samples = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -195,6 +218,8 @@ fn sample_health(
                     .as_f64()
                     .unwrap_or(0.0),
                 rss_mib: server::rss_mib(pid),
+                health_ok: health["queues"]["total"].is_u64()
+                    && health["outbox"]["backlog"].is_u64(),
                 ..Sample::default()
             });
         }
@@ -220,6 +245,7 @@ fn merge(mut client: Vec<Sample>, server: Vec<Sample>) -> Vec<Sample> {
         c.outbox_backlog = s.outbox_backlog;
         c.lag_s = s.lag_s;
         c.rss_mib = s.rss_mib;
+        c.health_ok = s.health_ok;
     }
     client
 }
@@ -341,7 +367,18 @@ async fn main() -> anyhow::Result<()> {
         args.scenario, args.preset
     );
     let target = Target::from_env();
-    let system = System::start(&target, &seed_options, args.shards).await?;
+    let fault_plan = args.faults.then(|| {
+        let seconds: u64 = shape.stages.iter().map(|s| s.1).sum();
+        faults::Plan::new(
+            Duration::from_secs(seconds),
+            Duration::from_secs(args.fault_every),
+            Duration::from_millis(args.pg_delay_ms),
+        )
+    });
+    let redis_proxy = fault_plan
+        .as_ref()
+        .is_some_and(faults::Plan::needs_redis_proxy);
+    let system = System::start_with(&target, &seed_options, args.shards, redis_proxy).await?;
     let all_sections = workloads::sections(&system).await?;
     let (scenario_sections, drain_targets) = all_sections.split_at(sections);
     workloads::make_room(&system, drain_targets, shape.drain_events).await?;
@@ -383,15 +420,44 @@ async fn main() -> anyhow::Result<()> {
     };
     let (cpu_before, eval_before) = redis_usec(&system.redis).await?;
     let name = format!("{:?}", args.scenario).to_lowercase();
-    let (phase, phase_samples) = measure(
-        &system,
-        &name,
-        workload,
-        &shape.stages,
-        shape.rate,
-        time_bound,
-    )
-    .await;
+    let mut fault_windows = None;
+    let (phase, phase_samples) = match &fault_plan {
+        Some(plan) => {
+            let (phase, samples, windows) = faults::measure(
+                &system,
+                &name,
+                workload,
+                connections,
+                args.max_in_flight,
+                shape.rate.unwrap_or(2_000.0),
+                plan,
+            )
+            .await;
+            fault_windows = Some(windows);
+            (phase, samples)
+        }
+        None => {
+            measure(
+                &system,
+                &name,
+                workload,
+                &shape.stages,
+                shape.rate,
+                time_bound,
+            )
+            .await
+        }
+    };
+    let fault_report = match (&fault_plan, fault_windows) {
+        (Some(plan), Some(windows)) => Some(faults::summarize(
+            plan,
+            windows,
+            &phase_samples,
+            phase.duration_s,
+            ledger.uncertain(),
+        )),
+        _ => None,
+    };
     let (cpu_after, eval_after) = redis_usec(&system.redis).await?;
     let answered = Instant::now();
     let drain_s = system
@@ -520,7 +586,7 @@ async fn main() -> anyhow::Result<()> {
     let acknowledged: HashMap<uuid::Uuid, BTreeSet<uuid::Uuid>> = ledger.enrolled();
     let findings =
         registrar::audit::audit(&system.db, &system.redis, &all_sections, &acknowledged).await?;
-    let audit: Vec<Check> = findings
+    let mut audit: Vec<Check> = findings
         .into_iter()
         .map(|f| Check {
             name: f.check.to_string(),
@@ -528,6 +594,9 @@ async fn main() -> anyhow::Result<()> {
             detail: f.detail,
         })
         .collect();
+    if let Some(report) = &fault_report {
+        audit.push(faults::recovery_check(report));
+    }
     let rss_peak = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
     let rss_end = system.rss_mib();
     let report = RunReport {
@@ -542,6 +611,7 @@ async fn main() -> anyhow::Result<()> {
         ratios,
         rss_peak_mib: rss_peak,
         rss_end_mib: rss_end,
+        faults: fault_report,
     };
     system.stop().await?;
     std::fs::create_dir_all(&args.out)?;

@@ -52,6 +52,9 @@ pub struct Sample {
     pub lag_s: f64,
     /// Resident memory of the server process, MiB.
     pub rss_mib: f64,
+    /// Whether /health answered with the queue figures this second (they
+    /// read 0 otherwise, which must not pass for an empty queue).
+    pub health_ok: bool,
 }
 
 /// One checked promise of SPEC §2.
@@ -89,6 +92,53 @@ pub struct RunReport {
     /// Peak and final server RSS, MiB.
     pub rss_peak_mib: f64,
     pub rss_end_mib: f64,
+    /// Fault injection (`--faults`): the windows and what they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultReport>,
+}
+
+/// One window of a fault run: a fault, or the normal operation between them.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultWindow {
+    /// "pg-cut", "pg-blackhole", "pg-slow", "redis-cut", or "none".
+    pub kind: String,
+    /// Seconds since the scenario phase started.
+    pub start_s: f64,
+    pub end_s: f64,
+    /// Answers to requests sent in the window.
+    pub answered: u64,
+    /// Errors by kind that happened in the window.
+    pub errors: Vec<(String, u64)>,
+    /// Fault windows: seconds from the fault's end until the queues and the
+    /// outbox were back under the recovery threshold (None: not within the run).
+    pub recovery_s: Option<f64>,
+}
+
+/// What a run with faults measured beyond the usual phase figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    /// A fault was switched on or off every this many seconds.
+    pub every_s: f64,
+    /// Faults stopped here (seconds into the phase); the rest ran clean.
+    pub quiet_from_s: f64,
+    /// Added per chunk and direction during pg-slow.
+    pub pg_delay_ms: u64,
+    pub windows: Vec<FaultWindow>,
+    /// Largest queue depth and outbox backlog sampled before the first fault.
+    pub baseline_queue_depth: u64,
+    pub baseline_outbox_backlog: u64,
+    /// Seconds from the end of the last fault until the queues and the
+    /// outbox were back under their recovery threshold (None: never, within the run).
+    pub recovery_s: Option<f64>,
+    /// The threshold: twice the baseline, at least 20 entries.
+    pub recovery_threshold: u64,
+    /// Server RSS: mean over the first and last tenth of the phase, and max.
+    pub rss_first_tenth_mib: f64,
+    pub rss_last_tenth_mib: f64,
+    pub rss_max_mib: f64,
+    /// (student, section) pairs whose last register or drop got no clear
+    /// answer (5xx or no answer): the audit does not expect either outcome.
+    pub uncertain_pairs: usize,
 }
 
 impl RunReport {

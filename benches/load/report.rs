@@ -5,7 +5,7 @@
 use std::io::{self, IsTerminal, Write as _};
 use std::path::Path;
 
-use crate::model::{Latency, Phase, RunReport, Sample};
+use crate::model::{FaultReport, Latency, Phase, RunReport, Sample};
 
 // ---------------------------------------------------------------------------
 // Entry points
@@ -171,7 +171,7 @@ fn align_class(align: Align) -> &'static str {
 
 /// The tables of a run, titled, in reading order.
 fn summary_tables(report: &RunReport) -> Vec<(String, Table)> {
-    vec![
+    let mut tables = vec![
         ("Phases".into(), phases_table(&report.phases)),
         (
             "Latency by request kind (ms)".into(),
@@ -179,8 +179,89 @@ fn summary_tables(report: &RunReport) -> Vec<(String, Table)> {
         ),
         ("Run".into(), run_table(report)),
         ("Ratios".into(), ratios_table(report)),
-        (format!("Audit ({})", verdict(report)), audit_table(report)),
-    ]
+    ];
+    if let Some(faults) = &report.faults {
+        tables.push((
+            format!(
+                "Fault windows (a fault every {} s; clean from {} s)",
+                num(faults.every_s, 0),
+                num(faults.quiet_from_s, 0)
+            ),
+            fault_windows_table(faults),
+        ));
+        tables.push((
+            "Faults: recovery and memory".into(),
+            fault_summary_table(faults),
+        ));
+    }
+    tables.push((format!("Audit ({})", verdict(report)), audit_table(report)));
+    tables
+}
+
+fn fault_windows_table(faults: &FaultReport) -> Table {
+    let mut t = Table::new(&[
+        ("window", Left),
+        ("from s", Right),
+        ("to s", Right),
+        ("answered", Right),
+        ("recovered after s", Right),
+        ("errors", Left),
+    ]);
+    for w in &faults.windows {
+        t.row(vec![
+            w.kind.clone(),
+            num(w.start_s, 0),
+            num(w.end_s, 0),
+            w.answered.to_string(),
+            w.recovery_s.map_or_else(|| "-".into(), |r| num(r, 0)),
+            errors(&w.errors),
+        ]);
+    }
+    t
+}
+
+fn fault_summary_table(faults: &FaultReport) -> Table {
+    let mut t = Table::new(&[("measure", Left), ("value", Right)]);
+    let rows = [
+        (
+            "queue depth / outbox backlog before the first fault (max)".to_string(),
+            format!(
+                "{} / {}",
+                faults.baseline_queue_depth, faults.baseline_outbox_backlog
+            ),
+        ),
+        (
+            "recovery threshold (entries)".into(),
+            faults.recovery_threshold.to_string(),
+        ),
+        (
+            "back under it after the last fault (s)".into(),
+            faults
+                .recovery_s
+                .map_or_else(|| "never".into(), |r| num(r, 0)),
+        ),
+        (
+            "server RSS, mean of the first tenth (MiB)".into(),
+            num(faults.rss_first_tenth_mib, 1),
+        ),
+        (
+            "server RSS, mean of the last tenth (MiB)".into(),
+            num(faults.rss_last_tenth_mib, 1),
+        ),
+        ("server RSS, max (MiB)".into(), num(faults.rss_max_mib, 1)),
+        (
+            "PostgreSQL delay while slow (ms per chunk and direction)".into(),
+            faults.pg_delay_ms.to_string(),
+        ),
+        (
+            "student/section pairs left unknown (last change unanswered)".into(),
+            faults.uncertain_pairs.to_string(),
+        ),
+    ];
+    for (measure, value) in rows {
+        t.row(vec![measure, value]);
+    }
+    t
 }
 
 fn phases_table(phases: &[Phase]) -> Table {
@@ -481,6 +562,8 @@ struct Timeline {
     marks: Vec<Mark>,
     /// End of the last phase.
     end: f64,
+    /// Fault windows on the same axis: (from, to, fault).
+    bands: Vec<(f64, f64, String)>,
 }
 
 impl Timeline {
@@ -490,6 +573,7 @@ impl Timeline {
             segment: Vec::with_capacity(report.samples.len()),
             marks: Vec::new(),
             end: 0.0,
+            bands: Vec::new(),
         };
         let mut offset = 0.0;
         let mut current: Option<&str> = None;
@@ -518,6 +602,18 @@ impl Timeline {
             Some(phase) => offset + phase_length(report, phase, last_t),
             None => 0.0,
         };
+        // The faults ran during the scenario phase, which carries its name.
+        if let (Some(faults), Some(mark)) = (
+            &report.faults,
+            timeline.marks.iter().find(|m| m.label == report.scenario),
+        ) {
+            timeline.bands = faults
+                .windows
+                .iter()
+                .filter(|w| w.kind != "none")
+                .map(|w| (mark.x + w.start_s, mark.x + w.end_s, w.kind.clone()))
+                .collect();
+        }
         timeline
     }
 
@@ -614,6 +710,20 @@ fn line_chart(title: &str, y_label: &str, series: &[Series], timeline: &Timeline
         PAD_TOP + plot_h / 2.0,
         esc(y_label)
     ));
+
+    // Fault windows, shaded under everything else.
+    for (from, to, fault) in &timeline.bands {
+        let (x0, x1) = (px(*from), px(*to));
+        svg.push_str(&format!(
+            "<rect x=\"{x0:.1}\" y=\"{PAD_TOP}\" width=\"{:.1}\" height=\"{plot_h}\" \
+             fill=\"#fecaca\" fill-opacity=\"0.45\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#b91c1c\" text-anchor=\"middle\">{}</text>\n",
+            (x1 - x0).max(1.0),
+            (x0 + x1) / 2.0,
+            bottom - 4.0,
+            esc(fault)
+        ));
+    }
 
     // Phase boundaries; labels alternate between two rows to overlap less.
     for (i, mark) in timeline.marks.iter().enumerate() {

@@ -8,10 +8,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     str::FromStr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -51,6 +48,9 @@ pub struct System {
     pub settings: Settings,
     pub addr: SocketAddr,
     pub proxy: Proxy,
+    /// In front of Redis, when the run injects Redis faults; the tool's own
+    /// handle (`redis`) always goes straight to Redis.
+    pub redis_proxy: Option<Proxy>,
     child: Child,
     db_name: String,
     admin_url: String,
@@ -80,12 +80,34 @@ fn with_database(url: &str, name: &str, port: Option<u16>) -> String {
     format!("{auth}@{host}/{name}")
 }
 
+/// `url` with its host and port replaced by 127.0.0.1:`port` (user, password
+/// and database kept).
+fn redis_via(url: &str, port: u16) -> anyhow::Result<(String, String)> {
+    let (scheme, rest) = url.split_once("://").context("a redis:// URL")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (credentials, host) = match authority.rsplit_once('@') {
+        Some((c, h)) => (format!("{c}@"), h),
+        None => (String::new(), authority),
+    };
+    let host = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:6379")
+    };
+    Ok((
+        format!("{scheme}://{credentials}127.0.0.1:{port}/{path}"),
+        host,
+    ))
+}
+
 impl System {
-    /// Creates the database, migrates, seeds, and starts the server.
-    pub async fn start(
+    /// Creates the database, migrates, seeds, and starts the server; its
+    /// Redis behind a proxy of its own when `redis_proxy` (for Redis faults).
+    pub async fn start_with(
         target: &Target,
         seed_options: &seed::SeedOptions,
         shards: usize,
+        redis_proxy: bool,
     ) -> anyhow::Result<Self> {
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let db_name = format!("regbench_{stamp}_{}", uuid::Uuid::new_v4().simple());
@@ -117,6 +139,18 @@ impl System {
             .copied()
             .unwrap_or(5432);
         let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], pg_port))).await?;
+        let (redis_proxy, server_redis_url) = if redis_proxy {
+            let (_, host) = redis_via(&target.redis_url, 0)?;
+            let addr = tokio::net::lookup_host(&host)
+                .await?
+                .next()
+                .context("the Redis host resolves")?;
+            let proxy = Proxy::start(addr).await?;
+            let (url, _) = redis_via(&target.redis_url, proxy.port)?;
+            (Some(proxy), url)
+        } else {
+            (None, target.redis_url.clone())
+        };
         let port = free_port()?;
         let child = Command::new(env!("CARGO_BIN_EXE_registrar"))
             .arg("serve")
@@ -126,7 +160,7 @@ impl System {
                 "APP__DATABASE__URL",
                 with_database(&target.admin_database_url, &db_name, Some(proxy.port)),
             )
-            .env("APP__REDIS__URL", &target.redis_url)
+            .env("APP__REDIS__URL", &server_redis_url)
             .env("APP__REDIS__NAMESPACE", &settings.redis.namespace)
             .env("APP__SYNC__SHARDS", shards.to_string())
             .env("APP__LOG__LEVEL", "warn")
@@ -144,6 +178,7 @@ impl System {
             settings,
             addr,
             proxy,
+            redis_proxy,
             child,
             db_name,
             admin_url: target.admin_database_url.clone(),
@@ -237,60 +272,153 @@ pub fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// A TCP proxy in front of PostgreSQL that can hold connections back.
+/// What a [`Proxy`] does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forwards bytes as they come.
+    Up,
+    /// Open connections are cut; new ones are accepted and closed at once
+    /// (what a crashed or restarting server looks like to a client).
+    Cut,
+    /// Connections stay open but no byte gets through, in either direction,
+    /// until the mode changes; then the held bytes flow, in order (a network
+    /// partition that heals: TCP would have kept retransmitting them).
+    Blackhole,
+    /// Every chunk is delivered this much later than it arrived (a delay
+    /// line: throughput is kept, latency is added).
+    Slow(Duration),
+}
+
+/// A TCP proxy in front of a dependency (PostgreSQL, Redis) that can cut,
+/// black-hole or slow its connections.
 pub struct Proxy {
     pub port: u16,
-    up: Arc<AtomicBool>,
+    mode: tokio::sync::watch::Sender<Mode>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
 
+/// Bytes read per chunk by the proxy.
+const PROXY_CHUNK: usize = 16 * 1024;
+
 impl Proxy {
-    async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let up = Arc::new(AtomicBool::new(true));
+        let (mode, _) = tokio::sync::watch::channel(Mode::Up);
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (accept_up, accept_connections) = (up.clone(), connections.clone());
+        let (accept_mode, accept_connections) = (mode.clone(), connections.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !accept_up.load(Ordering::SeqCst) {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if *accept_mode.borrow() == Mode::Cut {
+                    drop(inbound);
                     continue;
                 }
+                let mode = accept_mode.subscribe();
                 let handle = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                    if let Ok(outbound) = TcpStream::connect(target).await {
                         let _ = outbound.set_nodelay(true);
                         let _ = inbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
+                        // Either direction ending (EOF or error) ends the
+                        // connection, like a closed socket would.
+                        tokio::select! {
+                            () = pump(in_read, out_write, mode.clone()) => {}
+                            () = pump(out_read, in_write, mode) => {}
+                        }
                     }
                 });
-                accept_connections.lock().unwrap().push(handle);
+                let mut open = accept_connections.lock().unwrap();
+                open.retain(|h| !h.is_finished());
+                open.push(handle);
             }
         });
         Ok(Self {
             port,
-            up,
+            mode,
             connections,
             accept,
         })
     }
 
-    /// Cuts every connection and refuses new ones: persistence stalls.
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for handle in self.connections.lock().unwrap().drain(..) {
-            handle.abort();
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+        if mode == Mode::Cut {
+            for handle in self.connections.lock().unwrap().drain(..) {
+                handle.abort();
+            }
         }
     }
 
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+    /// Cuts every connection and refuses new ones: persistence stalls.
+    pub fn cut(&self) {
+        self.set(Mode::Cut);
     }
+
+    pub fn restore(&self) {
+        self.set(Mode::Up);
+    }
+}
+
+/// One direction of a proxied connection: a reader stamping each chunk with
+/// its arrival time, and a writer that delivers it once the mode allows
+/// (held while black-holed, delayed while slow).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: tokio::sync::watch::Receiver<Mode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        loop {
+            let mut chunk = vec![0u8; PROXY_CHUNK];
+            match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    if tx.send((Instant::now(), chunk)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let write = async move {
+        while let Some((arrived, chunk)) = rx.recv().await {
+            loop {
+                let current = *mode.borrow_and_update();
+                match current {
+                    Mode::Up | Mode::Cut => break,
+                    Mode::Slow(delay) => {
+                        // A mode change while waiting re-evaluates the chunk.
+                        tokio::select! {
+                            () = tokio::time::sleep_until((arrived + delay).into()) => break,
+                            changed = mode.changed() => if changed.is_err() { return },
+                        }
+                    }
+                    Mode::Blackhole => {
+                        if mode.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(read, write);
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
+        for handle in self.connections.lock().unwrap().drain(..) {
+            handle.abort();
+        }
     }
 }
 

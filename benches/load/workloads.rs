@@ -2,7 +2,7 @@
 //! ledger of acknowledged answers the audit checks, and the ceilings.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -30,48 +30,87 @@ use crate::{
 /// What the service acknowledged, in the order the answers arrived.
 #[derive(Default)]
 pub struct Ledger {
-    entries: Mutex<Vec<(Instant, Uuid, Uuid, bool)>>,
+    /// (answer time, student, section, state): `Some(true)` holds a seat,
+    /// `Some(false)` does not, `None` unknown (a register or drop whose
+    /// answer was lost or a 5xx: it may or may not have happened).
+    entries: Mutex<Vec<LedgerEntry>>,
 }
+
+type LedgerEntry = (Instant, Uuid, Uuid, Option<bool>);
 
 impl Ledger {
     /// `student` holds a seat in `section` (enrolled or promoted), or no longer does.
     pub fn note(&self, student: Uuid, section: Uuid, enrolled: bool) {
+        self.record(student, section, Some(enrolled));
+    }
+
+    fn record(&self, student: Uuid, section: Uuid, state: Option<bool>) {
         self.entries
             .lock()
             .unwrap()
-            .push((Instant::now(), student, section, enrolled));
+            .push((Instant::now(), student, section, state));
     }
 
     /// Per section, the students whose last acknowledged state is enrolled.
+    /// A student whose last register or drop got no clear answer is left
+    /// out: the service never told the client where they stand.
     pub fn enrolled(&self) -> HashMap<Uuid, BTreeSet<Uuid>> {
-        let mut entries = self.entries.lock().unwrap().clone();
-        entries.sort_by_key(|e| e.0);
         let mut map: HashMap<Uuid, BTreeSet<Uuid>> = HashMap::new();
-        for (_, student, section, enrolled) in entries {
+        for ((student, section), state) in self.last_states() {
             let set = map.entry(section).or_default();
-            if enrolled {
+            if state == Some(true) {
                 set.insert(student);
-            } else {
-                set.remove(&student);
             }
         }
         map
     }
 
+    /// (student, section) pairs whose last operation's outcome is unknown.
+    pub fn uncertain(&self) -> usize {
+        self.last_states()
+            .values()
+            .filter(|state| state.is_none())
+            .count()
+    }
+
+    fn last_states(&self) -> HashMap<(Uuid, Uuid), Option<bool>> {
+        let mut entries = self.entries.lock().unwrap().clone();
+        entries.sort_by_key(|e| e.0);
+        entries
+            .into_iter()
+            .map(|(_, student, section, state)| ((student, section), state))
+            .collect()
+    }
+
     /// Records what a register or drop answer acknowledged.
     pub fn observe(&self, call: &Call, status: StatusCode, body: &Bytes) {
-        let (Some((student, section)), true) = (call.tag, status.is_success()) else {
+        let Some((student, section)) = call.tag else {
             return;
         };
+        if status.is_server_error() {
+            // A 503 after the script ran (Redis answered, then the
+            // connection to it broke) is possible: outcome unknown.
+            self.failed(call);
+            return;
+        }
+        if call.kind == "drop" && status == StatusCode::NOT_FOUND {
+            self.note(student, section, false);
+            return;
+        }
+        if !status.is_success() {
+            return;
+        }
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
             return;
         };
         match call.kind {
-            "register" if v["results"][0]["status"] == "enrolled" => {
-                self.note(student, section, true);
-            }
+            "register" => match v["results"][0]["status"].as_str() {
+                Some("enrolled" | "already_enrolled") => self.note(student, section, true),
+                Some("waitlisted" | "already_waitlisted") => self.note(student, section, false),
+                _ => {}
+            },
             "drop" => {
-                if v["status"] == "dropped" {
+                if matches!(v["status"].as_str(), Some("dropped" | "left_waitlist")) {
                     self.note(student, section, false);
                 }
                 if let Some(promoted) = v["promoted_student_id"]
@@ -84,6 +123,28 @@ impl Ledger {
             _ => {}
         }
     }
+
+    /// A register or drop that got no answer (connection lost, timeout).
+    pub fn failed(&self, call: &Call) {
+        if let (Some((student, section)), "register" | "drop") = (call.tag, call.kind) {
+            self.record(student, section, None);
+        }
+    }
+}
+
+/// The error kind of a 5xx or 429 answer: the status and, when the body is
+/// problem+json, its machine code ("http_503 redis_unavailable").
+pub fn answer_error(status: StatusCode, body: &Bytes) -> Option<String> {
+    if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+        return None;
+    }
+    let code = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_string));
+    Some(match code {
+        Some(code) => format!("http_{} {code}", status.as_u16()),
+        None => format!("http_{}", status.as_u16()),
+    })
 }
 
 /// A source of calls for the loops.
@@ -92,6 +153,8 @@ pub trait Workload: Send + Sync {
     fn next(&self, worker: usize) -> Option<Call>;
     /// Sees every answer (to update the ledger or the worker's state).
     fn observe(&self, worker: usize, call: &Call, status: StatusCode, body: &Bytes);
+    /// Sees every call that got no answer (connection error, timeout).
+    fn failed(&self, _worker: usize, _call: &Call) {}
 }
 
 /// Drives `connections` workers, each on its own connection (opened before
@@ -133,12 +196,15 @@ pub async fn closed_loop(
                 match conn.send(&call).await {
                     Ok((status, body)) => {
                         local.record(&recorder, call.kind, sent, Instant::now());
-                        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                            local.error(format!("http_{}", status.as_u16()));
+                        if let Some(kind) = answer_error(status, &body) {
+                            local.error(kind);
                         }
                         workload.observe(worker, &call, status, &body);
                     }
-                    Err(kind) => local.error(kind.to_string()),
+                    Err(kind) => {
+                        local.error(kind.to_string());
+                        workload.failed(worker, &call);
+                    }
                 }
             }
             recorder.absorb(&mut local);
@@ -179,12 +245,15 @@ pub async fn open_loop(
                 match conn.send(&call).await {
                     Ok((status, body)) => {
                         local.record(&recorder, call.kind, intended, Instant::now());
-                        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                            local.error(format!("http_{}", status.as_u16()));
+                        if let Some(kind) = answer_error(status, &body) {
+                            local.error(kind);
                         }
                         workload.observe(worker, &call, status, &body);
                     }
-                    Err(kind) => local.error(kind.to_string()),
+                    Err(kind) => {
+                        local.error(kind.to_string());
+                        workload.failed(worker, &call);
+                    }
                 }
             }
             recorder.absorb(&mut local);
@@ -251,6 +320,12 @@ impl Workload for Fixed {
             ledger.observe(call, status, body);
         }
     }
+
+    fn failed(&self, _worker: usize, call: &Call) {
+        if let Some(ledger) = &self.ledger {
+            ledger.failed(call);
+        }
+    }
 }
 
 fn register_call(token: &str, student: Uuid, section: Uuid) -> Call {
@@ -289,6 +364,10 @@ struct WorkerState {
     rng: fastrand::Rng,
     students: Vec<(Uuid, String)>,
     holdings: HashMap<Uuid, Vec<Uuid>>,
+    /// Students with a register or drop in flight: an open loop could
+    /// otherwise send one student's next change before the last one was
+    /// answered, and answers arriving out of order would mislead the ledger.
+    busy: HashSet<Uuid>,
 }
 
 /// A weighted mix of browse, view, register, mine and drop, each worker with
@@ -298,8 +377,14 @@ pub struct Mix {
     sections: Vec<Uuid>,
     semester: Uuid,
     workers: Vec<Mutex<WorkerState>>,
+    /// The worker that owns each student (answers may come back through
+    /// another connection than the worker's in an open loop).
+    owner: HashMap<Uuid, usize>,
     ledger: Arc<Ledger>,
 }
+
+/// Picks of a student before a change falls back to a read (all busy).
+const BUSY_RETRIES: usize = 8;
 
 impl Mix {
     fn new(
@@ -317,16 +402,28 @@ impl Mix {
                     rng: fastrand::Rng::with_seed(w as u64 + 1),
                     students: students.iter().skip(w).step_by(workers).cloned().collect(),
                     holdings: HashMap::new(),
+                    busy: HashSet::new(),
                 })
             })
+            .collect();
+        let owner = students
+            .iter()
+            .enumerate()
+            .map(|(i, (s, _))| (*s, i % workers))
             .collect();
         Self {
             weights,
             sections: sections.to_vec(),
             semester,
             workers: states,
+            owner,
             ledger,
         }
+    }
+
+    fn state_of(&self, call: &Call) -> Option<&Mutex<WorkerState>> {
+        let (student, _) = call.tag?;
+        self.workers.get(*self.owner.get(&student)?)
     }
 }
 
@@ -345,11 +442,22 @@ impl Workload for Mix {
             return None;
         }
         let students = state.students.len();
-        let which = state.rng.usize(..students);
+        let mut which = state.rng.usize(..students);
+        let changes = op == 2 || op == 4;
+        if changes {
+            let mut tries = 0;
+            while state.busy.contains(&state.students[which].0) && tries < BUSY_RETRIES {
+                which = state.rng.usize(..students);
+                tries += 1;
+            }
+            if state.busy.contains(&state.students[which].0) {
+                op = 1;
+            }
+        }
         let (student, token) = state.students[which].clone();
         let section = self.sections[state.rng.usize(..self.sections.len())];
         let bearer = Some(format!("Bearer {token}"));
-        Some(match op {
+        let call = match op {
             0 => Call::get(
                 "browse",
                 format!("/api/v1/semesters/{}/sections", self.semester),
@@ -372,33 +480,52 @@ impl Workload for Mix {
                 }
             }
             _ => register_call(&token, student, section),
-        })
+        };
+        if call.tag.is_some() {
+            state.busy.insert(student);
+        }
+        Some(call)
     }
 
-    fn observe(&self, worker: usize, call: &Call, status: StatusCode, body: &Bytes) {
+    fn observe(&self, _worker: usize, call: &Call, status: StatusCode, body: &Bytes) {
         self.ledger.observe(call, status, body);
-        let Some((student, section)) = call.tag else {
+        let (Some((student, section)), Some(state)) = (call.tag, self.state_of(call)) else {
             return;
         };
+        let mut state = state.lock().unwrap();
+        state.busy.remove(&student);
+        if call.kind == "drop" && status == StatusCode::NOT_FOUND {
+            // Not held after all (an earlier drop without an answer went through).
+            if let Some(held) = state.holdings.get_mut(&student) {
+                held.retain(|s| *s != section);
+            }
+            return;
+        }
         if !status.is_success() {
             return;
         }
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
             return;
         };
-        let mut state = self.workers[worker % self.workers.len()].lock().unwrap();
         let held = state.holdings.entry(student).or_default();
         match call.kind {
             "register"
                 if matches!(
                     v["results"][0]["status"].as_str(),
-                    Some("enrolled" | "waitlisted")
-                ) =>
+                    Some("enrolled" | "waitlisted" | "already_enrolled" | "already_waitlisted")
+                ) && !held.contains(&section) =>
             {
                 held.push(section);
             }
             "drop" => held.retain(|s| *s != section),
             _ => {}
+        }
+    }
+
+    fn failed(&self, _worker: usize, call: &Call) {
+        self.ledger.failed(call);
+        if let (Some((student, _)), Some(state)) = (call.tag, self.state_of(call)) {
+            state.lock().unwrap().busy.remove(&student);
         }
     }
 }

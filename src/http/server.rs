@@ -28,6 +28,11 @@ pub async fn serve(
     let settings = &state.settings.http;
     let connection_slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut http = http1::Builder::new();
+    // hyper (1.4 and later) arms the header read timeout whenever it waits
+    // for a request head, on a fresh connection and on a kept-alive one
+    // between requests, so it also closes idle keep-alive connections: a
+    // client cannot hold a connection slot by going quiet
+    // (tests/api/connections.rs).
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout())
         .max_headers(settings.max_headers)

@@ -138,6 +138,47 @@ impl ChildServer {
         Self { child, port }
     }
 
+    /// [`ChildServer::start`] on `port` (0: a free one) with extra
+    /// environment, e.g. `("APP__HTTP__MAX_CONNECTIONS", "50")`.
+    pub fn start_with_env(
+        database_url: &str,
+        redis: Option<&str>,
+        namespace: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let port = if port == 0 { free_port() } else { port };
+        let child = Command::new(env!("CARGO_BIN_EXE_registrar"))
+            .arg("serve")
+            .env("APP_ENV", "test")
+            .env(
+                "APP_CONFIG_DIR",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+            )
+            .env("APP__HTTP__PORT", port.to_string())
+            .env("APP__DATABASE__URL", database_url)
+            .env(
+                "APP__REDIS__URL",
+                redis.map_or_else(redis_url, str::to_string),
+            )
+            .env("APP__REDIS__NAMESPACE", namespace)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the registrar binary starts");
+        Self { child, port }
+    }
+
+    /// The process id (for /proc/<pid>/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has not exited.
+    pub fn child_is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }

@@ -1,0 +1,373 @@
+//! Many connections against the real binary: thousands held idle cost
+//! bounded memory and stop nobody else; connections beyond
+//! `http.max_connections` wait in the kernel backlog instead of failing; and
+//! an idle keep-alive connection cannot hold a slot forever.
+
+use std::time::Duration;
+
+use registrar::{auth::Tokens, domain::Role, seed, store};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use uuid::Uuid;
+
+use crate::{
+    helpers::{create_database, eventually, student_ids, test_settings, TestDatabase},
+    processes::ChildServer,
+};
+
+/// A migrated, seeded database for child servers.
+pub struct Seeded {
+    pub database: TestDatabase,
+    pub namespace: String,
+    pub db: deadpool_postgres::Pool,
+    pub tokens: Tokens,
+    pub sections: Vec<Uuid>,
+    pub students: Vec<Uuid>,
+}
+
+pub async fn seeded(students: usize, sections: usize, seats: i32, waitlist: i32) -> Seeded {
+    let database = create_database().await;
+    let settings = test_settings(&database.url);
+    let db = store::pool(&settings.database).unwrap();
+    store::migrate::run(&mut db.get().await.unwrap())
+        .await
+        .unwrap();
+    let report = seed::seed(
+        &db,
+        &seed::SeedOptions {
+            students,
+            courses: sections,
+            sections_per_course: 1,
+            seats,
+            waitlist,
+            password: "unused-password".into(),
+            admin_password: "unused-password".into(),
+        },
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    Seeded {
+        students: student_ids(&db).await,
+        namespace: settings.redis.namespace.clone(),
+        tokens: Tokens::new(
+            settings.auth.jwt_secret.expose().as_bytes(),
+            Duration::from_secs(3600),
+        ),
+        database,
+        db,
+        sections: report.section_ids,
+    }
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Open file descriptors of a process (its sockets among them).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Connections waiting in the accept queue of the listener on `port`: for
+/// a listening socket, /proc/net/tcp reports that queue as `rx_queue`.
+fn accept_queue(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+        // State 0A is LISTEN.
+        if local_port != port || *fields.get(3)? != "0A" {
+            return None;
+        }
+        u64::from_str_radix(fields.get(4)?.split(':').nth(1)?, 16).ok()
+    })
+}
+
+/// The soft limit on open files of this process, raised to the hard limit
+/// when it is below `wanted` (the server, a child, inherits it).
+fn ensure_fd_limit(wanted: u64) -> u64 {
+    let limits = || -> (u64, u64) {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("an open files limit");
+        let mut numbers = line.split_whitespace().filter_map(|w| {
+            w.parse::<u64>()
+                .ok()
+                .or((w == "unlimited").then_some(u64::MAX))
+        });
+        (numbers.next().unwrap(), numbers.next().unwrap())
+    };
+    let (soft, hard) = limits();
+    if soft < wanted && hard > soft {
+        let hard_text = if hard == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            hard.to_string()
+        };
+        let _ = std::process::Command::new("prlimit")
+            .arg(format!("--pid={}", std::process::id()))
+            .arg(format!("--nofile={hard_text}:{hard_text}"))
+            .status();
+    }
+    limits().0
+}
+
+/// Reads one whole answer with a small body (probes) off a raw connection.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the server closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+const LIVE: &[u8] = b"GET /live HTTP/1.1\r\nhost: x\r\n\r\n";
+
+/// Idle connections held open at once.
+const IDLE: usize = 3_000;
+
+/// Per-connection budget: hyper allocates an 8 KiB read buffer and an 8 KiB
+/// write buffer per HTTP/1 connection, plus its connection state (~1 KiB),
+/// the spawned task and the socket's registration with the reactor (a few
+/// hundred bytes each): ~18 KiB if every page were touched. 64 KiB leaves
+/// room for allocator slack, and still means 10,000 idle connections (the
+/// default `http.max_connections`) fit in ~640 MiB at worst.
+const BUDGET_KIB_PER_CONNECTION: u64 = 64;
+
+#[tokio::test]
+async fn thousands_of_idle_connections_cost_bounded_memory_and_the_server_still_answers() {
+    let fd_limit = ensure_fd_limit(IDLE as u64 + 1_000);
+    assert!(
+        fd_limit >= IDLE as u64 + 500,
+        "the open files limit ({fd_limit}) is too low for {IDLE} connections"
+    );
+    let s = seeded(2, 1, 10, 0).await;
+    // Idle connections are closed after the header read timeout (it also
+    // bounds keep-alive idleness); long enough here to hold them all.
+    let server = ChildServer::start_with_env(
+        &s.database.url,
+        None,
+        &s.namespace,
+        0,
+        &[("APP__HTTP__HEADER_READ_TIMEOUT_MS", "120000")],
+    );
+    server.wait_ready().await;
+    let pid = server.pid();
+    let http = reqwest::Client::new();
+    // Warm up: the runtime's workers, the pools and the allocator have
+    // seen real requests before the baseline is read.
+    for _ in 0..50 {
+        assert!(http
+            .get(server.url("/live"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+    }
+    let fds_before = open_fds(pid);
+    let rss_before = rss_kib(pid);
+
+    let mut held = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            // Half of them started a request and stalled mid request line.
+            stream.write_all(b"GET /api/v1/sem").await.unwrap();
+        }
+        held.push(stream);
+    }
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            open_fds(pid) >= fds_before + IDLE
+        })
+        .await,
+        "the server accepted every connection ({} of {IDLE})",
+        open_fds(pid).saturating_sub(fds_before)
+    );
+    let rss_after = rss_kib(pid);
+    let per_connection = rss_after.saturating_sub(rss_before) as f64 / IDLE as f64;
+    eprintln!(
+        "{IDLE} idle connections: RSS {rss_before} -> {rss_after} KiB, {per_connection:.1} KiB each"
+    );
+    assert!(
+        per_connection <= BUDGET_KIB_PER_CONNECTION as f64,
+        "{per_connection:.1} KiB per idle connection (budget {BUDGET_KIB_PER_CONNECTION})"
+    );
+
+    // While they are held, others are served: the probe and a registration.
+    let live = http.get(server.url("/live")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let token = s.tokens.mint(s.students[0], Role::Student, true);
+    let answer = http
+        .post(server.url("/api/v1/register"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "section_ids": [s.sections[0]] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], "enrolled", "{body}");
+
+    // The held connections are still open (nothing was dropped to cope).
+    let mut probe = [0u8; 1];
+    for stream in held.iter().step_by(97) {
+        assert!(
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a held connection is still open and silent"
+        );
+    }
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            open_fds(pid) < fds_before + IDLE / 10
+        })
+        .await,
+        "the server released the closed connections"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_for_a_slot_instead_of_failing() {
+    const MAX: usize = 20;
+    let s = seeded(1, 1, 1, 0).await;
+    let mut server = ChildServer::start_with_env(
+        &s.database.url,
+        None,
+        &s.namespace,
+        0,
+        &[
+            ("APP__HTTP__MAX_CONNECTIONS", "20"),
+            ("APP__HTTP__HEADER_READ_TIMEOUT_MS", "120000"),
+        ],
+    );
+    server.wait_ready().await;
+    let port = server.port;
+    let mut held = Vec::new();
+    for _ in 0..MAX {
+        held.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            accept_queue(port) == Some(0)
+        })
+        .await,
+        "the server accepted the first {MAX} connections"
+    );
+
+    // One more: the kernel completes the handshake (backlog), the server
+    // does not take it while every slot is held.
+    let mut waiting = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .expect("a connection beyond the limit is not refused");
+    waiting.write_all(LIVE).await.unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            accept_queue(port) == Some(1)
+        })
+        .await,
+        "the connection beyond the limit waits in the accept queue"
+    );
+    let early = tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "no answer (and no reset) while all {MAX} slots are held: {early:?}"
+    );
+    assert_eq!(accept_queue(port), Some(1), "still not accepted");
+
+    // One held connection closes: the waiting one gets its slot and answer.
+    drop(held.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(30), read_answer(&mut waiting))
+        .await
+        .expect("the waiting connection is served once a slot frees");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        server.child_is_running(),
+        "the server survived the excess connection"
+    );
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_so_they_cannot_hold_slots() {
+    const MAX: usize = 4;
+    let s = seeded(1, 1, 1, 0).await;
+    // The test configuration's header read timeout (1 s) also bounds how
+    // long a kept-alive connection may sit idle between requests.
+    let server = ChildServer::start_with_env(
+        &s.database.url,
+        None,
+        &s.namespace,
+        0,
+        &[("APP__HTTP__MAX_CONNECTIONS", "4")],
+    );
+    server.wait_ready().await;
+
+    // Every slot taken by a client that made one request, kept the
+    // connection alive, and then went silent.
+    let mut idle = Vec::new();
+    for _ in 0..MAX {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .unwrap();
+        stream.write_all(LIVE).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(!answer.to_ascii_lowercase().contains("connection: close"));
+        idle.push(stream);
+    }
+
+    // A newcomer is still served without any idle client letting go...
+    let mut newcomer = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    newcomer.write_all(LIVE).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(30), read_answer(&mut newcomer))
+        .await
+        .expect("an idle keep-alive connection gave up its slot");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // ...because the server closed the idle ones.
+    for stream in &mut idle {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .expect("the server closes an idle keep-alive connection");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "closed, not answered: {read:?}"
+        );
+    }
+}
