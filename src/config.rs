@@ -96,6 +96,8 @@ pub struct SyncSettings {
 pub struct DatabaseSettings {
     pub url: Secret,
     pub pool_size: usize,
+    /// Connections of the persistence side (shards, sweeper, loader).
+    pub persistence_pool_size: usize,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
     pub migrate_on_start: bool,
@@ -261,7 +263,7 @@ impl Settings {
                 "must not exceed api.max_page_size",
             ));
         }
-        let positive: [(&'static str, u64); 20] = [
+        let positive: [(&'static str, u64); 21] = [
             (
                 "api.max_sections_per_request",
                 self.api.max_sections_per_request as u64,
@@ -290,6 +292,10 @@ impl Settings {
             ("http.max_connections", self.http.max_connections as u64),
             ("http.request_timeout_ms", self.http.request_timeout_ms),
             ("database.pool_size", self.database.pool_size as u64),
+            (
+                "database.persistence_pool_size",
+                self.database.persistence_pool_size as u64,
+            ),
             (
                 "database.connect_timeout_ms",
                 self.database.connect_timeout_ms,

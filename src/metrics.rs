@@ -196,6 +196,6 @@ fn describe() {
     );
     describe_gauge!(
         DB_POOL_CONNECTIONS,
-        "PostgreSQL pool connections by state (size, available, waiting)."
+        "PostgreSQL pool connections by pool (api, persistence) and state (size, available, waiting)."
     );
 }

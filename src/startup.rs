@@ -32,7 +32,10 @@ use crate::{
 /// Shared by every request handler.
 pub struct AppState {
     pub settings: Settings,
+    /// The API's PostgreSQL pool.
     pub db: Pool,
+    /// The persistence side's pool (shards, sweeper, loader, revalidator).
+    pub sync_db: Pool,
     pub redis: Redis,
     pub tokens: Tokens,
     pub passwords: Passwords,
@@ -84,6 +87,7 @@ impl Application {
     /// present and the hot path does not need it); a broken migration is.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = store::pool(&settings.database)?;
+        let sync_db = store::persistence_pool(&settings.database)?;
         if settings.database.migrate_on_start {
             match db.get().await {
                 Ok(mut client) => {
@@ -106,12 +110,12 @@ impl Application {
             .with_context(|| format!("failed to bind {addr} (http.host, http.port)"))?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (persistence, workers) =
-            Persistence::start(&settings.sync, db.clone(), redis.clone(), stop_rx);
+            Persistence::start(&settings.sync, sync_db.clone(), redis.clone(), stop_rx);
         let backlog = Arc::new(Backlog::default());
-        let loader = Arc::new(warmup::Loader::new(db.clone(), redis.clone()));
+        let loader = Arc::new(warmup::Loader::new(sync_db.clone(), redis.clone()));
         let sweeper = Sweeper {
             loader: loader.clone(),
-            db: db.clone(),
+            db: sync_db.clone(),
             redis: redis.clone(),
             persistence: persistence.clone(),
             settings: settings.sync.clone(),
@@ -136,6 +140,7 @@ impl Application {
                 Duration::from_millis(settings.api.live_counts_cache_ms),
             ),
             db,
+            sync_db,
             redis,
             settings,
         };
@@ -170,7 +175,7 @@ impl Application {
         // checked against PostgreSQL (src/sync/revalidate.rs).
         let revalidator = tokio::spawn(
             crate::sync::revalidate::Revalidator {
-                db: self.state.db.clone(),
+                db: self.state.sync_db.clone(),
                 redis: self.state.redis.clone(),
                 persistence: self.state.persistence.clone(),
             }
@@ -191,6 +196,7 @@ impl Application {
         }
         let _ = sweeper.await;
         self.state.db.close();
+        self.state.sync_db.close();
         tracing::info!("stopped");
         Ok(())
     }

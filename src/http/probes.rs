@@ -188,10 +188,13 @@ pub async fn health(state: &AppState) -> ApiResult {
 }
 
 pub fn metrics(state: &AppState) -> ApiResult {
-    let pool = state.db.status();
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "size").set(pool.size as f64);
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "available").set(pool.available as f64);
-    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "waiting").set(pool.waiting as f64);
+    for (name, pool) in [("api", &state.db), ("persistence", &state.sync_db)] {
+        let status = pool.status();
+        let gauge = |state: &'static str| metrics::gauge!(DB_POOL_CONNECTIONS, "pool" => name, "state" => state);
+        gauge("size").set(status.size as f64);
+        gauge("available").set(status.available as f64);
+        gauge("waiting").set(status.waiting as f64);
+    }
     let text = state.metrics.render();
     Ok(Response::builder()
         .status(StatusCode::OK)

@@ -14,9 +14,31 @@ use tokio_postgres::NoTls;
 
 use crate::config::DatabaseSettings;
 
-/// Builds the pool. Connections are made lazily, so this succeeds while
-/// PostgreSQL is down; each connection gets the configured statement timeout.
+/// Builds the pool the API's reads and writes use (`database.pool_size`).
+/// Connections are made lazily, so this succeeds while PostgreSQL is down;
+/// each connection gets the configured statement timeout.
 pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    build_pool(settings, settings.pool_size, "registrar")
+}
+
+/// Builds the pool of the persistence shards, the sweeper, the section
+/// loader and the revalidator (`database.persistence_pool_size`). Kept apart
+/// from the API's pool: under a browsing storm (or while PostgreSQL is slow)
+/// the API's waiters fill their pool's queue, and writes queued behind them
+/// timed out too, so persistence stopped while reads were being refused.
+pub fn persistence_pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    build_pool(
+        settings,
+        settings.persistence_pool_size,
+        "registrar-persistence",
+    )
+}
+
+fn build_pool(
+    settings: &DatabaseSettings,
+    size: usize,
+    application_name: &str,
+) -> anyhow::Result<Pool> {
     let mut pg = tokio_postgres::Config::from_str(settings.url.expose())
         .context("database.url is not a PostgreSQL URL")?;
     let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
@@ -25,7 +47,7 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
         "-c statement_timeout={}",
         settings.statement_timeout_ms
     ));
-    pg.application_name("registrar");
+    pg.application_name(application_name);
     let manager = Manager::from_config(
         pg,
         NoTls,
@@ -34,7 +56,7 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
         },
     );
     Pool::builder(manager)
-        .max_size(settings.pool_size)
+        .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(connect_timeout))
         .create_timeout(Some(connect_timeout))
