@@ -13,6 +13,7 @@
 
 mod client;
 mod faults;
+mod flood;
 mod model;
 mod report;
 mod server;
@@ -31,6 +32,11 @@ use registrar::seed::SeedOptions;
 use server::{System, Target};
 use workloads::{Ledger, Workload};
 
+/// Flood: the others' arrival rate (requests/s) unless --rate names one;
+/// a load well inside the server's capacity, so what changes under the
+/// flood is the flood's doing.
+const FLOOD_RATE: f64 = 500.0;
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Scenario {
     /// N students register for one section.
@@ -41,6 +47,9 @@ enum Scenario {
     ReserveQueue,
     /// Full sections with waitlists: concurrent drops and promotions.
     DropPromotion,
+    /// Others register at a fixed rate, alone and then while one student
+    /// floods; the server's rate limits are on (benches/load/flood.rs).
+    Flood,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -153,6 +162,13 @@ struct Args {
     /// behind them in the client, not in the server.
     #[arg(long, default_value_t = 4096)]
     max_in_flight: usize,
+    /// Run the server with its rate limits on (address bucket lifted: every
+    /// client here is one loopback address); the flood scenario always does.
+    #[arg(long)]
+    rate_limits: bool,
+    /// Flood: connections the flooding student sends on, as fast as they can.
+    #[arg(long, default_value_t = 8)]
+    flood_connections: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -350,7 +366,18 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ReserveQueue => (50, 40, 40),
         // 80 students fill each section, 40 more arrive during the drops.
         Scenario::DropPromotion => ((shape.students / 120).clamp(1, 50), 40, 40),
+        // Room for every registration of the three phases.
+        Scenario::Flood => (20, 2_000, 0),
     };
+    if args.scenario == Scenario::Flood {
+        // Each of the three phases registers rate × seconds distinct
+        // students, plus the flooder.
+        let rate = shape.rate.unwrap_or(FLOOD_RATE);
+        let seconds: u64 = shape.stages.iter().map(|s| s.1).sum();
+        shape.students = shape
+            .students
+            .max((3.0 * rate * seconds as f64).ceil() as usize + 1);
+    }
     // Extra sections for the drain measurement, big enough for every event.
     let drain_sections = 8;
     let seed_options = SeedOptions {
@@ -378,7 +405,14 @@ async fn main() -> anyhow::Result<()> {
     let redis_proxy = fault_plan
         .as_ref()
         .is_some_and(faults::Plan::needs_redis_proxy);
-    let system = System::start_with(&target, &seed_options, args.shards, redis_proxy).await?;
+    let system = System::start_with(
+        &target,
+        &seed_options,
+        args.shards,
+        redis_proxy,
+        args.rate_limits || args.scenario == Scenario::Flood,
+    )
+    .await?;
     let all_sections = workloads::sections(&system).await?;
     let (scenario_sections, drain_targets) = all_sections.split_at(sections);
     workloads::make_room(&system, drain_targets, shape.drain_events).await?;
@@ -389,195 +423,219 @@ async fn main() -> anyhow::Result<()> {
     let mut samples = Vec::new();
     let mut ratios = Vec::new();
 
-    // The scenario itself.
-    let time_bound = matches!(args.scenario, Scenario::Peak | Scenario::ReserveQueue);
-    let workload: Arc<dyn Workload> = match args.scenario {
-        Scenario::Race => Arc::new(workloads::race(
+    let name = format!("{:?}", args.scenario).to_lowercase();
+    let (drain_s, fault_report) = if args.scenario == Scenario::Flood {
+        let flood = flood::run(
+            &system,
             &students,
-            scenario_sections[0],
+            scenario_sections,
+            connections,
+            args.flood_connections,
+            shape.rate.unwrap_or(FLOOD_RATE),
+            shape.stages.iter().map(|s| s.1).sum(),
             ledger.clone(),
-        )),
-        Scenario::Peak => Arc::new(
-            workloads::peak(
-                &system,
+        )
+        .await?;
+        phases.extend(flood.phases);
+        ratios.extend(flood.ratios);
+        let drain_s = system
+            .drain(scenario_sections, Duration::from_secs(120))
+            .await?
+            .as_secs_f64();
+        (drain_s, None)
+    } else {
+        // The scenario itself.
+        let time_bound = matches!(args.scenario, Scenario::Peak | Scenario::ReserveQueue);
+        let workload: Arc<dyn Workload> = match args.scenario {
+            Scenario::Race => Arc::new(workloads::race(
+                &students,
+                scenario_sections[0],
+                ledger.clone(),
+            )),
+            Scenario::Peak => Arc::new(
+                workloads::peak(
+                    &system,
+                    &students,
+                    scenario_sections,
+                    connections,
+                    ledger.clone(),
+                )
+                .await?,
+            ),
+            Scenario::ReserveQueue => Arc::new(workloads::reserve_queue(
                 &students,
                 scenario_sections,
                 connections,
                 ledger.clone(),
-            )
-            .await?,
-        ),
-        Scenario::ReserveQueue => Arc::new(workloads::reserve_queue(
-            &students,
-            scenario_sections,
-            connections,
-            ledger.clone(),
-        )),
-        Scenario::DropPromotion => Arc::new(
-            workloads::drop_promotion(&system, &students, scenario_sections, ledger.clone())
-                .await?,
-        ),
-    };
-    let (cpu_before, eval_before) = redis_usec(&system.redis).await?;
-    let name = format!("{:?}", args.scenario).to_lowercase();
-    let mut fault_windows = None;
-    let (phase, phase_samples) = match &fault_plan {
-        Some(plan) => {
-            let (phase, samples, windows) = faults::measure(
-                &system,
-                &name,
-                workload,
-                connections,
-                args.max_in_flight,
-                shape.rate.unwrap_or(2_000.0),
+            )),
+            Scenario::DropPromotion => Arc::new(
+                workloads::drop_promotion(&system, &students, scenario_sections, ledger.clone())
+                    .await?,
+            ),
+            Scenario::Flood => unreachable!("the flood runs its own phases above"),
+        };
+        let (cpu_before, eval_before) = redis_usec(&system.redis).await?;
+        let mut fault_windows = None;
+        let (phase, phase_samples) = match &fault_plan {
+            Some(plan) => {
+                let (phase, samples, windows) = faults::measure(
+                    &system,
+                    &name,
+                    workload,
+                    connections,
+                    args.max_in_flight,
+                    shape.rate.unwrap_or(2_000.0),
+                    plan,
+                )
+                .await;
+                fault_windows = Some(windows);
+                (phase, samples)
+            }
+            None => {
+                measure(
+                    &system,
+                    &name,
+                    workload,
+                    &shape.stages,
+                    shape.rate,
+                    time_bound,
+                )
+                .await
+            }
+        };
+        let fault_report = match (&fault_plan, fault_windows) {
+            (Some(plan), Some(windows)) => Some(faults::summarize(
                 plan,
+                windows,
+                &phase_samples,
+                phase.duration_s,
+                ledger.uncertain(),
+            )),
+            _ => None,
+        };
+        let (cpu_after, eval_after) = redis_usec(&system.redis).await?;
+        let answered = Instant::now();
+        let drain_s = system
+            .drain(scenario_sections, Duration::from_secs(120))
+            .await?
+            .as_secs_f64();
+        let registrations = phase
+            .by_kind
+            .iter()
+            .find(|(k, _)| k == "register")
+            .map_or(0, |(_, l)| l.count);
+        let register_phase = phase.clone();
+        phases.push(phase);
+        samples.extend(phase_samples);
+        eprintln!("scenario done; persistence drained {drain_s:.2}s after the last answer");
+        let _ = answered;
+
+        if !args.no_ceilings {
+            // HTTP ceiling: GET /live, same client, same connections.
+            let count = register_phase.latency.count.max(5_000);
+            // As long as the scenario ran (3 to 30 s), so both rates are steady.
+            let seconds = register_phase.duration_s.ceil().clamp(3.0, 30.0) as u64;
+            let live = Arc::new(workloads::Repeat(client::Call::get(
+                "live",
+                "/live".into(),
+                None,
+            )));
+            let (live_phase, live_samples) = measure(
+                &system,
+                "ceiling:/live",
+                live,
+                &[(connections, seconds)],
+                None,
+                true,
             )
             .await;
-            fault_windows = Some(windows);
-            (phase, samples)
-        }
-        None => {
-            measure(
+            if let Some((_, reg)) = register_phase.by_kind.iter().find(|(k, _)| k == "register") {
+                let reg_rate = reg.count as f64 / register_phase.duration_s.max(1e-9);
+                ratios.push(Ratio {
+                    name: "register throughput / GET /live throughput".into(),
+                    value: reg_rate / live_phase.throughput.max(1e-9),
+                    target: ">= 0.5 (race, 256 connections)".into(),
+                    met: Some(reg_rate / live_phase.throughput.max(1e-9) >= 0.5),
+                });
+                ratios.push(Ratio {
+                    name: "register p99 / GET /live p99".into(),
+                    value: reg.p99_ms / live_phase.latency.p99_ms.max(1e-9),
+                    target: "<= 3 (64 connections)".into(),
+                    met: Some(reg.p99_ms / live_phase.latency.p99_ms.max(1e-9) <= 3.0),
+                });
+            }
+            phases.push(live_phase);
+            samples.extend(live_samples);
+
+            // Redis ceiling: the reserve script straight on Redis, and a bare EVALSHA.
+            let ceiling = workloads::redis_ceiling(&target, connections, count).await?;
+            phases.push(ceiling.phase);
+            if registrations > 0 {
+                let per_registration = (eval_after - eval_before) as f64 / registrations as f64;
+                let cpu_per_registration = (cpu_after - cpu_before) * 1e6 / registrations as f64;
+                ratios.push(Ratio {
+                    name: format!(
+                        "Redis script time per registration ({per_registration:.1} µs, commandstats) / bare EVALSHA DECR ({:.1} µs)",
+                        ceiling.bare_us
+                    ),
+                    value: per_registration / ceiling.bare_us.max(1e-9),
+                    target: "<= 3".into(),
+                    met: Some(per_registration / ceiling.bare_us.max(1e-9) <= 3.0),
+                });
+                ratios.push(Ratio {
+                    name: format!(
+                        "Redis CPU per registration ({cpu_per_registration:.1} µs, INFO cpu, all work) / per bare EVALSHA DECR ({:.1} µs)",
+                        ceiling.bare_cpu_us
+                    ),
+                    value: cpu_per_registration / ceiling.bare_cpu_us.max(1e-9),
+                    target: String::new(),
+                    met: None,
+                });
+                ratios.push(Ratio {
+                    name: format!(
+                        "reserve.lua alone ({:.1} µs, commandstats) / bare EVALSHA DECR",
+                        ceiling.reserve_us
+                    ),
+                    value: ceiling.reserve_us / ceiling.bare_us.max(1e-9),
+                    target: String::new(),
+                    met: None,
+                });
+            }
+
+            // Drain: hold PostgreSQL back, pile up events, let go, time the drain.
+            let (drain_phase, drained_events, drain_rate) = workloads::drain_rate(
                 &system,
-                &name,
-                workload,
-                &shape.stages,
-                shape.rate,
-                time_bound,
+                &students,
+                drain_targets,
+                shape.drain_events,
+                ledger.clone(),
             )
-            .await
+            .await?;
+            phases.push(drain_phase);
+            let (insert_phase, insert_rate) = workloads::insert_ceiling(
+                &system,
+                &students,
+                drained_events,
+                system.settings.sync.batch_size,
+            )
+            .await?;
+            phases.push(insert_phase);
+            ratios.push(Ratio {
+                name: format!("drain rate ({drain_rate:.0} events/s) / raw batched insert ({insert_rate:.0} rows/s)"),
+                value: drain_rate / insert_rate.max(1e-9),
+                target: ">= 0.5".into(),
+                met: Some(drain_rate / insert_rate.max(1e-9) >= 0.5),
+            });
+            ratios.push(Ratio {
+                name: "lag back to zero after the scenario's last answer (s)".into(),
+                value: drain_s,
+                target: "<= 2 (race)".into(),
+                met: Some(drain_s <= 2.0),
+            });
         }
+
+        (drain_s, fault_report)
     };
-    let fault_report = match (&fault_plan, fault_windows) {
-        (Some(plan), Some(windows)) => Some(faults::summarize(
-            plan,
-            windows,
-            &phase_samples,
-            phase.duration_s,
-            ledger.uncertain(),
-        )),
-        _ => None,
-    };
-    let (cpu_after, eval_after) = redis_usec(&system.redis).await?;
-    let answered = Instant::now();
-    let drain_s = system
-        .drain(scenario_sections, Duration::from_secs(120))
-        .await?
-        .as_secs_f64();
-    let registrations = phase
-        .by_kind
-        .iter()
-        .find(|(k, _)| k == "register")
-        .map_or(0, |(_, l)| l.count);
-    let register_phase = phase.clone();
-    phases.push(phase);
-    samples.extend(phase_samples);
-    eprintln!("scenario done; persistence drained {drain_s:.2}s after the last answer");
-    let _ = answered;
-
-    if !args.no_ceilings {
-        // HTTP ceiling: GET /live, same client, same connections.
-        let count = register_phase.latency.count.max(5_000);
-        // As long as the scenario ran (3 to 30 s), so both rates are steady.
-        let seconds = register_phase.duration_s.ceil().clamp(3.0, 30.0) as u64;
-        let live = Arc::new(workloads::Repeat(client::Call::get(
-            "live",
-            "/live".into(),
-            None,
-        )));
-        let (live_phase, live_samples) = measure(
-            &system,
-            "ceiling:/live",
-            live,
-            &[(connections, seconds)],
-            None,
-            true,
-        )
-        .await;
-        if let Some((_, reg)) = register_phase.by_kind.iter().find(|(k, _)| k == "register") {
-            let reg_rate = reg.count as f64 / register_phase.duration_s.max(1e-9);
-            ratios.push(Ratio {
-                name: "register throughput / GET /live throughput".into(),
-                value: reg_rate / live_phase.throughput.max(1e-9),
-                target: ">= 0.5 (race, 256 connections)".into(),
-                met: Some(reg_rate / live_phase.throughput.max(1e-9) >= 0.5),
-            });
-            ratios.push(Ratio {
-                name: "register p99 / GET /live p99".into(),
-                value: reg.p99_ms / live_phase.latency.p99_ms.max(1e-9),
-                target: "<= 3 (64 connections)".into(),
-                met: Some(reg.p99_ms / live_phase.latency.p99_ms.max(1e-9) <= 3.0),
-            });
-        }
-        phases.push(live_phase);
-        samples.extend(live_samples);
-
-        // Redis ceiling: the reserve script straight on Redis, and a bare EVALSHA.
-        let ceiling = workloads::redis_ceiling(&target, connections, count).await?;
-        phases.push(ceiling.phase);
-        if registrations > 0 {
-            let per_registration = (eval_after - eval_before) as f64 / registrations as f64;
-            let cpu_per_registration = (cpu_after - cpu_before) * 1e6 / registrations as f64;
-            ratios.push(Ratio {
-                name: format!(
-                    "Redis script time per registration ({per_registration:.1} µs, commandstats) / bare EVALSHA DECR ({:.1} µs)",
-                    ceiling.bare_us
-                ),
-                value: per_registration / ceiling.bare_us.max(1e-9),
-                target: "<= 3".into(),
-                met: Some(per_registration / ceiling.bare_us.max(1e-9) <= 3.0),
-            });
-            ratios.push(Ratio {
-                name: format!(
-                    "Redis CPU per registration ({cpu_per_registration:.1} µs, INFO cpu, all work) / per bare EVALSHA DECR ({:.1} µs)",
-                    ceiling.bare_cpu_us
-                ),
-                value: cpu_per_registration / ceiling.bare_cpu_us.max(1e-9),
-                target: String::new(),
-                met: None,
-            });
-            ratios.push(Ratio {
-                name: format!(
-                    "reserve.lua alone ({:.1} µs, commandstats) / bare EVALSHA DECR",
-                    ceiling.reserve_us
-                ),
-                value: ceiling.reserve_us / ceiling.bare_us.max(1e-9),
-                target: String::new(),
-                met: None,
-            });
-        }
-
-        // Drain: hold PostgreSQL back, pile up events, let go, time the drain.
-        let (drain_phase, drained_events, drain_rate) = workloads::drain_rate(
-            &system,
-            &students,
-            drain_targets,
-            shape.drain_events,
-            ledger.clone(),
-        )
-        .await?;
-        phases.push(drain_phase);
-        let (insert_phase, insert_rate) = workloads::insert_ceiling(
-            &system,
-            &students,
-            drained_events,
-            system.settings.sync.batch_size,
-        )
-        .await?;
-        phases.push(insert_phase);
-        ratios.push(Ratio {
-            name: format!("drain rate ({drain_rate:.0} events/s) / raw batched insert ({insert_rate:.0} rows/s)"),
-            value: drain_rate / insert_rate.max(1e-9),
-            target: ">= 0.5".into(),
-            met: Some(drain_rate / insert_rate.max(1e-9) >= 0.5),
-        });
-        ratios.push(Ratio {
-            name: "lag back to zero after the scenario's last answer (s)".into(),
-            value: drain_s,
-            target: "<= 2 (race)".into(),
-            met: Some(drain_s <= 2.0),
-        });
-    }
 
     // Audit every section after everything drained.
     system

@@ -102,12 +102,14 @@ fn redis_via(url: &str, port: u16) -> anyhow::Result<(String, String)> {
 
 impl System {
     /// Creates the database, migrates, seeds, and starts the server; its
-    /// Redis behind a proxy of its own when `redis_proxy` (for Redis faults).
+    /// Redis behind a proxy of its own when `redis_proxy` (for Redis faults),
+    /// its rate limits on when `rate_limits` (see [`rate_limit_env`]).
     pub async fn start_with(
         target: &Target,
         seed_options: &seed::SeedOptions,
         shards: usize,
         redis_proxy: bool,
+        rate_limits: bool,
     ) -> anyhow::Result<Self> {
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let db_name = format!("regbench_{stamp}_{}", uuid::Uuid::new_v4().simple());
@@ -164,10 +166,7 @@ impl System {
             .env("APP__REDIS__NAMESPACE", &settings.redis.namespace)
             .env("APP__SYNC__SHARDS", shards.to_string())
             .env("APP__LOG__LEVEL", "warn")
-            // Every client of the tool is one loopback address; the limits
-            // are measured by their own scenario (flood), not in the way of
-            // the throughput ones.
-            .env("APP__RATE_LIMIT__ENABLED", rate_limits_env())
+            .envs(rate_limit_env(rate_limits))
             .stdout(Stdio::null())
             .spawn()
             .context("failed to start the registrar binary")?;
@@ -432,12 +431,18 @@ pub fn redis_handle(url: &str, namespace: &str) -> anyhow::Result<Redis> {
     })
 }
 
-/// `false` unless the run asked for the server's rate limits
-/// (`LOAD_RATE_LIMITS=1`, set by the flood scenario before the server starts).
-fn rate_limits_env() -> &'static str {
-    if std::env::var_os("LOAD_RATE_LIMITS").is_some_and(|v| v == "1") {
-        "true"
+/// The server's rate-limit settings. Every client of the tool is one
+/// loopback address, so the limits are off unless a scenario measures them
+/// (flood), and then the address bucket is lifted: what is measured is the
+/// per-student bucket with the production defaults.
+fn rate_limit_env(on: bool) -> Vec<(&'static str, &'static str)> {
+    if on {
+        vec![
+            ("APP__RATE_LIMIT__ENABLED", "true"),
+            ("APP__RATE_LIMIT__ADDRESS_PER_SECOND", "1000000"),
+            ("APP__RATE_LIMIT__ADDRESS_BURST", "1000000"),
+        ]
     } else {
-        "false"
+        vec![("APP__RATE_LIMIT__ENABLED", "false")]
     }
 }

@@ -328,7 +328,7 @@ impl Workload for Fixed {
     }
 }
 
-fn register_call(token: &str, student: Uuid, section: Uuid) -> Call {
+pub fn register_call(token: &str, student: Uuid, section: Uuid) -> Call {
     Call::post(
         "register",
         "/api/v1/register",
