@@ -141,6 +141,35 @@ mod tests {
         }
     }
 
+    /// The kept corpus (tests/corpus/register_bodies.jsonl): hostile and
+    /// borderline register bodies, each with the exact answer it must get.
+    /// Failures found by the properties above or by schemathesis are added
+    /// there, so they are checked on every run.
+    #[test]
+    fn the_register_body_corpus_gets_its_recorded_answers() {
+        let corpus = include_str!("../../tests/corpus/register_bodies.jsonl");
+        let mut checked = 0;
+        for (line, entry) in corpus.lines().enumerate() {
+            let case: serde_json::Value = serde_json::from_str(entry)
+                .unwrap_or_else(|e| panic!("corpus line {}: {e}", line + 1));
+            let (expect, body, why) = (
+                case["expect"].as_str().expect("expect"),
+                case["body"].as_str().expect("body"),
+                case["why"].as_str().unwrap_or(""),
+            );
+            let got = match decode::<Register>(body.as_bytes()) {
+                Ok(_) => "ok",
+                Err(e) => {
+                    assert_eq!(e.status(), hyper::StatusCode::BAD_REQUEST);
+                    e.code()
+                }
+            };
+            assert_eq!(got, expect, "corpus line {} ({why}): {body:?}", line + 1);
+            checked += 1;
+        }
+        assert!(checked >= 20, "the corpus is read ({checked} cases)");
+    }
+
     #[test]
     fn json_content_types_are_recognised() {
         let ok = |s: &'static str| is_json(Some(&header::HeaderValue::from_static(s)));
