@@ -362,15 +362,7 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
         )));
     }
     if !state.redis.is_loaded(id).await? {
-        let known = state.loader.ensure(&[id]).await.map_err(|e| {
-            // PostgreSQL or Redis is away (SPEC §8: 503, not 500), as in `register`.
-            tracing::warn!(error = %e, "could not load a section from PostgreSQL");
-            ApiError::Unavailable {
-                code: "section_unavailable",
-                detail: "this section is being loaded; retry shortly",
-                retry_after_secs: 1,
-            }
-        })?;
+        let known = super::registration::load_sections(state, &[id]).await?;
         if known.is_empty() {
             return Err(ApiError::not_found("section"));
         }

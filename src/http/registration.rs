@@ -161,14 +161,7 @@ async fn reserve_all(
         .map(|(s, _)| *s)
         .collect();
     if !missing.is_empty() {
-        let known = state.loader.ensure(&missing).await.map_err(|e| {
-            tracing::warn!(error = %e, "could not load sections from PostgreSQL");
-            ApiError::Unavailable {
-                code: "section_unavailable",
-                detail: "this section is being loaded; retry shortly",
-                retry_after_secs: 1,
-            }
-        })?;
+        let known = load_sections(state, &missing).await?;
         for (section, outcome) in sections.iter().zip(outcomes.iter_mut()) {
             if *outcome == Reserve::NotLoaded && known.contains(section) {
                 *outcome = state.redis.reserve(*section, student, now).await?;
@@ -235,15 +228,7 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         let now = now_ms();
         let mut outcome = state.redis.drop_student(section, student, now).await?;
         if outcome == Drop::NotLoaded {
-            let known = state.loader.ensure(&[section]).await.map_err(|e| {
-                // PostgreSQL or Redis is away (SPEC §8: 503, not 500), as in `register`.
-                tracing::warn!(error = %e, "could not load a section from PostgreSQL");
-                ApiError::Unavailable {
-                    code: "section_unavailable",
-                    detail: "this section is being loaded; retry shortly",
-                    retry_after_secs: 1,
-                }
-            })?;
+            let known = load_sections(state, &[section]).await?;
             if known.is_empty() {
                 return Err(ApiError::not_found("section"));
             }
@@ -298,6 +283,20 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         json(StatusCode::OK, &response)
     })
     .await
+}
+
+/// Loads sections Redis lacks from PostgreSQL; returns the ones that exist.
+/// PostgreSQL or Redis away is 503 `section_unavailable` with Retry-After
+/// (SPEC §8: retry, not 500).
+pub(crate) async fn load_sections(state: &AppState, ids: &[Uuid]) -> Result<Vec<Uuid>, ApiError> {
+    state.loader.ensure(ids).await.map_err(|e| {
+        tracing::warn!(error = %e, "could not load sections from PostgreSQL");
+        ApiError::Unavailable {
+            code: "section_unavailable",
+            detail: "this section is being loaded; retry shortly",
+            retry_after_secs: 1,
+        }
+    })
 }
 
 #[cfg(test)]

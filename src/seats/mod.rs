@@ -219,12 +219,37 @@ impl Redis {
         from: i64,
         count: usize,
     ) -> RedisResult<Vec<Event>> {
+        self.outbox_range(section, format!("{from}-0"), "+".into(), count)
+            .await
+    }
+
+    /// Up to `count` outbox events of `section` at or below sequence `until`
+    /// (normally none: entries already in PostgreSQL whose removal was lost).
+    pub async fn outbox_until(
+        &self,
+        section: Uuid,
+        until: i64,
+        count: usize,
+    ) -> RedisResult<Vec<Event>> {
+        self.outbox_range(section, "-".into(), format!("{until}-0"), count)
+            .await
+    }
+
+    /// XRANGE of a section's outbox, decoded; an unreadable entry is logged
+    /// and skipped.
+    async fn outbox_range(
+        &self,
+        section: Uuid,
+        start: String,
+        end: String,
+        count: usize,
+    ) -> RedisResult<Vec<Event>> {
         let keys = self.section_keys(section);
         let mut conn = self.conn();
         let reply: StreamRangeReply = redis::cmd("XRANGE")
             .arg(&keys.outbox)
-            .arg(format!("{from}-0"))
-            .arg("+")
+            .arg(start)
+            .arg(end)
             .arg("COUNT")
             .arg(count)
             .query_async(&mut conn)
@@ -239,31 +264,6 @@ impl Redis {
                 }
                 event
             })
-            .collect())
-    }
-
-    /// Up to `count` outbox events of `section` at or below sequence `until`
-    /// (normally none: entries already in PostgreSQL whose removal was lost).
-    pub async fn outbox_until(
-        &self,
-        section: Uuid,
-        until: i64,
-        count: usize,
-    ) -> RedisResult<Vec<Event>> {
-        let keys = self.section_keys(section);
-        let mut conn = self.conn();
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&keys.outbox)
-            .arg("-")
-            .arg(format!("{until}-0"))
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await?;
-        Ok(reply
-            .ids
-            .iter()
-            .filter_map(|entry| Event::from_entry(section, &entry.id, &entry.map))
             .collect())
     }
 

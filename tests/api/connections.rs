@@ -5,63 +5,17 @@
 
 use std::time::Duration;
 
-use registrar::{auth::Tokens, domain::Role, seed, store};
+use registrar::domain::Role;
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-use uuid::Uuid;
 
 use crate::{
-    helpers::{create_database, eventually, student_ids, test_settings, TestDatabase},
-    processes::ChildServer,
+    helpers::eventually,
+    processes::{seeded, ChildServer},
 };
-
-/// A migrated, seeded database for child servers.
-pub struct Seeded {
-    pub database: TestDatabase,
-    pub namespace: String,
-    pub db: deadpool_postgres::Pool,
-    pub tokens: Tokens,
-    pub sections: Vec<Uuid>,
-    pub students: Vec<Uuid>,
-}
-
-pub async fn seeded(students: usize, sections: usize, seats: i32, waitlist: i32) -> Seeded {
-    let database = create_database().await;
-    let settings = test_settings(&database.url);
-    let db = store::pool(&settings.database).unwrap();
-    store::migrate::run(&mut db.get().await.unwrap())
-        .await
-        .unwrap();
-    let report = seed::seed(
-        &db,
-        &seed::SeedOptions {
-            students,
-            courses: sections,
-            sections_per_course: 1,
-            seats,
-            waitlist,
-            password: "unused-password".into(),
-            admin_password: "unused-password".into(),
-        },
-        |_, _| {},
-    )
-    .await
-    .unwrap();
-    Seeded {
-        students: student_ids(&db).await,
-        namespace: settings.redis.namespace.clone(),
-        tokens: Tokens::new(
-            settings.auth.jwt_secret.expose().as_bytes(),
-            Duration::from_secs(3600),
-        ),
-        database,
-        db,
-        sections: report.section_ids,
-    }
-}
 
 /// Resident memory of a process, KiB.
 fn rss_kib(pid: u32) -> u64 {

@@ -7,7 +7,12 @@ use std::{
     time::Duration,
 };
 
-use crate::helpers::{free_port, redis_url};
+use registrar::{auth::Tokens, seed, store};
+use uuid::Uuid;
+
+use crate::helpers::{
+    create_database, free_port, redis_url, student_ids, test_settings, TestDatabase,
+};
 
 /// A private redis-server on a free port, killed on drop.
 pub struct PrivateRedis {
@@ -20,7 +25,7 @@ pub struct DataDir(pub PathBuf);
 
 impl DataDir {
     pub fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("regtest-{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!("regtest-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         Self(dir)
     }
@@ -117,25 +122,7 @@ impl ChildServer {
     /// Starts `registrar serve` with the test configuration and these
     /// database URL, Redis URL and namespace.
     pub fn start(database_url: &str, redis: Option<&str>, namespace: &str) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_registrar"))
-            .arg("serve")
-            .env("APP_ENV", "test")
-            .env(
-                "APP_CONFIG_DIR",
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
-            )
-            .env("APP__HTTP__PORT", port.to_string())
-            .env("APP__DATABASE__URL", database_url)
-            .env(
-                "APP__REDIS__URL",
-                redis.map_or_else(redis_url, str::to_string),
-            )
-            .env("APP__REDIS__NAMESPACE", namespace)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the registrar binary starts");
-        Self { child, port }
+        Self::start_with_env(database_url, redis, namespace, 0, &[])
     }
 
     /// [`ChildServer::start`] on `port` (0: a free one) with extra
@@ -227,5 +214,50 @@ impl Drop for ChildServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A migrated, seeded database for child servers.
+pub struct Seeded {
+    pub database: TestDatabase,
+    pub namespace: String,
+    pub db: deadpool_postgres::Pool,
+    pub tokens: Tokens,
+    pub sections: Vec<Uuid>,
+    pub students: Vec<Uuid>,
+}
+
+pub async fn seeded(students: usize, sections: usize, seats: i32, waitlist: i32) -> Seeded {
+    let database = create_database().await;
+    let settings = test_settings(&database.url);
+    let db = store::pool(&settings.database).unwrap();
+    store::migrate::run(&mut db.get().await.unwrap())
+        .await
+        .unwrap();
+    let report = seed::seed(
+        &db,
+        &seed::SeedOptions {
+            students,
+            courses: sections,
+            sections_per_course: 1,
+            seats,
+            waitlist,
+            password: "unused-password".into(),
+            admin_password: "unused-password".into(),
+        },
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    Seeded {
+        students: student_ids(&db).await,
+        namespace: settings.redis.namespace.clone(),
+        tokens: Tokens::new(
+            settings.auth.jwt_secret.expose().as_bytes(),
+            Duration::from_secs(3600),
+        ),
+        database,
+        db,
+        sections: report.section_ids,
     }
 }

@@ -9,76 +9,22 @@ use std::{
     },
 };
 
-use deadpool_postgres::Pool;
 use futures_util::{stream, StreamExt};
 use registrar::{
-    auth::Tokens,
     config::{RedisSettings, Secret},
     domain::Role,
     seats::Redis,
-    seed, store,
 };
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{
-        assert_converged, create_database, pg_roster, student_ids, test_settings, wait_persisted,
-        TestDatabase,
-    },
-    processes::{ChildServer, PrivateRedis},
+    helpers::{assert_converged, pg_roster, wait_persisted},
+    processes::{seeded, ChildServer, PrivateRedis},
 };
 
 /// Each student and the status answered, None when the request died.
 type Answers = Vec<(Uuid, Option<String>)>;
-
-struct Setup {
-    _database: TestDatabase,
-    url: String,
-    namespace: String,
-    db: Pool,
-    tokens: Tokens,
-    sections: Vec<Uuid>,
-    students: Vec<Uuid>,
-}
-
-/// A migrated, seeded database for a child server.
-async fn setup(students: usize, sections: usize, seats: i32, waitlist: i32) -> Setup {
-    let database = create_database().await;
-    let settings = test_settings(&database.url);
-    let db = store::pool(&settings.database).unwrap();
-    store::migrate::run(&mut db.get().await.unwrap())
-        .await
-        .unwrap();
-    let report = seed::seed(
-        &db,
-        &seed::SeedOptions {
-            students,
-            courses: sections,
-            sections_per_course: 1,
-            seats,
-            waitlist,
-            password: "unused-password".into(),
-            admin_password: "unused-password".into(),
-        },
-        |_, _| {},
-    )
-    .await
-    .unwrap();
-    let ids = student_ids(&db).await;
-    Setup {
-        url: database.url.clone(),
-        _database: database,
-        namespace: settings.redis.namespace.clone(),
-        tokens: Tokens::new(
-            settings.auth.jwt_secret.expose().as_bytes(),
-            std::time::Duration::from_secs(3600),
-        ),
-        db,
-        sections: report.section_ids,
-        students: ids,
-    }
-}
 
 fn redis_for(url: &str, namespace: &str) -> Redis {
     Redis::new(&RedisSettings {
@@ -109,9 +55,9 @@ async fn register(
 
 #[tokio::test]
 async fn a_sigkill_while_acknowledging_loses_no_acknowledged_registration() {
-    let s = setup(400, 1, 150, 0).await;
+    let s = seeded(400, 1, 150, 0).await;
     let section = s.sections[0];
-    let server = ChildServer::start(&s.url, None, &s.namespace);
+    let server = ChildServer::start(&s.database.url, None, &s.namespace);
     server.wait_ready().await;
     let base = server.url("");
     let http = reqwest::Client::new();
@@ -162,7 +108,7 @@ async fn a_sigkill_while_acknowledging_loses_no_acknowledged_registration() {
     assert!(acknowledged.len() >= 60);
     assert!(!unanswered.is_empty(), "the kill interrupted requests");
 
-    let restarted = ChildServer::start(&s.url, None, &s.namespace);
+    let restarted = ChildServer::start(&s.database.url, None, &s.namespace);
     restarted.wait_ready().await;
     // Clients whose request died retry; the answer tells them the truth.
     let mut learned = BTreeSet::new();
@@ -197,8 +143,8 @@ async fn a_sigkill_while_acknowledging_loses_no_acknowledged_registration() {
 async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restart() {
     let private = PrivateRedis::start();
     private.wait_up().await;
-    let s = setup(60, 2, 20, 10).await;
-    let server = ChildServer::start(&s.url, Some(&private.url()), &s.namespace);
+    let s = seeded(60, 2, 20, 10).await;
+    let server = ChildServer::start(&s.database.url, Some(&private.url()), &s.namespace);
     server.wait_ready().await;
     let http = reqwest::Client::new();
     for (i, student) in s.students.iter().enumerate() {
@@ -223,7 +169,7 @@ async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restar
         .unwrap();
     server.sigterm();
     assert!(server.wait_exit().await.success());
-    let restarted = ChildServer::start(&s.url, Some(&private.url()), &s.namespace);
+    let restarted = ChildServer::start(&s.database.url, Some(&private.url()), &s.namespace);
     restarted.wait_ready().await;
 
     for (section, pg) in s.sections.iter().zip(before) {
@@ -234,8 +180,8 @@ async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restar
 
 #[tokio::test]
 async fn sigterm_under_load_exits_zero_and_every_answered_registration_lands() {
-    let s = setup(600, 2, 200, 50).await;
-    let server = ChildServer::start(&s.url, None, &s.namespace);
+    let s = seeded(600, 2, 200, 50).await;
+    let server = ChildServer::start(&s.database.url, None, &s.namespace);
     server.wait_ready().await;
     let base = server.url("");
     let http = reqwest::Client::new();
@@ -289,7 +235,7 @@ async fn sigterm_under_load_exits_zero_and_every_answered_registration_lands() {
     );
 
     // A restart finishes whatever the drain left in the outbox.
-    let restarted = ChildServer::start(&s.url, None, &s.namespace);
+    let restarted = ChildServer::start(&s.database.url, None, &s.namespace);
     restarted.wait_ready().await;
     let redis = redis_for(&crate::helpers::redis_url(), &s.namespace);
     wait_persisted(&s.db, &redis, &s.sections).await;

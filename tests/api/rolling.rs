@@ -23,9 +23,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    connections::seeded,
     helpers::{assert_converged, eventually, pg_roster, redis_url, wait_persisted},
-    processes::ChildServer,
+    processes::{seeded, ChildServer},
 };
 
 /// Where a student stands by the last answer they got.
