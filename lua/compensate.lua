@@ -12,18 +12,19 @@
 -- ARGV[4] reason (short text shown to the student)
 -- ARGV[5] now (unix ms)
 --
--- Returns {code, seq, promoted}:
---   {"already"}                      this event was compensated before
---   {"nothing_to_undo"}              the student already left that state
---   {"not_undoable"}                 the kind cannot be undone (drop, ...)
---   {"reverted", seq}                undone; a seat went back to the pool
---   {"reverted", seq, promoted_id}   undone; the seat went to the waitlist head
+-- Returns {code, events}; events as lua/lib/emit.lua describes:
+--   {"already", {}}                  this event was compensated before
+--   {"nothing_to_undo", {}}          the student already left that state
+--   {"not_undoable", {}}             the kind cannot be undone (drop, ...)
+--   {"reverted", {revert}}           undone; a seat went back to the pool
+--                                    (or a waitlist place was given up)
+--   {"reverted", {revert, promote}}  undone; the seat went to the waitlist head
 local failed, kind, student, reason, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if kind ~= 'enroll' and kind ~= 'promote' and kind ~= 'waitlist' then
-  return {'not_undoable'}
+  return {'not_undoable', events}
 end
 if redis.call('SADD', KEYS[8], failed) == 0 then
-  return {'already'}
+  return {'already', events}
 end
 local removed
 if kind == 'waitlist' then
@@ -32,22 +33,19 @@ else
   removed = redis.call('SREM', KEYS[3], student)
 end
 if removed == 0 then
-  return {'nothing_to_undo'}
+  return {'nothing_to_undo', events}
 end
 redis.call('HSET', KEYS[7], student, reason)
-local seq = redis.call('INCR', KEYS[5])
-redis.call('XADD', KEYS[6], seq .. '-0', 'kind', 'revert', 'student', student, 'at', now,
-  'undoes', failed, 'reason', reason)
+emit('revert', student, now, 'undoes', failed, 'reason', reason)
 if kind == 'waitlist' then
-  return {'reverted', seq}
+  return {'reverted', events}
 end
 local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
 if head then
   redis.call('ZREM', KEYS[4], head)
   redis.call('SADD', KEYS[3], head)
-  local pseq = redis.call('INCR', KEYS[5])
-  redis.call('XADD', KEYS[6], pseq .. '-0', 'kind', 'promote', 'student', head, 'at', now)
-  return {'reverted', seq, head}
+  emit('promote', head, now)
+  return {'reverted', events}
 end
 redis.call('INCR', KEYS[2])
-return {'reverted', seq}
+return {'reverted', events}

@@ -8,35 +8,32 @@
 -- ARGV[1] student id
 -- ARGV[2] now (unix ms)
 --
--- Returns {code, seq, promoted}:
---   {"not_loaded"}                   section state absent: load it, then retry
---   {"not_registered"}               neither enrolled nor waitlisted
---   {"dropped", seq}                 the seat is free again
---   {"dropped", seq, promoted_id}    the seat went to the waitlist head
---   {"left_waitlist", seq}
+-- Returns {code, events}; events as lua/lib/emit.lua describes:
+--   {"not_loaded", {}}               section state absent: load it, then retry
+--   {"not_registered", {}}           neither enrolled nor waitlisted
+--   {"dropped", {drop}}              the seat is free again
+--   {"dropped", {drop, promote}}     the seat went to the waitlist head
+--   {"left_waitlist", {unwait}}
 local student, now = ARGV[1], ARGV[2]
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'not_loaded'}
+  return {'not_loaded', events}
 end
 if redis.call('SREM', KEYS[3], student) == 1 then
   redis.call('HDEL', KEYS[7], student)
-  local seq = redis.call('INCR', KEYS[5])
-  redis.call('XADD', KEYS[6], seq .. '-0', 'kind', 'drop', 'student', student, 'at', now)
+  emit('drop', student, now)
   local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
   if head then
     redis.call('ZREM', KEYS[4], head)
     redis.call('SADD', KEYS[3], head)
-    local pseq = redis.call('INCR', KEYS[5])
-    redis.call('XADD', KEYS[6], pseq .. '-0', 'kind', 'promote', 'student', head, 'at', now)
-    return {'dropped', seq, head}
+    emit('promote', head, now)
+  else
+    redis.call('INCR', KEYS[2])
   end
-  redis.call('INCR', KEYS[2])
-  return {'dropped', seq}
+  return {'dropped', events}
 end
 if redis.call('ZREM', KEYS[4], student) == 1 then
   redis.call('HDEL', KEYS[7], student)
-  local seq = redis.call('INCR', KEYS[5])
-  redis.call('XADD', KEYS[6], seq .. '-0', 'kind', 'unwait', 'student', student, 'at', now)
-  return {'left_waitlist', seq}
+  emit('unwait', student, now)
+  return {'left_waitlist', events}
 end
-return {'not_registered'}
+return {'not_registered', events}

@@ -14,57 +14,49 @@
 -- ARGV[1] student id
 -- ARGV[2] now (unix ms)
 --
--- Returns {code, seq, position}:
---   {"not_loaded"}                  section state absent: load it, then retry
---   {"already_enrolled"}
---   {"already_waitlisted", 0, pos}  pos = live position (1-based)
---   {"inactive"}                    section or semester inactive
---   {"window_closed"}               now outside [reg_start, reg_end)
---   {"enrolled", seq}
---   {"waitlisted", seq, pos}
---   {"full"}                        no seat and the waitlist is at its limit
+-- Returns {code, events, position}; events as lua/lib/emit.lua describes:
+--   {"not_loaded", {}}                   section state absent: load it, then retry
+--   {"already_enrolled", {}}
+--   {"already_waitlisted", {}, pos}      pos = live position (1-based)
+--   {"inactive", {}}                     section or semester inactive
+--   {"window_closed", {}}                now outside [reg_start, reg_end)
+--   {"enrolled", {enroll}}
+--   {"waitlisted", {waitlist}, pos}
+--   {"full", {}}                         no seat and the waitlist is at its limit
 -- Each redis.call costs about a microsecond of Lua overhead on top of the
 -- command, so the script makes as few as it can: one HMGET both proves the
 -- section is loaded and reads its settings.
 local student, now = ARGV[1], tonumber(ARGV[2])
 local meta = redis.call('HMGET', KEYS[1], 'active', 'reg_start', 'reg_end', 'waitlist_limit')
 if not meta[1] then
-  return {'not_loaded'}
+  return {'not_loaded', events}
 end
 if redis.call('SISMEMBER', KEYS[3], student) == 1 then
-  return {'already_enrolled'}
+  return {'already_enrolled', events}
 end
 local rank = redis.call('ZRANK', KEYS[4], student)
 if rank then
-  return {'already_waitlisted', 0, rank + 1}
+  return {'already_waitlisted', events, rank + 1}
 end
 if meta[1] ~= '1' then
-  return {'inactive'}
+  return {'inactive', events}
 end
 if now < tonumber(meta[2]) or now >= tonumber(meta[3]) then
-  return {'window_closed'}
+  return {'window_closed', events}
 end
 local seats = tonumber(redis.call('GET', KEYS[2]) or '0')
-local kind, position
 if seats > 0 then
-  kind = 'enroll'
-else
-  local waiting = redis.call('ZCARD', KEYS[4])
-  if waiting >= tonumber(meta[4]) then
-    return {'full'}
-  end
-  kind, position = 'waitlist', waiting + 1
-end
--- Writes start here.
-local seq = redis.call('INCR', KEYS[5])
-if kind == 'enroll' then
+  -- Writes start here.
   redis.call('DECR', KEYS[2])
   redis.call('SADD', KEYS[3], student)
-else
-  redis.call('ZADD', KEYS[4], seq, student)
+  emit('enroll', student, now)
+  return {'enrolled', events}
 end
-redis.call('XADD', KEYS[6], seq .. '-0', 'kind', kind, 'student', student, 'at', now)
-if kind == 'enroll' then
-  return {'enrolled', seq}
+local waiting = redis.call('ZCARD', KEYS[4])
+if waiting >= tonumber(meta[4]) then
+  return {'full', events}
 end
-return {'waitlisted', seq, position}
+-- Writes start here. The score is the event's sequence: arrival order.
+local seq = emit('waitlist', student, now)
+redis.call('ZADD', KEYS[4], seq, student)
+return {'waitlisted', events, waiting + 1}

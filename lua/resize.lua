@@ -9,20 +9,21 @@
 -- ARGV[3] new active flag "1"/"0", or "" to keep it
 -- ARGV[4] now (unix ms)
 --
--- Returns {code, seq, promoted...}:
---   {"not_loaded"}
---   {"below_enrolled", enrolled}     capacity would fall below the roster
---   {"resized", seq, id1, id2, ...}  seq of the config event; promoted ids
+-- Returns {code, events, enrolled}; events as lua/lib/emit.lua describes:
+--   {"not_loaded", {}}
+--   {"below_enrolled", {}, enrolled}       capacity would fall below the roster
+--   {"resized", {config, promote...}}      the config event, then one promote
+--                                          per waitlisted student given a seat
 local capacity, limit, active, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'not_loaded'}
+  return {'not_loaded', events}
 end
 local enrolled = redis.call('SCARD', KEYS[3])
 if capacity == '' then
   capacity = redis.call('HGET', KEYS[1], 'capacity')
 end
 if tonumber(capacity) < enrolled then
-  return {'below_enrolled', enrolled}
+  return {'below_enrolled', events, enrolled}
 end
 if limit == '' then
   limit = redis.call('HGET', KEYS[1], 'waitlist_limit')
@@ -31,10 +32,7 @@ if active == '' then
   active = redis.call('HGET', KEYS[1], 'active')
 end
 redis.call('HSET', KEYS[1], 'capacity', capacity, 'waitlist_limit', limit, 'active', active)
-local seq = redis.call('INCR', KEYS[5])
-redis.call('XADD', KEYS[6], seq .. '-0', 'kind', 'config', 'student', '', 'at', now,
-  'capacity', capacity, 'waitlist_limit', limit, 'active', active)
-local result = {'resized', seq}
+emit('config', '', now, 'capacity', capacity, 'waitlist_limit', limit, 'active', active)
 local free = tonumber(capacity) - enrolled
 while free > 0 do
   local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
@@ -43,10 +41,8 @@ while free > 0 do
   end
   redis.call('ZREM', KEYS[4], head)
   redis.call('SADD', KEYS[3], head)
-  local pseq = redis.call('INCR', KEYS[5])
-  redis.call('XADD', KEYS[6], pseq .. '-0', 'kind', 'promote', 'student', head, 'at', now)
-  result[#result + 1] = head
+  emit('promote', head, now)
   free = free - 1
 end
 redis.call('SET', KEYS[2], free)
-return result
+return {'resized', events}

@@ -31,14 +31,16 @@
 
 pub mod audit;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod domain;
 pub mod http;
-pub mod limits;
 pub mod metrics;
+pub mod registration;
 pub mod seats;
 pub mod seed;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

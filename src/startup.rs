@@ -5,69 +5,27 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::{atomic::AtomicBool, Arc},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use deadpool_postgres::Pool;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::{
     auth::{Passwords, Tokens},
+    catalog::CatalogCache,
     config::Settings,
     http, metrics,
-    seats::Redis,
+    registration::Registrar,
+    seats::{limits::Limiter, Redis},
+    state::AppState,
     store,
     sync::{
         sweeper::{Backlog, Sweeper},
         warmup, Persistence, Workers,
     },
 };
-
-/// Shared by every request handler.
-pub struct AppState {
-    pub settings: Settings,
-    /// The API's PostgreSQL pool.
-    pub db: Pool,
-    /// The persistence side's pool (shards, sweeper, loader, revalidator).
-    pub sync_db: Pool,
-    pub redis: Redis,
-    pub tokens: Tokens,
-    pub passwords: Passwords,
-    pub metrics: PrometheusHandle,
-    pub persistence: Persistence,
-    pub backlog: Arc<Backlog>,
-    /// Catalog rows kept briefly for the browse endpoints.
-    pub catalog_cache: http::catalog::CatalogCache,
-    /// Loads sections Redis lacks when a request needs them.
-    pub loader: Arc<warmup::Loader>,
-    /// Rate limits and the failed-login back-off.
-    pub limiter: crate::limits::Limiter,
-    pub started: Instant,
-    /// Set when shutdown begins: `/ready` answers 503 from then on.
-    shutting_down: AtomicBool,
-    /// Set once the scripts are loaded and warm-up finished: `/ready` needs it.
-    warmed_up: AtomicBool,
-}
-
-impl AppState {
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_warmed_up(&self) -> bool {
-        self.warmed_up.load(Ordering::Relaxed)
-    }
-}
 
 /// Pause between two warm-up attempts while Redis or PostgreSQL is away.
 const WARMUP_RETRY: Duration = Duration::from_secs(1);
@@ -78,6 +36,8 @@ pub struct Application {
     state: Arc<AppState>,
     workers: Workers,
     sweeper: Sweeper,
+    /// Warm-up loads every active section through it before `/ready`.
+    loader: Arc<warmup::Loader>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -131,11 +91,11 @@ impl Application {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             warmed_up: AtomicBool::new(false),
+            registrar: Registrar::new(redis.clone(), loader.clone(), persistence.clone()),
             persistence,
             backlog,
-            loader: loader.clone(),
-            limiter: crate::limits::Limiter::new(&settings.rate_limit, &settings.redis.namespace),
-            catalog_cache: http::catalog::CatalogCache::new(
+            limiter: Limiter::new(&settings.rate_limit, &settings.redis.namespace),
+            catalog_cache: CatalogCache::new(
                 Duration::from_millis(settings.api.catalog_cache_ms),
                 Duration::from_millis(settings.api.live_counts_cache_ms),
             ),
@@ -149,6 +109,7 @@ impl Application {
             state: Arc::new(state),
             workers,
             sweeper,
+            loader,
             stop,
         })
     }
@@ -168,7 +129,7 @@ impl Application {
     /// `sync.drain_timeout_ms`; the rest stays in the outbox) and closes the pools.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "listening");
-        let warm = tokio::spawn(warm_up(self.state.clone()));
+        let warm = tokio::spawn(warm_up(self.state.clone(), self.loader.clone()));
         let upkeep = metrics::spawn_upkeep(self.state.metrics.clone());
         let sweeper = tokio::spawn(self.sweeper.run(self.stop.subscribe()));
         // Pauses registration after a possible Redis restart until Redis is
@@ -204,11 +165,11 @@ impl Application {
 
 /// Loads the scripts and every active section Redis lacks, retrying until
 /// both Redis and PostgreSQL answer; `/ready` turns 200 after.
-async fn warm_up(state: Arc<AppState>) {
+async fn warm_up(state: Arc<AppState>, loader: Arc<warmup::Loader>) {
     loop {
         let attempt = async {
             state.redis.load_scripts().await?;
-            state.loader.warm_up().await
+            loader.warm_up().await
         };
         match attempt.await {
             Ok(warmed) => {
@@ -218,7 +179,7 @@ async fn warm_up(state: Arc<AppState>) {
                     blocked = warmed.blocked,
                     "warm-up done"
                 );
-                state.warmed_up.store(true, Ordering::Relaxed);
+                state.warm_up_done();
                 return;
             }
             Err(e) => {

@@ -13,11 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use registrar::{
-    auth::Tokens,
-    domain::Role,
-    seats::{Reserve, SectionSnapshot},
-};
+use registrar::{auth::Tokens, domain::Role, domain::SectionSnapshot, seats::Reserve};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -776,7 +772,11 @@ pub async fn redis_ceiling(
             let mut local = Local::default();
             while (next.fetch_add(1, Ordering::Relaxed) as u64) < count {
                 let sent = Instant::now();
-                match redis.reserve(section, Uuid::new_v4(), now).await {
+                match redis
+                    .reserve(section, Uuid::new_v4(), now)
+                    .await
+                    .map(|r| r.outcome)
+                {
                     Ok(Reserve::Enrolled { .. }) => {
                         local.record(&recorder, "reserve", sent, Instant::now())
                     }

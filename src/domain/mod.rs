@@ -1,6 +1,12 @@
 //! Values that are valid by construction: parsing happens once, at the edge.
 
+mod event;
+mod section;
+
 use std::fmt;
+
+pub use event::{Event, EventKind, SectionConfig};
+pub use section::SectionSnapshot;
 
 use serde::{Deserialize, Serialize};
 

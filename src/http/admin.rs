@@ -13,7 +13,7 @@ use super::{auth::authenticate_admin, body, json, ApiError, ApiResult};
 use crate::{
     domain::{check_text, EnrollmentStatus, Role},
     seats::Resize,
-    startup::AppState,
+    state::AppState,
     store::{self, catalog, students},
 };
 
@@ -191,7 +191,7 @@ pub async fn create_section(state: &AppState, req: &Parts, body: Incoming) -> Ap
     drop(db);
     // Ready for registrations at once; if Redis is away now, the first
     // registration loads it instead.
-    if let Err(e) = state.loader.ensure(&[id]).await {
+    if let Err(e) = state.registrar.ensure_loaded(&[id]).await {
         tracing::warn!(error = %e, section = %id, "new section not loaded into Redis yet");
     }
     state.catalog_cache.clear();
@@ -362,7 +362,7 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
         )));
     }
     if !state.redis.is_loaded(id).await? {
-        let known = super::registration::load_sections(state, &[id]).await?;
+        let known = state.registrar.ensure_loaded(&[id]).await?;
         if known.is_empty() {
             return Err(ApiError::not_found("section"));
         }
@@ -378,7 +378,7 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
     };
     let now = crate::domain::now_ms();
     let promoted = match state
-        .redis
+        .registrar
         .resize(id, u.total_seats, u.waitlist_limit, u.is_active, now)
         .await?
     {
@@ -397,9 +397,6 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
             })
         }
     };
-    // The config and promote events carry values only the script knows:
-    // let the shard read them from the outbox.
-    state.persistence.catch_up(id);
     state.catalog_cache.clear();
     crate::http::catalog::overlay_live(state, std::slice::from_mut(&mut section)).await;
     // PostgreSQL learns of the change through the outbox a moment later, so
@@ -407,21 +404,12 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
     // enforces (the live counts above come from there too). The change is
     // made by now, so a failed read falls back to what the request asked for
     // instead of turning the answer into an error.
-    let enforced: redis::RedisResult<(Option<i32>, Option<String>)> = redis::cmd("HMGET")
-        .arg(state.redis.section_keys(id).meta)
-        .arg("waitlist_limit")
-        .arg("active")
-        .query_async(&mut state.redis.conn())
-        .await;
-    let (limit, active) = enforced.unwrap_or_else(|e| {
+    let (limit, active) = state.redis.enforced_settings(id).await.unwrap_or_else(|e| {
         tracing::debug!(error = %e, "section settings unreadable; answering with the request's");
-        (
-            u.waitlist_limit,
-            u.is_active.map(|a| if a { "1" } else { "0" }.to_string()),
-        )
+        (u.waitlist_limit, u.is_active)
     });
     section.waitlist_limit = limit.unwrap_or(section.waitlist_limit);
-    section.is_active = active.map_or(section.is_active, |a| a == "1");
+    section.is_active = active.unwrap_or(section.is_active);
     json(
         StatusCode::OK,
         &UpdatedSection {

@@ -10,7 +10,7 @@ use crate::{
     auth::{Principal, TokenError},
     domain::Role,
     metrics::{LOGINS, LOGIN_LOCKS, RATE_LIMITED, RATE_LIMIT_ERRORS},
-    startup::AppState,
+    state::AppState,
     store,
 };
 

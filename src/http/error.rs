@@ -8,6 +8,8 @@ use http_body_util::Full;
 use hyper::{header, Response, StatusCode};
 use serde::Serialize;
 
+use crate::registration::RegistrationError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 400: malformed JSON, unknown field, bad UUID, bad query string.
@@ -194,11 +196,33 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 
 impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> Self {
+        if crate::seats::is_contract_violation(&e) {
+            // Not an outage: the engine and its scripts disagree. A retry
+            // would fail the same way, so this is a 500 and the cause is
+            // logged where the answer is made.
+            return ApiError::Internal(anyhow::Error::new(e).context("Redis contract violated"));
+        }
         tracing::warn!(error = %e, "Redis unavailable");
         ApiError::Unavailable {
             code: "redis_unavailable",
             detail: "registration is temporarily unavailable; retry shortly",
             retry_after_secs: 1,
+        }
+    }
+}
+
+impl From<RegistrationError> for ApiError {
+    fn from(e: RegistrationError) -> Self {
+        match e {
+            RegistrationError::SectionUnavailable(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not load sections from PostgreSQL");
+                ApiError::Unavailable {
+                    code: "section_unavailable",
+                    detail: "this section is being loaded; retry shortly",
+                    retry_after_secs: 1,
+                }
+            }
+            RegistrationError::Redis(e) => e.into(),
         }
     }
 }

@@ -15,10 +15,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{ApiError, ApiResult};
-use crate::{domain::hex, metrics::IDEMPOTENT_REPLAYS, seats::keys, startup::AppState};
+use crate::{
+    domain::hex,
+    metrics::IDEMPOTENT_REPLAYS,
+    seats::idempotency::{Claim, Record},
+    state::AppState,
+};
 
-/// How long a finished answer is kept.
-const KEEP_SECS: u64 = 24 * 3600;
 /// Longest accepted key.
 const MAX_KEY_CHARS: usize = 255;
 pub const HEADER: &str = "idempotency-key";
@@ -102,47 +105,29 @@ where
     F: Future<Output = ApiResult>,
 {
     let Some(key) = key else { return work.await };
-    let record = keys::idempotency(
-        state.redis.namespace(),
-        student,
-        &hex(&Sha256::digest(key.as_bytes())),
-    );
-    let mut conn = state.redis.conn();
-    let reply: Vec<String> = state
-        .redis
-        .scripts()
-        .idempotency
-        .key(&record)
-        .arg(&fingerprint)
-        .arg(state.settings.api.idempotency_running_ttl_secs)
-        .invoke_async(&mut conn)
-        .await?;
-    match reply.first().map(String::as_str) {
-        Some("new") => {}
-        Some("mismatch") => {
+    let redis = &state.redis;
+    let record = redis.idempotency_record(student, &key);
+    let running_ttl = state.settings.api.idempotency_running_ttl_secs;
+    match redis.claim(&record, &fingerprint, running_ttl).await? {
+        Claim::New => {}
+        Claim::Mismatch => {
             return Err(ApiError::unprocessable(
                 "idempotency_key_reused",
                 "this idempotency key was used with a different request",
             ))
         }
-        Some("in_flight") => {
+        Claim::InFlight => {
             return Err(ApiError::Conflict {
                 code: "idempotency_in_flight",
                 detail: "a request with this idempotency key is still being processed".into(),
             })
         }
-        Some("done") if reply.len() == 3 => return replay(&reply[1], reply[2].clone()),
-        _ => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "unexpected idempotency reply {reply:?}"
-            )))
-        }
+        Claim::Done { status, body } => return replay(&status, body),
     }
     let response = work.await.unwrap_or_else(ApiError::into_response);
     let status = response.status();
-    let mut conn = state.redis.conn();
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(&record).query_async(&mut conn).await;
+        release(state, &record).await;
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
@@ -151,28 +136,19 @@ where
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let stored: redis::RedisResult<()> = redis::pipe()
-        .atomic()
-        .cmd("HSET")
-        .arg(&record)
-        .arg("state")
-        .arg("done")
-        .arg("status")
-        .arg(status.as_u16())
-        .arg("body")
-        .arg(bytes.as_ref())
-        .ignore()
-        .cmd("EXPIRE")
-        .arg(&record)
-        .arg(KEEP_SECS)
-        .ignore()
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = stored {
+    if let Err(e) = redis.complete(&record, status.as_u16(), &bytes).await {
         // The answer stands; a retry with this key will run again (and be
         // answered already_enrolled), which is still safe.
         tracing::warn!(error = %e, "failed to store an idempotent answer");
-        let _: Result<(), _> = redis::cmd("DEL").arg(&record).query_async(&mut conn).await;
+        release(state, &record).await;
     }
     Ok(Response::from_parts(parts, Full::new(bytes)))
+}
+
+/// Frees a claim whose answer is not kept; if Redis cannot be told, the
+/// claim lapses after `api.idempotency_running_ttl_secs`.
+async fn release(state: &AppState, record: &Record) {
+    if let Err(e) = state.redis.release(record).await {
+        tracing::warn!(error = %e, "failed to release an idempotency claim");
+    }
 }

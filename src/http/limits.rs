@@ -1,6 +1,6 @@
 //! The rate limits at the HTTP boundary: whose buckets a request charges,
 //! and the 429 it gets when one is empty. The buckets themselves are in
-//! [`crate::limits`].
+//! [`crate::seats::limits`].
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -12,9 +12,9 @@ use hyper::http::request::Parts;
 use super::{auth, ApiError};
 use crate::{
     domain::Role,
-    limits::{ClientKey, Verdict},
     metrics::{RATE_LIMITED, RATE_LIMIT_ERRORS},
-    startup::AppState,
+    seats::limits::{ClientKey, Verdict},
+    state::AppState,
 };
 
 /// The connection's peer address; the accept loop puts it into every

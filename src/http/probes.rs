@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{json, ApiResult};
 use crate::{
     metrics::{DB_POOL_CONNECTIONS, DEPENDENCY_LATENCY, DEPENDENCY_UP},
-    startup::AppState,
+    state::AppState,
 };
 
 pub fn live() -> ApiResult {

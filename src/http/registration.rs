@@ -1,11 +1,10 @@
-//! `POST /register` and `POST /register/drop`: the hot path.
+//! `POST /register` and `POST /register/drop`: the hot path's HTTP side.
 //!
-//! One Lua script call per section decides everything atomically in Redis;
-//! the resulting events go to the persistence shards with `try_send`.
-//! PostgreSQL is touched only when a section's Redis state is missing (it
-//! is loaded, then the script runs again).
+//! Decodes and validates the request, authenticates, applies idempotency,
+//! calls the registration service ([`crate::registration`]) and encodes its
+//! decisions; the service runs the scripts and hands their events to
+//! persistence.
 
-use futures_util::future::join_all;
 use hyper::{body::Incoming, http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -15,8 +14,8 @@ use crate::{
     auth::Principal,
     domain::{now_ms, Role},
     metrics::{DROPS, REGISTRATIONS},
-    seats::{Drop, Event, EventKind, Reserve},
-    startup::AppState,
+    seats::{Drop, Reserve},
+    state::AppState,
 };
 
 /// The student a request acts for: students act for themselves (naming
@@ -138,57 +137,17 @@ pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResul
     .await
 }
 
-/// Runs `reserve.lua` for every section at once (the calls pipeline on the
-/// shared connection), loading sections Redis lacks and retrying them once.
+/// Reserves every section through the registration service and encodes
+/// each decision.
 async fn reserve_all(
     state: &AppState,
     student: Uuid,
     sections: &[Uuid],
 ) -> Result<Vec<SectionResult>, ApiError> {
-    let now = now_ms();
-    let mut outcomes: Vec<Reserve> = join_all(
-        sections
-            .iter()
-            .map(|s| state.redis.reserve(*s, student, now)),
-    )
-    .await
-    .into_iter()
-    .collect::<Result<_, _>>()?;
-    let missing: Vec<Uuid> = sections
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, o)| **o == Reserve::NotLoaded)
-        .map(|(s, _)| *s)
-        .collect();
-    if !missing.is_empty() {
-        let known = load_sections(state, &missing).await?;
-        for (section, outcome) in sections.iter().zip(outcomes.iter_mut()) {
-            if *outcome == Reserve::NotLoaded && known.contains(section) {
-                *outcome = state.redis.reserve(*section, student, now).await?;
-            }
-        }
-    }
-    let mut touched = Vec::new();
-    for (section, outcome) in sections.iter().zip(&outcomes) {
-        let (seq, kind) = match *outcome {
-            Reserve::Enrolled { seq } => (seq, EventKind::Enroll),
-            Reserve::Waitlisted { seq, .. } => (seq, EventKind::Waitlist),
-            _ => continue,
-        };
-        touched.push(*section);
-        state.persistence.submit(Event {
-            section: *section,
-            seq,
-            kind,
-            student: Some(student),
-            at_ms: now,
-            config: None,
-        });
-    }
-    if let Err(e) = state.redis.remember_sections(student, &touched).await {
-        // Only the student's listing index; the registration itself stands.
-        tracing::warn!(error = %e, %student, "failed to index the student's sections");
-    }
+    let outcomes = state
+        .registrar
+        .register(student, sections, now_ms())
+        .await?;
     Ok(sections
         .iter()
         .zip(outcomes)
@@ -225,39 +184,16 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         section.as_bytes(),
     ]);
     idempotency::run(state, student, key, fingerprint, async {
-        let now = now_ms();
-        let mut outcome = state.redis.drop_student(section, student, now).await?;
-        if outcome == Drop::NotLoaded {
-            let known = load_sections(state, &[section]).await?;
-            if known.is_empty() {
-                return Err(ApiError::not_found("section"));
-            }
-            outcome = state.redis.drop_student(section, student, now).await?;
-        }
-        let event = |seq, kind, who| Event {
-            section,
-            seq,
-            kind,
-            student: Some(who),
-            at_ms: now,
-            config: None,
-        };
+        let outcome = state.registrar.drop(section, student, now_ms()).await?;
         let response = match outcome {
-            Drop::NotLoaded | Drop::NotRegistered => {
+            None => return Err(ApiError::not_found("section")),
+            Some(Drop::NotLoaded | Drop::NotRegistered) => {
                 metrics::counter!(DROPS, "outcome" => "not_registered").increment(1);
                 return Err(ApiError::NotFound(
                     "the student is neither enrolled nor waitlisted in this section".into(),
                 ));
             }
-            Drop::Dropped { seq, promoted } => {
-                state
-                    .persistence
-                    .submit(event(seq, EventKind::Drop, student));
-                if let Some(head) = promoted {
-                    state
-                        .persistence
-                        .submit(event(seq + 1, EventKind::Promote, head));
-                }
+            Some(Drop::Dropped { promoted, .. }) => {
                 let label = if promoted.is_some() {
                     "promoted"
                 } else {
@@ -269,10 +205,7 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
                     promoted_student_id: promoted,
                 }
             }
-            Drop::LeftWaitlist { seq } => {
-                state
-                    .persistence
-                    .submit(event(seq, EventKind::Unwait, student));
+            Some(Drop::LeftWaitlist { .. }) => {
                 metrics::counter!(DROPS, "outcome" => "left_waitlist").increment(1);
                 DropResponse {
                     status: "left_waitlist",
@@ -283,20 +216,6 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         json(StatusCode::OK, &response)
     })
     .await
-}
-
-/// Loads sections Redis lacks from PostgreSQL; returns the ones that exist.
-/// PostgreSQL or Redis away is 503 `section_unavailable` with Retry-After
-/// (SPEC §8: retry, not 500).
-pub(crate) async fn load_sections(state: &AppState, ids: &[Uuid]) -> Result<Vec<Uuid>, ApiError> {
-    state.loader.ensure(ids).await.map_err(|e| {
-        tracing::warn!(error = %e, "could not load sections from PostgreSQL");
-        ApiError::Unavailable {
-            code: "section_unavailable",
-            detail: "this section is being loaded; retry shortly",
-            retry_after_secs: 1,
-        }
-    })
 }
 
 #[cfg(test)]

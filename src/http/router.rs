@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS},
-    startup::AppState,
+    state::AppState,
 };
 
 /// Every route the service knows, with its path parameters still as text.

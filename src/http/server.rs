@@ -12,7 +12,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{limits::Peer, router};
-use crate::{metrics::HTTP_CONNECTIONS, startup::AppState};
+use crate::{metrics::HTTP_CONNECTIONS, state::AppState};
 
 /// Pause after a failed `accept` (typically EMFILE: out of file descriptors)
 /// so the loop does not spin while the condition lasts.

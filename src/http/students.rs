@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{auth::authenticate, json, ApiError, ApiResult};
 use crate::{
     seats::StudentStanding,
-    startup::AppState,
+    state::AppState,
     store::students::{self, SectionLabel},
 };
 

@@ -2,7 +2,10 @@
 //! `{s:<id>}`, so each script touches one slot (Redis Cluster ready);
 //! student-scoped keys use `{u:<id>}`.
 
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+use crate::domain::hex;
 
 /// The keys of one section, in the order the scripts take them.
 pub struct SectionKeys {
@@ -55,6 +58,29 @@ pub fn idempotency(namespace: &str, student: Uuid, key_hash: &str) -> String {
     format!("{namespace}:{{u:{student}}}:idem:{key_hash}")
 }
 
+/// A student's rate-limit bucket (every authenticated request).
+pub fn student_rate(namespace: &str, student: Uuid) -> String {
+    format!("{namespace}:{{u:{student}}}:rate")
+}
+
+/// A client address's rate-limit bucket (every API request from it).
+pub fn address_rate(namespace: &str, address: &str) -> String {
+    format!("{namespace}:{{a:{address}}}:rate")
+}
+
+/// A client address's login bucket.
+pub fn address_login(namespace: &str, address: &str) -> String {
+    format!("{namespace}:{{a:{address}}}:login")
+}
+
+/// The key of one account's failed-login record. The student number is
+/// hashed: it is caller-chosen text (braces in it would move the hash slot)
+/// and unknown numbers must be tracked exactly like known ones.
+pub fn login_account(namespace: &str, student_number: &str) -> String {
+    let digest = Sha256::digest(student_number.trim().as_bytes());
+    format!("{namespace}:{{l:{}}}:login", hex(&digest[..16]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +100,13 @@ mod tests {
             assert_eq!(key.matches(&tag).count(), 1, "{key}");
         }
         assert!(student_sections("ns", id).contains(&format!("{{u:{id}}}")));
+    }
+
+    #[test]
+    fn account_keys_hide_the_student_number_and_keep_one_slot() {
+        let key = login_account("reg", "S{0000001}");
+        assert!(!key.contains("S{0000001}"));
+        assert_eq!(key.matches('{').count(), 1);
+        assert_eq!(key, login_account("reg", " S{0000001} "));
     }
 }

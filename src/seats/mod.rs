@@ -9,8 +9,10 @@
 //!   reply or argument list never sits in front of a student's request on
 //!   the shared socket.
 
-pub mod event;
+pub mod idempotency;
 pub mod keys;
+pub mod limits;
+pub mod outbox;
 pub mod scripts;
 pub mod watch;
 
@@ -20,13 +22,13 @@ use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
 use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
-    streams::StreamRangeReply,
     Cmd, Pipeline, RedisFuture, RedisResult, Value,
 };
 use uuid::Uuid;
 
-pub use event::{Event, EventKind, SectionConfig};
-pub use scripts::{Compensate, Drop, Load, Rebuild, Reserve, Resize, Scripts, SectionSnapshot};
+pub use scripts::{
+    is_contract_violation, Compensate, Drop, Load, Rebuild, Reserve, Resize, Scripted, Scripts,
+};
 pub use watch::RedisWatch;
 
 use crate::config::RedisSettings;
@@ -147,6 +149,10 @@ impl Redis {
         &self.namespace
     }
 
+    pub fn section_keys(&self, section: Uuid) -> keys::SectionKeys {
+        keys::SectionKeys::new(self.namespace(), section)
+    }
+
     pub fn scripts(&self) -> &Scripts {
         &self.scripts
     }
@@ -210,123 +216,6 @@ impl Redis {
     pub async fn ping(&self) -> RedisResult<()> {
         let mut conn = self.conn();
         redis::cmd("PING").query_async::<()>(&mut conn).await
-    }
-
-    /// Up to `count` outbox events of `section` from sequence `from` on, in order.
-    pub async fn outbox_from(
-        &self,
-        section: Uuid,
-        from: i64,
-        count: usize,
-    ) -> RedisResult<Vec<Event>> {
-        self.outbox_range(section, format!("{from}-0"), "+".into(), count)
-            .await
-    }
-
-    /// Up to `count` outbox events of `section` at or below sequence `until`
-    /// (normally none: entries already in PostgreSQL whose removal was lost).
-    pub async fn outbox_until(
-        &self,
-        section: Uuid,
-        until: i64,
-        count: usize,
-    ) -> RedisResult<Vec<Event>> {
-        self.outbox_range(section, "-".into(), format!("{until}-0"), count)
-            .await
-    }
-
-    /// XRANGE of a section's outbox, decoded; an unreadable entry is logged
-    /// and skipped.
-    async fn outbox_range(
-        &self,
-        section: Uuid,
-        start: String,
-        end: String,
-        count: usize,
-    ) -> RedisResult<Vec<Event>> {
-        let keys = self.section_keys(section);
-        let mut conn = self.conn();
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&keys.outbox)
-            .arg(start)
-            .arg(end)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await?;
-        Ok(reply
-            .ids
-            .iter()
-            .filter_map(|entry| {
-                let event = Event::from_entry(section, &entry.id, &entry.map);
-                if event.is_none() {
-                    tracing::error!(%section, id = %entry.id, "unreadable outbox entry skipped");
-                }
-                event
-            })
-            .collect())
-    }
-
-    /// Removes persisted events from a section's outbox.
-    pub async fn ack(&self, section: Uuid, seqs: &[i64]) -> RedisResult<()> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        let keys = self.section_keys(section);
-        let mut cmd = redis::cmd("XDEL");
-        cmd.arg(&keys.outbox);
-        for seq in seqs {
-            cmd.arg(format!("{seq}-0"));
-        }
-        let mut conn = self.conn();
-        cmd.query_async::<()>(&mut conn).await
-    }
-
-    /// Removes outbox entries up to and including sequence `applied` (already
-    /// in PostgreSQL; their acknowledgement was lost, e.g. to a crash
-    /// between commit and XDEL).
-    pub async fn trim_applied(&self, section: Uuid, applied: i64) -> RedisResult<()> {
-        let keys = self.section_keys(section);
-        let mut conn = self.conn();
-        redis::cmd("XTRIM")
-            .arg(&keys.outbox)
-            .arg("MINID")
-            .arg(format!("{}-0", applied + 1))
-            .query_async(&mut conn)
-            .await
-    }
-
-    /// For each section: the oldest outbox entry's (seq, time in unix ms) and
-    /// the outbox length. One pipelined round trip on a bulk connection.
-    pub async fn outbox_heads(
-        &self,
-        sections: &[Uuid],
-    ) -> RedisResult<Vec<(Option<(i64, i64)>, u64)>> {
-        let mut pipe = redis::pipe();
-        for section in sections {
-            let keys = self.section_keys(*section);
-            pipe.cmd("XRANGE")
-                .arg(&keys.outbox)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1);
-            pipe.cmd("XLEN").arg(&keys.outbox);
-        }
-        let mut conn = self.bulk().await?;
-        let replies: Vec<redis::Value> = pipe.query_async(&mut *conn).await?;
-        let mut out = Vec::with_capacity(sections.len());
-        for (i, pair) in replies.chunks(2).enumerate() {
-            let head: StreamRangeReply = redis::from_redis_value(pair[0].clone())?;
-            let len: u64 = redis::from_redis_value(pair[1].clone())?;
-            let first = head
-                .ids
-                .first()
-                .and_then(|e| Event::from_entry(sections[i], &e.id, &e.map))
-                .map(|e| (e.seq, e.at_ms));
-            out.push((first, len));
-        }
-        Ok(out)
     }
 
     /// Live numbers of each section (None where Redis has no state for it).
@@ -434,6 +323,21 @@ impl Redis {
             .arg(self.section_keys(section).meta)
             .query_async(&mut conn)
             .await
+    }
+
+    /// The waitlist limit and active flag `section`'s scripts enforce now
+    /// (None where Redis has none).
+    pub async fn enforced_settings(
+        &self,
+        section: Uuid,
+    ) -> RedisResult<(Option<i32>, Option<bool>)> {
+        let (limit, active): (Option<i32>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.section_keys(section).meta)
+            .arg("waitlist_limit")
+            .arg("active")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok((limit, active.map(|a| a == "1")))
     }
 
     /// Deletes a section's state except its outbox (reconcile --fix reloads it after).

@@ -1,14 +1,30 @@
 //! Typed calls of the `lua/` scripts. Each script is embedded, loaded once
 //! and invoked by SHA (`redis::Script` reloads it after a NOSCRIPT, e.g.
-//! when Redis restarted).
+//! when Redis restarted). Scripts that change a section start with the
+//! shared `lua/lib/emit.lua`, and their wrappers return the events the
+//! script appended ([`Scripted`]), decoded from its reply: nothing about an
+//! event is guessed in Rust.
 
 use std::time::Instant;
 
-use redis::{RedisResult, Script, Value};
+use redis::{ErrorKind, RedisResult, Script, ScriptInvocation, ServerErrorKind, Value};
 use uuid::Uuid;
 
-use super::{event::Event, keys::SectionKeys, watch::RedisWatch, Redis};
-use crate::metrics::SCRIPT_DURATION;
+use super::{outbox, watch::RedisWatch, Redis};
+use crate::{
+    domain::{Event, EventKind, SectionSnapshot},
+    metrics::SCRIPT_DURATION,
+};
+
+/// A script that changes a section: `lua/lib/emit.lua`, then its own body.
+macro_rules! section_script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("../../lua/lib/emit.lua"),
+            include_str!(concat!("../../lua/", $file))
+        ))
+    };
+}
 
 /// The compiled scripts, shared by every call.
 pub struct Scripts {
@@ -18,22 +34,26 @@ pub struct Scripts {
     pub resize: Script,
     pub load: Script,
     pub idempotency: Script,
+    pub rate_limit: Script,
+    pub login_guard: Script,
 }
 
 impl Scripts {
     pub fn new() -> Self {
         Self {
-            reserve: Script::new(include_str!("../../lua/reserve.lua")),
-            drop: Script::new(include_str!("../../lua/drop.lua")),
-            compensate: Script::new(include_str!("../../lua/compensate.lua")),
-            resize: Script::new(include_str!("../../lua/resize.lua")),
+            reserve: section_script!("reserve.lua"),
+            drop: section_script!("drop.lua"),
+            compensate: section_script!("compensate.lua"),
+            resize: section_script!("resize.lua"),
             load: Script::new(include_str!("../../lua/load.lua")),
             idempotency: Script::new(include_str!("../../lua/idempotency.lua")),
+            rate_limit: Script::new(include_str!("../../lua/rate_limit.lua")),
+            login_guard: Script::new(include_str!("../../lua/login_guard.lua")),
         }
     }
 
     /// Every script, for loading them all at start-up.
-    pub fn all(&self) -> [&Script; 6] {
+    pub fn all(&self) -> [&Script; 8] {
         [
             &self.reserve,
             &self.drop,
@@ -41,6 +61,8 @@ impl Scripts {
             &self.resize,
             &self.load,
             &self.idempotency,
+            &self.rate_limit,
+            &self.login_guard,
         ]
     }
 }
@@ -49,6 +71,31 @@ impl Default for Scripts {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What a section script decided, with the events it appended to the
+/// section's outbox (in sequence order; empty when it changed nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scripted<T> {
+    pub outcome: T,
+    pub events: Vec<Event>,
+}
+
+/// True for an error that says the engine and its scripts disagree (a reply
+/// of the wrong shape, a script that failed to run): a bug to log and answer
+/// 500, not an outage to retry.
+pub fn is_contract_violation(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::UnexpectedReturnType
+            | ErrorKind::Parse
+            | ErrorKind::Client
+            | ErrorKind::Server(
+                ServerErrorKind::ResponseError
+                    | ServerErrorKind::CrossSlot
+                    | ServerErrorKind::NoPerm
+            )
+    )
 }
 
 /// What `reserve.lua` decided.
@@ -119,21 +166,6 @@ impl Rebuild {
     }
 }
 
-/// A section as PostgreSQL holds it, for `load.lua`.
-#[derive(Debug, Clone)]
-pub struct SectionSnapshot {
-    pub section: Uuid,
-    pub capacity: i32,
-    pub waitlist_limit: i32,
-    pub active: bool,
-    pub registration_start_ms: i64,
-    pub registration_end_ms: i64,
-    pub last_seq: i64,
-    pub enrolled: Vec<Uuid>,
-    /// In position order.
-    pub waitlisted: Vec<Uuid>,
-}
-
 fn text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
@@ -150,16 +182,70 @@ fn int(v: Option<&Value>) -> Option<i64> {
     }
 }
 
-fn uuid(v: Option<&Value>) -> Option<Uuid> {
-    Uuid::try_parse(&text(v)?).ok()
-}
-
 fn unexpected(script: &str, reply: &[Value]) -> redis::RedisError {
     redis::RedisError::from((
-        redis::ErrorKind::Parse,
+        ErrorKind::UnexpectedReturnType,
         "unexpected script reply",
         format!("{script}: {reply:?}"),
     ))
+}
+
+/// A section script's reply: `{code, events, detail...}`.
+struct Reply {
+    script: &'static str,
+    raw: Vec<Value>,
+    events: Vec<Event>,
+}
+
+impl Reply {
+    fn decode(script: &'static str, section: Uuid, raw: Vec<Value>) -> RedisResult<Self> {
+        let events = raw
+            .get(1)
+            .and_then(|v| outbox::from_reply(section, v))
+            .ok_or_else(|| unexpected(script, &raw))?;
+        Ok(Self {
+            script,
+            raw,
+            events,
+        })
+    }
+
+    fn code(&self) -> String {
+        text(self.raw.first()).unwrap_or_default()
+    }
+
+    /// The integer detail at `index` (counted from the code, which is 0).
+    fn int(&self, index: usize) -> RedisResult<i64> {
+        int(self.raw.get(index)).ok_or_else(|| self.unexpected())
+    }
+
+    /// The sequence of the first event: the one the request itself caused.
+    fn first_seq(&self) -> RedisResult<i64> {
+        self.events
+            .first()
+            .map(|e| e.seq)
+            .ok_or_else(|| self.unexpected())
+    }
+
+    /// The student of the promote events (waitlist heads given a seat).
+    fn promoted(&self) -> Vec<Uuid> {
+        self.events
+            .iter()
+            .filter(|e| e.kind == EventKind::Promote)
+            .filter_map(|e| e.student)
+            .collect()
+    }
+
+    fn unexpected(&self) -> redis::RedisError {
+        unexpected(self.script, &self.raw)
+    }
+
+    fn done<T>(self, outcome: T) -> Scripted<T> {
+        Scripted {
+            outcome,
+            events: self.events,
+        }
+    }
 }
 
 impl Redis {
@@ -176,42 +262,80 @@ impl Redis {
         reply
     }
 
-    pub fn section_keys(&self, section: Uuid) -> SectionKeys {
-        SectionKeys::new(self.namespace(), section)
+    /// Runs a seat-changing script under a [`RedisWatch`] permit: refused
+    /// while the gate is closed, and an error (outcome unknown) if the
+    /// connection changed while it ran.
+    async fn run_gated(
+        &self,
+        name: &'static str,
+        section: Uuid,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> RedisResult<Reply> {
+        let permit = self.watch().enter().ok_or_else(RedisWatch::closed_error)?;
+        let raw = self.run(name, invocation).await?;
+        if !permit.still_valid() {
+            return Err(RedisWatch::changed_error());
+        }
+        Reply::decode(name, section, raw)
+    }
+
+    /// Runs several script invocations in one pipelined round trip. A
+    /// pipeline does not load scripts by itself, so after a NOSCRIPT (Redis
+    /// restarted, SCRIPT FLUSH) the scripts are loaded and the pipeline is
+    /// sent once more.
+    pub(crate) async fn pipelined<T: redis::FromRedisValue>(
+        &self,
+        invocations: &[ScriptInvocation<'_>],
+    ) -> RedisResult<Vec<T>> {
+        let mut pipe = redis::pipe();
+        for invocation in invocations {
+            pipe.invoke_script(invocation);
+        }
+        let mut conn = self.conn();
+        match pipe.query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                for invocation in invocations {
+                    invocation.load_async(&mut conn).await?;
+                }
+                pipe.query_async(&mut conn).await
+            }
+            result => result,
+        }
     }
 
     /// Enrolls, waitlists or refuses `student` in `section` (`reserve.lua`).
-    pub async fn reserve(&self, section: Uuid, student: Uuid, now_ms: i64) -> RedisResult<Reserve> {
-        let permit = self.watch().enter().ok_or_else(RedisWatch::closed_error)?;
+    pub async fn reserve(
+        &self,
+        section: Uuid,
+        student: Uuid,
+        now_ms: i64,
+    ) -> RedisResult<Scripted<Reserve>> {
         let keys = self.section_keys(section);
         let mut call = self.scripts().reserve.prepare_invoke();
         call.key(&keys.core()[..])
             .key(&keys.reverted)
             .arg(student.to_string())
             .arg(now_ms);
-        let reply = self.run("reserve", call).await?;
-        if !permit.still_valid() {
-            return Err(RedisWatch::changed_error());
-        }
-        let code = text(reply.first()).unwrap_or_default();
-        Ok(match code.as_str() {
+        let reply = self.run_gated("reserve", section, call).await?;
+        let outcome = match reply.code().as_str() {
             "not_loaded" => Reserve::NotLoaded,
             "already_enrolled" => Reserve::AlreadyEnrolled,
             "already_waitlisted" => Reserve::AlreadyWaitlisted {
-                position: int(reply.get(2)).ok_or_else(|| unexpected("reserve", &reply))?,
+                position: reply.int(2)?,
             },
             "inactive" => Reserve::Inactive,
             "window_closed" => Reserve::WindowClosed,
             "enrolled" => Reserve::Enrolled {
-                seq: int(reply.get(1)).ok_or_else(|| unexpected("reserve", &reply))?,
+                seq: reply.first_seq()?,
             },
             "waitlisted" => Reserve::Waitlisted {
-                seq: int(reply.get(1)).ok_or_else(|| unexpected("reserve", &reply))?,
-                position: int(reply.get(2)).ok_or_else(|| unexpected("reserve", &reply))?,
+                seq: reply.first_seq()?,
+                position: reply.int(2)?,
             },
             "full" => Reserve::Full,
-            _ => return Err(unexpected("reserve", &reply)),
-        })
+            _ => return Err(reply.unexpected()),
+        };
+        Ok(reply.done(outcome))
     }
 
     /// Drops `student` from `section`'s roster or waitlist (`drop.lua`).
@@ -220,31 +344,27 @@ impl Redis {
         section: Uuid,
         student: Uuid,
         now_ms: i64,
-    ) -> RedisResult<Drop> {
-        let permit = self.watch().enter().ok_or_else(RedisWatch::closed_error)?;
+    ) -> RedisResult<Scripted<Drop>> {
         let keys = self.section_keys(section);
         let mut call = self.scripts().drop.prepare_invoke();
         call.key(&keys.core()[..])
             .key(&keys.reverted)
             .arg(student.to_string())
             .arg(now_ms);
-        let reply = self.run("drop", call).await?;
-        if !permit.still_valid() {
-            return Err(RedisWatch::changed_error());
-        }
-        let code = text(reply.first()).unwrap_or_default();
-        Ok(match code.as_str() {
+        let reply = self.run_gated("drop", section, call).await?;
+        let outcome = match reply.code().as_str() {
             "not_loaded" => Drop::NotLoaded,
             "not_registered" => Drop::NotRegistered,
             "dropped" => Drop::Dropped {
-                seq: int(reply.get(1)).ok_or_else(|| unexpected("drop", &reply))?,
-                promoted: uuid(reply.get(2)),
+                seq: reply.first_seq()?,
+                promoted: reply.promoted().first().copied(),
             },
             "left_waitlist" => Drop::LeftWaitlist {
-                seq: int(reply.get(1)).ok_or_else(|| unexpected("drop", &reply))?,
+                seq: reply.first_seq()?,
             },
-            _ => return Err(unexpected("drop", &reply)),
-        })
+            _ => return Err(reply.unexpected()),
+        };
+        Ok(reply.done(outcome))
     }
 
     /// Undoes `event` once (`compensate.lua`).
@@ -253,7 +373,7 @@ impl Redis {
         event: &Event,
         reason: &str,
         now_ms: i64,
-    ) -> RedisResult<Compensate> {
+    ) -> RedisResult<Scripted<Compensate>> {
         let keys = self.section_keys(event.section);
         let mut call = self.scripts().compensate.prepare_invoke();
         call.key(&keys.core()[..])
@@ -264,18 +384,19 @@ impl Redis {
             .arg(event.student.map(|s| s.to_string()).unwrap_or_default())
             .arg(reason)
             .arg(now_ms);
-        let reply = self.run("compensate", call).await?;
-        let code = text(reply.first()).unwrap_or_default();
-        Ok(match code.as_str() {
+        let raw = self.run("compensate", call).await?;
+        let reply = Reply::decode("compensate", event.section, raw)?;
+        let outcome = match reply.code().as_str() {
             "already" => Compensate::Already,
             "nothing_to_undo" => Compensate::NothingToUndo,
             "not_undoable" => Compensate::NotUndoable,
             "reverted" => Compensate::Reverted {
-                seq: int(reply.get(1)).ok_or_else(|| unexpected("compensate", &reply))?,
-                promoted: uuid(reply.get(2)),
+                seq: reply.first_seq()?,
+                promoted: reply.promoted().first().copied(),
             },
-            _ => return Err(unexpected("compensate", &reply)),
-        })
+            _ => return Err(reply.unexpected()),
+        };
+        Ok(reply.done(outcome))
     }
 
     /// Changes a section's capacity, waitlist limit or active flag (`resize.lua`).
@@ -286,8 +407,7 @@ impl Redis {
         waitlist_limit: Option<i32>,
         active: Option<bool>,
         now_ms: i64,
-    ) -> RedisResult<Resize> {
-        let permit = self.watch().enter().ok_or_else(RedisWatch::closed_error)?;
+    ) -> RedisResult<Scripted<Resize>> {
         let keys = self.section_keys(section);
         let opt = |v: Option<i32>| v.map(|v| v.to_string()).unwrap_or_default();
         let mut call = self.scripts().resize.prepare_invoke();
@@ -296,22 +416,19 @@ impl Redis {
             .arg(opt(waitlist_limit))
             .arg(active.map(|a| if a { "1" } else { "0" }).unwrap_or(""))
             .arg(now_ms);
-        let reply = self.run("resize", call).await?;
-        if !permit.still_valid() {
-            return Err(RedisWatch::changed_error());
-        }
-        let code = text(reply.first()).unwrap_or_default();
-        Ok(match code.as_str() {
+        let reply = self.run_gated("resize", section, call).await?;
+        let outcome = match reply.code().as_str() {
             "not_loaded" => Resize::NotLoaded,
             "below_enrolled" => Resize::BelowEnrolled {
-                enrolled: int(reply.get(1)).ok_or_else(|| unexpected("resize", &reply))?,
+                enrolled: reply.int(2)?,
             },
             "resized" => Resize::Resized {
-                seq: int(reply.get(1)).ok_or_else(|| unexpected("resize", &reply))?,
-                promoted: reply.iter().skip(2).filter_map(|v| uuid(Some(v))).collect(),
+                seq: reply.first_seq()?,
+                promoted: reply.promoted(),
             },
-            _ => return Err(unexpected("resize", &reply)),
-        })
+            _ => return Err(reply.unexpected()),
+        };
+        Ok(reply.done(outcome))
     }
 
     /// Builds a section's state from PostgreSQL if Redis lacks it (`load.lua`).

@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
-use crate::seats::{Event, EventKind, SectionSnapshot};
+use crate::domain::{Event, EventKind, SectionSnapshot};
 
 fn at(event: &Event) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(event.at_ms)

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use deadpool_postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
-use crate::seats::Event;
+use crate::domain::Event;
 
 /// How long fingerprints are kept. Replays arrive within seconds or minutes
 /// (queued copies, sweeper catch-ups, a crash before the outbox

@@ -31,8 +31,9 @@ use uuid::Uuid;
 
 use crate::{
     config::SyncSettings,
+    domain::Event,
     metrics::{QUEUE_DEPTH, QUEUE_FULL},
-    seats::{Event, Redis},
+    seats::Redis,
 };
 
 /// Work for a shard.

@@ -13,8 +13,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
+    domain::SectionSnapshot,
     metrics::RECONCILE_DRIFT,
-    seats::{Load, Redis, SectionSnapshot},
+    seats::{Load, Redis},
     store::engine::{self, Snapshots},
 };
 

@@ -36,8 +36,9 @@ use uuid::Uuid;
 
 use super::Persistence;
 use crate::{
+    domain::SectionSnapshot,
     metrics::{REDIS_REVALIDATIONS, SECTIONS_LOADED},
-    seats::{Load, Rebuild, Redis, RedisWatch, SectionSnapshot},
+    seats::{Load, Rebuild, Redis, RedisWatch},
     store::engine::{self, Snapshots},
 };
 

@@ -35,12 +35,12 @@ use uuid::Uuid;
 use super::{backoff, discard, journal, Job, DB_DEADLINE};
 use crate::{
     config::SyncSettings,
-    domain::now_ms,
+    domain::{now_ms, Event},
     metrics::{
         BATCH_SIZE, COMPENSATIONS, DEAD_LETTERS, EVENTS_APPLIED, PERSIST_LAG, SEQUENCE_CONFLICTS,
         VERSION_CONFLICTS, WRITE_RETRIES,
     },
-    seats::{Compensate, Event, Redis},
+    seats::{Compensate, Redis},
     store::engine,
 };
 
@@ -561,7 +561,11 @@ impl Shard {
         );
         // Redis first: a crash after this retries it, and the script's
         // at-most-once guard makes the retry a no-op.
-        let outcome = self.redis.compensate(event, reason, now_ms()).await?;
+        let outcome = self
+            .redis
+            .compensate(event, reason, now_ms())
+            .await?
+            .outcome;
         let label = match outcome {
             Compensate::Already => "already",
             Compensate::NothingToUndo => "nothing_to_undo",

@@ -23,7 +23,7 @@ pub struct Warmed {
 
 async fn load(
     redis: &Redis,
-    snapshots: &[crate::seats::SectionSnapshot],
+    snapshots: &[crate::domain::SectionSnapshot],
     mode: Rebuild,
 ) -> anyhow::Result<Warmed> {
     let mut warmed = Warmed::default();

@@ -186,7 +186,7 @@ pub fn test_settings(database_url: &str) -> Settings {
 
 pub struct TestApp {
     /// The running application's shared state.
-    pub state: std::sync::Arc<registrar::startup::AppState>,
+    pub state: std::sync::Arc<registrar::state::AppState>,
     /// The app's Redis, for inspecting what it holds.
     pub redis: Redis,
     pub addr: SocketAddr,
@@ -236,7 +236,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
 /// What a started application hands its `TestApp`: its state, its address,
 /// the trigger of its graceful shutdown, and the task serving it.
 type Started = (
-    std::sync::Arc<registrar::startup::AppState>,
+    std::sync::Arc<registrar::state::AppState>,
     SocketAddr,
     oneshot::Sender<()>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -351,8 +351,8 @@ impl TestApp {
         .expect("seeding works");
         // As the admin API does for a new section: ready in Redis at once.
         self.state
-            .loader
-            .ensure(&report.section_ids)
+            .registrar
+            .ensure_loaded(&report.section_ids)
             .await
             .expect("seeded sections load into Redis");
         let admin_token = self.login_ok(seed::ADMIN_NUMBER, ADMIN_PASSWORD).await;

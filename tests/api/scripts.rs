@@ -3,7 +3,8 @@
 
 use registrar::{
     config::{RedisSettings, Secret},
-    seats::{Compensate, Drop, Event, EventKind, Load, Redis, Reserve, Resize, SectionSnapshot},
+    domain::{Event, EventKind, SectionSnapshot},
+    seats::{Compensate, Drop, Load, Redis, Reserve, Resize},
 };
 use uuid::Uuid;
 
@@ -58,15 +59,18 @@ async fn every_script_reports_an_absent_section_without_writing() {
     let student = Uuid::new_v4();
 
     assert_eq!(
-        r.reserve(section, student, NOW).await.unwrap(),
+        r.reserve(section, student, NOW).await.unwrap().outcome,
         Reserve::NotLoaded
     );
     assert_eq!(
-        r.drop_student(section, student, NOW).await.unwrap(),
+        r.drop_student(section, student, NOW).await.unwrap().outcome,
         Drop::NotLoaded
     );
     assert_eq!(
-        r.resize(section, Some(5), None, None, NOW).await.unwrap(),
+        r.resize(section, Some(5), None, None, NOW)
+            .await
+            .unwrap()
+            .outcome,
         Resize::NotLoaded
     );
     assert!(!r.is_loaded(section).await.unwrap());
@@ -112,7 +116,7 @@ async fn load_builds_state_only_when_absent() {
     full.last_seq = 7;
     r.load(&full).await.unwrap();
     assert_eq!(
-        r.reserve(full.section, late, NOW).await.unwrap(),
+        r.reserve(full.section, late, NOW).await.unwrap().outcome,
         Reserve::Waitlisted {
             seq: 8,
             position: 4
@@ -138,23 +142,26 @@ async fn reserve_enrolls_then_waitlists_then_refuses_full() {
     let [a, b, c] = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
 
     assert_eq!(
-        r.reserve(section, a, NOW).await.unwrap(),
+        r.reserve(section, a, NOW).await.unwrap().outcome,
         Reserve::Enrolled { seq: 1 }
     );
     assert_eq!(
-        r.reserve(section, b, NOW).await.unwrap(),
+        r.reserve(section, b, NOW).await.unwrap().outcome,
         Reserve::Waitlisted {
             seq: 2,
             position: 1
         }
     );
-    assert_eq!(r.reserve(section, c, NOW).await.unwrap(), Reserve::Full);
     assert_eq!(
-        r.reserve(section, a, NOW).await.unwrap(),
+        r.reserve(section, c, NOW).await.unwrap().outcome,
+        Reserve::Full
+    );
+    assert_eq!(
+        r.reserve(section, a, NOW).await.unwrap().outcome,
         Reserve::AlreadyEnrolled
     );
     assert_eq!(
-        r.reserve(section, b, NOW).await.unwrap(),
+        r.reserve(section, b, NOW).await.unwrap().outcome,
         Reserve::AlreadyWaitlisted { position: 1 }
     );
 
@@ -181,15 +188,24 @@ async fn reserve_refuses_inactive_sections_and_closed_windows() {
     let (r2, open) = loaded(5, 5).await;
 
     assert_eq!(
-        r.reserve(inactive, Uuid::new_v4(), NOW).await.unwrap(),
+        r.reserve(inactive, Uuid::new_v4(), NOW)
+            .await
+            .unwrap()
+            .outcome,
         Reserve::Inactive
     );
     assert_eq!(
-        r2.reserve(open, Uuid::new_v4(), NOW - 5000).await.unwrap(),
+        r2.reserve(open, Uuid::new_v4(), NOW - 5000)
+            .await
+            .unwrap()
+            .outcome,
         Reserve::WindowClosed
     );
     assert_eq!(
-        r2.reserve(open, Uuid::new_v4(), NOW + 1000).await.unwrap(),
+        r2.reserve(open, Uuid::new_v4(), NOW + 1000)
+            .await
+            .unwrap()
+            .outcome,
         Reserve::WindowClosed
     );
     assert!(r2.outbox_from(open, 1, 10).await.unwrap().is_empty());
@@ -209,22 +225,25 @@ async fn drop_frees_the_seat_or_hands_it_to_the_waitlist_head() {
     r.reserve(section, c, NOW).await.unwrap();
 
     assert_eq!(
-        r.drop_student(section, stranger, NOW).await.unwrap(),
+        r.drop_student(section, stranger, NOW)
+            .await
+            .unwrap()
+            .outcome,
         Drop::NotRegistered
     );
     assert_eq!(
-        r.drop_student(section, a, NOW).await.unwrap(),
+        r.drop_student(section, a, NOW).await.unwrap().outcome,
         Drop::Dropped {
             seq: 4,
             promoted: Some(b)
         }
     );
     assert_eq!(
-        r.drop_student(section, c, NOW).await.unwrap(),
+        r.drop_student(section, c, NOW).await.unwrap().outcome,
         Drop::LeftWaitlist { seq: 6 }
     );
     assert_eq!(
-        r.drop_student(section, b, NOW).await.unwrap(),
+        r.drop_student(section, b, NOW).await.unwrap().outcome,
         Drop::Dropped {
             seq: 7,
             promoted: None
@@ -277,8 +296,8 @@ async fn compensate_undoes_an_enrolment_once_and_promotes_the_head() {
     r.reserve(section, b, NOW).await.unwrap();
     let failed = event(section, 1, EventKind::Enroll, a);
 
-    let first = r.compensate(&failed, "gone", NOW).await.unwrap();
-    let second = r.compensate(&failed, "gone", NOW).await.unwrap();
+    let first = r.compensate(&failed, "gone", NOW).await.unwrap().outcome;
+    let second = r.compensate(&failed, "gone", NOW).await.unwrap().outcome;
 
     assert_eq!(
         first,
@@ -305,15 +324,18 @@ async fn compensate_returns_the_seat_when_nobody_waits_and_handles_every_other_c
     let seat_back = r
         .compensate(&event(section, 1, EventKind::Enroll, a), "x", NOW)
         .await
-        .unwrap();
+        .unwrap()
+        .outcome;
     let gone_already = r
         .compensate(&event(section, 2, EventKind::Enroll, b), "x", NOW)
         .await
-        .unwrap();
+        .unwrap()
+        .outcome;
     let a_drop = r
         .compensate(&event(section, 3, EventKind::Drop, b), "x", NOW)
         .await
-        .unwrap();
+        .unwrap()
+        .outcome;
     r.reserve(section, c, NOW).await.unwrap();
     r.resize(section, Some(1), None, None, NOW).await.unwrap();
     let d = Uuid::new_v4();
@@ -323,7 +345,8 @@ async fn compensate_returns_the_seat_when_nobody_waits_and_handles_every_other_c
     let undo_wait = r
         .compensate(&event(section, 99, EventKind::Waitlist, d), "x", NOW)
         .await
-        .unwrap();
+        .unwrap()
+        .outcome;
 
     assert!(matches!(
         seat_back,
@@ -354,12 +377,21 @@ async fn resize_promotes_the_waitlist_head_first_and_refuses_going_below_the_ros
         r.reserve(section, *s, NOW).await.unwrap();
     }
 
-    let below = r.resize(section, Some(0), None, None, NOW).await.unwrap();
-    let raised = r.resize(section, Some(3), None, None, NOW).await.unwrap();
+    let below = r
+        .resize(section, Some(0), None, None, NOW)
+        .await
+        .unwrap()
+        .outcome;
+    let raised = r
+        .resize(section, Some(3), None, None, NOW)
+        .await
+        .unwrap()
+        .outcome;
     let limit_only = r
         .resize(section, None, Some(0), Some(false), NOW)
         .await
-        .unwrap();
+        .unwrap()
+        .outcome;
 
     assert_eq!(below, Resize::BelowEnrolled { enrolled: 1 });
     assert_eq!(
@@ -387,7 +419,10 @@ async fn resize_promotes_the_waitlist_head_first_and_refuses_going_below_the_ros
         (3, 3, 0, 1)
     );
     assert_eq!(
-        r.reserve(section, Uuid::new_v4(), NOW).await.unwrap(),
+        r.reserve(section, Uuid::new_v4(), NOW)
+            .await
+            .unwrap()
+            .outcome,
         Reserve::Inactive
     );
     let config = r.outbox_from(section, 8, 1).await.unwrap().remove(0);

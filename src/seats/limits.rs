@@ -15,11 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{ErrorKind, RedisResult, Script, ServerErrorKind};
-use sha2::{Digest, Sha256};
+use redis::RedisResult;
 use uuid::Uuid;
 
-use crate::{config::RateLimitSettings, seats::Redis};
+use super::{keys, Redis};
+use crate::config::RateLimitSettings;
 
 /// Which limit refused a request (the label of `rate_limited_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +64,11 @@ pub enum Verdict {
 /// key and an instant are well under 1 MiB.
 const MAX_REMEMBERED_REFUSALS: usize = 10_000;
 
-/// The limits of one deployment, with their scripts.
+/// The limits of one deployment (their scripts are in [`super::Scripts`]).
 pub struct Limiter {
     settings: RateLimitSettings,
+    /// Prefix of the bucket keys (the instance's Redis namespace).
     namespace: String,
-    rate: Script,
-    login: Script,
     /// Buckets Redis refused, until the time it named. A refused bucket
     /// cannot refill earlier (refusals are not charged, and other instances
     /// can only push it later), so answering a flood from here is exact and
@@ -82,8 +81,6 @@ impl Limiter {
         Self {
             settings: settings.clone(),
             namespace: namespace.to_string(),
-            rate: Script::new(include_str!("../lua/rate_limit.lua")),
-            login: Script::new(include_str!("../lua/login_guard.lua")),
             refused: Mutex::new(HashMap::new()),
         }
     }
@@ -100,7 +97,7 @@ impl Limiter {
     pub fn student(&self, student: Uuid) -> Bucket {
         self.bucket(
             Scope::Student,
-            format!("{}:{{u:{student}}}:rate", self.namespace),
+            keys::student_rate(&self.namespace, student),
             self.settings.student_per_second,
             self.settings.student_burst,
         )
@@ -110,7 +107,7 @@ impl Limiter {
     pub fn address(&self, client: &ClientKey) -> Bucket {
         self.bucket(
             Scope::Address,
-            format!("{}:{{a:{}}}:rate", self.namespace, client.0),
+            keys::address_rate(&self.namespace, &client.0),
             self.settings.address_per_second,
             self.settings.address_burst,
         )
@@ -120,7 +117,7 @@ impl Limiter {
     pub fn login_address(&self, client: &ClientKey) -> Bucket {
         self.bucket(
             Scope::Login,
-            format!("{}:{{a:{}}}:login", self.namespace, client.0),
+            keys::address_login(&self.namespace, &client.0),
             self.settings.login_per_second,
             self.settings.login_burst,
         )
@@ -146,26 +143,18 @@ impl Limiter {
         if let Some(verdict) = self.remembered_refusal(buckets) {
             return Ok(verdict);
         }
-        let mut pipe = redis::pipe();
-        for bucket in buckets {
-            pipe.invoke_script(
-                self.rate
-                    .key(&bucket.key)
+        let scripts = redis.scripts();
+        let invocations: Vec<_> = buckets
+            .iter()
+            .map(|bucket| {
+                let mut call = scripts.rate_limit.prepare_invoke();
+                call.key(&bucket.key)
                     .arg(bucket.interval_us)
-                    .arg(bucket.burst),
-            );
-        }
-        let mut conn = redis.conn();
-        let replies: Vec<(i64, i64)> = match pipe.query_async(&mut conn).await {
-            Ok(replies) => replies,
-            // A pipeline does not load scripts by itself (Redis restarted or
-            // SCRIPT FLUSH): load once and ask again.
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.rate.prepare_invoke().load_async(&mut conn).await?;
-                pipe.query_async(&mut conn).await?
-            }
-            Err(e) => return Err(e),
-        };
+                    .arg(bucket.burst);
+                call
+            })
+            .collect();
+        let replies: Vec<(i64, i64)> = redis.pipelined(&invocations).await?;
         let Some((bucket, (_, wait_ms))) = buckets
             .iter()
             .zip(replies)
@@ -247,8 +236,10 @@ impl Limiter {
         op: &str,
     ) -> RedisResult<(i64, i64)> {
         let s = &self.settings;
-        self.login
-            .key(account_key(&self.namespace, student_number))
+        redis
+            .scripts()
+            .login_guard
+            .key(keys::login_account(&self.namespace, student_number))
             .arg(op)
             .arg(s.login_free_failures)
             .arg(s.login_backoff_base_ms)
@@ -257,17 +248,6 @@ impl Limiter {
             .invoke_async(&mut redis.conn())
             .await
     }
-}
-
-/// The key of one account's failed-login record. The student number is
-/// hashed: it is caller-chosen text (braces in it would move the hash slot)
-/// and unknown numbers must be tracked exactly like known ones.
-fn account_key(namespace: &str, student_number: &str) -> String {
-    let digest = Sha256::digest(student_number.trim().as_bytes());
-    format!(
-        "{namespace}:{{l:{}}}:login",
-        crate::domain::hex(&digest[..16])
-    )
 }
 
 /// The client address as a bucket name: IPv4 as is, IPv6 by its /64 prefix
@@ -307,13 +287,5 @@ mod tests {
             ClientKey::new("::ffff:192.0.2.7".parse().unwrap()),
             ClientKey::new("192.0.2.7".parse().unwrap())
         );
-    }
-
-    #[test]
-    fn account_keys_hide_the_student_number_and_keep_one_slot() {
-        let key = account_key("reg", "S{0000001}");
-        assert!(!key.contains("S{0000001}"));
-        assert_eq!(key.matches('{').count(), 1);
-        assert_eq!(key, account_key("reg", " S{0000001} "));
     }
 }

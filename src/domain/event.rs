@@ -1,9 +1,8 @@
 //! Outbox events: what the scripts append to a section's stream, and what
-//! the persistence workers apply to PostgreSQL in sequence order.
+//! the persistence workers apply to PostgreSQL in sequence order. Both
+//! sides share these values; how they are encoded in Redis lives in
+//! `seats`, how they are written in PostgreSQL in `store`.
 
-use std::collections::HashMap;
-
-use redis::Value;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,101 +103,11 @@ impl Event {
         bytes.copy_from_slice(&digest[..8]);
         i64::from_be_bytes(bytes)
     }
-
-    /// Parses one stream entry (`"<seq>-0"` and its field/value pairs).
-    pub fn from_entry(section: Uuid, id: &str, fields: &HashMap<String, Value>) -> Option<Self> {
-        let seq = id.split('-').next()?.parse().ok()?;
-        let text = |name: &str| -> Option<String> {
-            match fields.get(name)? {
-                Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-                Value::SimpleString(s) => Some(s.clone()),
-                Value::Int(i) => Some(i.to_string()),
-                _ => None,
-            }
-        };
-        let kind = EventKind::parse(&text("kind")?)?;
-        let student = text("student").and_then(|s| Uuid::try_parse(&s).ok());
-        let at_ms = text("at")?.parse().ok()?;
-        let config = if kind == EventKind::Config {
-            Some(SectionConfig {
-                capacity: text("capacity")?.parse().ok()?,
-                waitlist_limit: text("waitlist_limit")?.parse().ok()?,
-                active: text("active")? == "1",
-            })
-        } else {
-            None
-        };
-        if kind != EventKind::Config && student.is_none() {
-            return None;
-        }
-        Some(Event {
-            section,
-            seq,
-            kind,
-            student,
-            at_ms,
-            config,
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, Value> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
-            .collect()
-    }
-
-    #[test]
-    fn stream_entries_parse_into_events() {
-        let section = Uuid::new_v4();
-        let student = Uuid::new_v4();
-        let e = Event::from_entry(
-            section,
-            "7-0",
-            &fields(&[
-                ("kind", "enroll"),
-                ("student", &student.to_string()),
-                ("at", "1700"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(
-            (e.seq, e.kind, e.student, e.at_ms),
-            (7, EventKind::Enroll, Some(student), 1700)
-        );
-        let c = Event::from_entry(
-            section,
-            "8-0",
-            &fields(&[
-                ("kind", "config"),
-                ("student", ""),
-                ("at", "1"),
-                ("capacity", "30"),
-                ("waitlist_limit", "5"),
-                ("active", "1"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(
-            c.config,
-            Some(SectionConfig {
-                capacity: 30,
-                waitlist_limit: 5,
-                active: true
-            })
-        );
-        assert!(
-            Event::from_entry(section, "9-0", &fields(&[("kind", "bogus"), ("at", "1")])).is_none()
-        );
-        assert!(
-            Event::from_entry(section, "9-0", &fields(&[("kind", "drop"), ("at", "1")])).is_none()
-        );
-    }
 
     #[test]
     fn row_ids_are_stable_per_section_and_sequence() {

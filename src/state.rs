@@ -1,0 +1,67 @@
+//! What every request handler shares: settings, pools, the Redis handle and
+//! the services built on them. Built once by [`crate::startup`]; it knows
+//! nothing of HTTP, so the HTTP side depends on it and not the other way.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::{
+    auth::{Passwords, Tokens},
+    catalog::CatalogCache,
+    config::Settings,
+    registration::Registrar,
+    seats::{limits::Limiter, Redis},
+    sync::{sweeper::Backlog, Persistence},
+};
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub settings: Settings,
+    /// The API's PostgreSQL pool.
+    pub db: Pool,
+    /// The persistence side's pool (shards, sweeper, loader, revalidator).
+    pub sync_db: Pool,
+    pub redis: Redis,
+    pub tokens: Tokens,
+    pub passwords: Passwords,
+    pub metrics: PrometheusHandle,
+    pub persistence: Persistence,
+    pub backlog: Arc<Backlog>,
+    /// Catalog rows kept briefly for the browse endpoints.
+    pub catalog_cache: CatalogCache,
+    /// Register, drop and capacity changes: seats → loader → persistence.
+    pub registrar: Registrar,
+    /// Rate limits and the failed-login back-off.
+    pub limiter: Limiter,
+    pub started: Instant,
+    /// Set when shutdown begins: `/ready` answers 503 from then on.
+    pub(crate) shutting_down: AtomicBool,
+    /// Set once the scripts are loaded and warm-up finished: `/ready` needs it.
+    pub(crate) warmed_up: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_warmed_up(&self) -> bool {
+        self.warmed_up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn warm_up_done(&self) {
+        self.warmed_up.store(true, Ordering::Relaxed);
+    }
+}
