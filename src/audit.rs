@@ -7,7 +7,7 @@ use deadpool_postgres::Pool;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{seats::Redis, sync::reconcile};
+use crate::{seats::Redis, store::audit as store, sync::reconcile};
 
 /// The result of one check.
 #[derive(Debug, Clone, Serialize)]
@@ -38,23 +38,14 @@ pub async fn audit(
     let client = db.get().await?;
     let mut findings = Vec::new();
 
-    let oversold: Vec<String> = client
-        .query(
-            "select s.id, s.total_seats, s.enrolled_count, \
-                    (select count(*) from registrations r \
-                      where r.section_id = s.id and r.status = 'enrolled')::integer \
-               from sections s where s.id = any($1) \
-                and (s.enrolled_count > s.total_seats or s.enrolled_count <> \
-                     (select count(*) from registrations r \
-                       where r.section_id = s.id and r.status = 'enrolled'))",
-            &[&sections],
-        )
+    let oversold: Vec<String> = store::oversold(&client, sections)
         .await?
         .iter()
-        .map(|r| {
-            let (id, seats, count, rows): (Uuid, i32, i32, i32) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            format!("section {id}: {rows} enrolled rows, counter {count}, {seats} seats")
+        .map(|o| {
+            format!(
+                "section {}: {} enrolled rows, counter {}, {} seats",
+                o.section, o.enrolled_rows, o.enrolled_count, o.total_seats
+            )
         })
         .collect();
     let mut redis_oversold = Vec::new();
@@ -71,35 +62,21 @@ pub async fn audit(
     findings.push(finding("no oversell (PostgreSQL)", oversold));
     findings.push(finding("no oversell (Redis)", redis_oversold));
 
-    let doubled: Vec<String> = client
-        .query(
-            "select w.section_id, w.student_id from waitlist w join registrations r \
-               on r.section_id = w.section_id and r.student_id = w.student_id \
-              where r.status = 'enrolled' and w.section_id = any($1)",
-            &[&sections],
-        )
+    let doubled: Vec<String> = store::enrolled_and_waitlisted(&client, sections)
         .await?
         .iter()
-        .map(|r| {
-            let (section, student): (Uuid, Uuid) = (r.get(0), r.get(1));
-            format!("student {student} enrolled and waitlisted in {section}")
-        })
+        .map(|(section, student)| format!("student {student} enrolled and waitlisted in {section}"))
         .collect();
     findings.push(finding("no student twice in a section", doubled));
 
-    let gaps: Vec<String> = client
-        .query(
-            "select section_id, count(*), min(position), max(position) from waitlist \
-              where section_id = any($1) group by section_id \
-             having min(position) <> 1 or max(position) <> count(*)",
-            &[&sections],
-        )
+    let gaps: Vec<String> = store::waitlist_gaps(&client, sections)
         .await?
         .iter()
-        .map(|r| {
-            let (section, n, lo, hi): (Uuid, i64, i32, i32) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            format!("section {section}: {n} waiting at positions {lo}..{hi}")
+        .map(|g| {
+            format!(
+                "section {}: {} waiting at positions {}..{}",
+                g.section, g.waiting, g.lowest, g.highest
+            )
         })
         .collect();
     findings.push(finding("waitlist positions contiguous", gaps));
@@ -115,14 +92,9 @@ pub async fn audit(
 
     let mut missing = Vec::new();
     for (section, students) in acknowledged {
-        let enrolled: BTreeSet<Uuid> = client
-            .query(
-                "select student_id from registrations where section_id = $1 and status = 'enrolled'",
-                &[section],
-            )
+        let enrolled: BTreeSet<Uuid> = store::enrolled_students(&client, *section)
             .await?
-            .iter()
-            .map(|r| r.get(0))
+            .into_iter()
             .collect();
         let lost: Vec<&Uuid> = students.difference(&enrolled).collect();
         if !lost.is_empty() {

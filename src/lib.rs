@@ -32,6 +32,7 @@
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;

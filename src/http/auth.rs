@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use std::{future::Future, time::Duration};
 
-use super::{body, json, limits, ApiError, ApiResult};
+use super::{body, error, json, ApiError, ApiResult};
 use crate::{
     auth::{Principal, TokenError},
     domain::Role,
@@ -99,7 +99,7 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         return Err(ApiError::TooManyRequests {
             code: "login_backoff",
             detail: "too many failed logins for this account; retry after the number of seconds in Retry-After",
-            retry_after_secs: limits::retry_after_secs(wait),
+            retry_after_secs: error::retry_after_secs(wait),
         });
     }
     let db = state.db.get().await?;

@@ -3,6 +3,8 @@
 //! Every variant names its status. Client errors carry a stable machine
 //! `code`; 5xx bodies are opaque and their cause is logged once, here.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{header, Response, StatusCode};
@@ -227,6 +229,12 @@ impl From<RegistrationError> for ApiError {
     }
 }
 
+/// Whole seconds for `Retry-After`, rounded up so a client that waits them
+/// is never refused again for the same reason, and at least one.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
+}
+
 fn database_unavailable() -> ApiError {
     ApiError::Unavailable {
         code: "database_unavailable",
@@ -245,5 +253,18 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
             let code = state.code();
             code.starts_with("08") || code.starts_with("57")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }
 }

@@ -2,14 +2,11 @@
 //! and the 429 it gets when one is empty. The buckets themselves are in
 //! [`crate::seats::limits`].
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use hyper::http::request::Parts;
 
-use super::{auth, ApiError};
+use super::{auth, error::retry_after_secs, ApiError};
 use crate::{
     domain::Role,
     metrics::{RATE_LIMITED, RATE_LIMIT_ERRORS},
@@ -76,12 +73,6 @@ pub async fn admit(state: &AppState, req: &mut Parts, charge: Charge) -> Result<
     }
 }
 
-/// Whole seconds for `Retry-After`, rounded up so a client that waits them
-/// is never refused again for the same reason, and at least one.
-pub fn retry_after_secs(wait: Duration) -> u64 {
-    wait.as_millis().div_ceil(1000).max(1) as u64
-}
-
 /// The client's address: the last entry of the configured proxy header (the
 /// address the trusted proxy saw), else the TCP peer.
 fn client_key(state: &AppState, req: &Parts) -> Option<ClientKey> {
@@ -102,17 +93,4 @@ fn client_key(state: &AppState, req: &Parts) -> Option<ClientKey> {
     req.extensions
         .get::<Peer>()
         .map(|peer| ClientKey::new(peer.0.ip()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_rounds_up_to_whole_seconds() {
-        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
-    }
 }

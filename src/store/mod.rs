@@ -1,6 +1,7 @@
 //! The PostgreSQL side: connection pool, migrations and queries.
 //! PostgreSQL is the system of record; the hot path never waits on it.
 
+pub mod audit;
 pub mod catalog;
 pub mod engine;
 pub mod migrate;

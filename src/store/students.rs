@@ -39,6 +39,24 @@ pub async fn credentials(
     }))
 }
 
+/// The role of the student with this id, and whether they may register.
+pub async fn role_by_id(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<(Role, bool)>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "select role, enrollment_status = 'active' from students where id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|row| {
+        let role: String = row.get(0);
+        // The column's CHECK constraint admits only the two known roles.
+        (Role::parse(&role).unwrap_or(Role::Student), row.get(1))
+    }))
+}
+
 /// The id of the student with this number.
 pub async fn id_by_number(
     db: &impl GenericClient,

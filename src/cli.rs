@@ -1,0 +1,206 @@
+//! The command line: one binary with `serve`, `migrate`, `seed`, `token`
+//! and `reconcile`. `main.rs` parses and dispatches; the bodies live here.
+
+use std::{io::Write, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::{
+    auth::Tokens,
+    config::Settings,
+    seats::Redis,
+    seed::{self, SeedOptions},
+    startup::{shutdown_signal, Application},
+    store,
+    sync::reconcile,
+    telemetry,
+};
+
+#[derive(Parser)]
+#[command(name = "registrar", version, about = "Course registration engine")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the HTTP API until SIGTERM or SIGINT.
+    Serve,
+    /// Apply pending SQL migrations (a no-op when up to date).
+    Migrate,
+    /// Load demo data: an open semester, courses, sections, students, one admin.
+    Seed {
+        /// Number of students (S0000001, S0000002, ...).
+        #[arg(long, default_value_t = 1000)]
+        students: usize,
+        #[arg(long, default_value_t = 10)]
+        courses: usize,
+        #[arg(long, default_value_t = 2)]
+        sections_per_course: usize,
+        /// Seats per section.
+        #[arg(long, default_value_t = 30)]
+        seats: i32,
+        /// Waitlist places per section.
+        #[arg(long, default_value_t = 10)]
+        waitlist: i32,
+        /// Password of every demo student.
+        #[arg(long, default_value = "password123")]
+        password: String,
+        /// Password of the `admin` account.
+        #[arg(long, default_value = "admin-password")]
+        admin_password: String,
+    },
+    /// Compare Redis with PostgreSQL per section and print any drift; exit 1
+    /// when drift remains. With --fix, rebuild drifted sections' Redis state
+    /// from PostgreSQL (only sections whose outbox is empty).
+    Reconcile {
+        #[arg(long)]
+        fix: bool,
+    },
+    /// Print a JWT for a student (by number or id) or for the admin.
+    Token {
+        #[arg(long, conflicts_with_all = ["student_id", "admin"])]
+        student_number: Option<String>,
+        #[arg(long, conflicts_with = "admin")]
+        student_id: Option<Uuid>,
+        /// Mint for the demo admin account.
+        #[arg(long)]
+        admin: bool,
+        /// Lifetime in seconds (default: auth.token_ttl_secs).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
+}
+
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            telemetry::init(&settings.log, std::io::stdout);
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            store::ensure_database(settings.database.url.expose()).await?;
+            let pool = store::pool(&settings.database)?;
+            let mut client = pool
+                .get()
+                .await
+                .context("failed to connect to PostgreSQL")?;
+            let applied = store::migrate::run(&mut client).await?;
+            if applied.is_empty() {
+                println!("schema is up to date");
+            } else {
+                for name in applied {
+                    println!("applied {name}");
+                }
+            }
+            Ok(())
+        }
+        Command::Seed {
+            students,
+            courses,
+            sections_per_course,
+            seats,
+            waitlist,
+            password,
+            admin_password,
+        } => {
+            anyhow::ensure!(
+                seats >= 0 && waitlist >= 0,
+                "--seats and --waitlist must not be negative"
+            );
+            let pool = store::pool(&settings.database)?;
+            let opts = SeedOptions {
+                students,
+                courses,
+                sections_per_course,
+                seats,
+                waitlist,
+                password,
+                admin_password,
+            };
+            let started = std::time::Instant::now();
+            let report = seed::seed(&pool, &opts, |done, total| {
+                eprint!("\rstudents: {done}/{total}");
+                let _ = std::io::stderr().flush();
+            })
+            .await?;
+            eprintln!();
+            println!(
+                "seeded in {:.1}s: semester {} with {} sections; {} new students",
+                started.elapsed().as_secs_f64(),
+                report.semester_id,
+                report.section_ids.len(),
+                report.students_inserted
+            );
+            println!(
+                "log in as a student: {{\"student_number\": \"{}\", \"password\": \"{}\"}}",
+                seed::student_number(1),
+                opts.password
+            );
+            println!(
+                "log in as the admin: {{\"student_number\": \"{}\", \"password\": \"{}\"}}",
+                seed::ADMIN_NUMBER,
+                opts.admin_password
+            );
+            Ok(())
+        }
+        Command::Reconcile { fix } => {
+            let pool = store::pool(&settings.database)?;
+            let redis = Redis::new(&settings.redis)?;
+            let reports = reconcile::reconcile(&pool, &redis, fix).await?;
+            for report in &reports {
+                println!("{}", serde_json::to_string(report)?);
+            }
+            let drift = reports
+                .iter()
+                .filter(|r| r.is_drift() && !r.repaired)
+                .count();
+            let pending = reports.iter().filter(|r| !r.is_drift()).count();
+            let repaired = reports.iter().filter(|r| r.repaired).count();
+            eprintln!("{drift} sections drifted, {repaired} repaired, {pending} still draining");
+            if drift > 0 {
+                anyhow::bail!("Redis and PostgreSQL disagree on {drift} sections");
+            }
+            Ok(())
+        }
+        Command::Token {
+            student_number,
+            student_id,
+            admin,
+            ttl_secs,
+        } => {
+            let pool = store::pool(&settings.database)?;
+            let db = pool
+                .get()
+                .await
+                .context("failed to connect to PostgreSQL")?;
+            let number = if admin {
+                Some(seed::ADMIN_NUMBER.to_string())
+            } else {
+                student_number
+            };
+            let (id, role, active) = match (number, student_id) {
+                (Some(number), _) => store::students::id_by_number(&db, &number)
+                    .await?
+                    .with_context(|| format!("no student with number {number}"))?,
+                (None, Some(id)) => {
+                    let (role, active) = store::students::role_by_id(&db, id)
+                        .await?
+                        .with_context(|| format!("no student with id {id}"))?;
+                    (id, role, active)
+                }
+                (None, None) => {
+                    anyhow::bail!("name a student: --student-number, --student-id or --admin")
+                }
+            };
+            let ttl = Duration::from_secs(ttl_secs.unwrap_or(settings.auth.token_ttl_secs));
+            let tokens = Tokens::new(settings.auth.jwt_secret.expose().as_bytes(), ttl);
+            println!("{}", tokens.mint(id, role, active));
+            Ok(())
+        }
+    }
+}
