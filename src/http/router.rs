@@ -219,6 +219,26 @@ pub fn route_templates() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
+/// Counts a request in [`HTTP_IN_FLIGHT`] while it is alive. hyper drops a
+/// request's future when its client disconnects; a decrement written after
+/// the handler's `.await` would then never run, and the gauge would creep up
+/// with every abandoned request. `Drop` runs either way.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> Self {
+        let gauge = metrics::gauge!(HTTP_IN_FLIGHT);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Longest client-supplied request id echoed back; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 64;
 
@@ -258,7 +278,7 @@ pub async fn handle(
         method = %method,
         route = template
     );
-    metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
+    let in_flight = InFlight::enter();
     let deadline = state.settings.http.request_timeout();
     let result = async {
         match tokio::time::timeout(deadline, dispatch(&state, matched, &mut parts, body)).await {
@@ -272,7 +292,7 @@ pub async fn handle(
     }
     .instrument(span.clone())
     .await;
-    metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    drop(in_flight);
     let mut response = result.unwrap_or_else(|e| span.in_scope(|| e.into_response()));
     if method == Method::HEAD {
         *response.body_mut() = Body::default();
@@ -365,6 +385,11 @@ async fn dispatch(
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        future::Future,
+        task::{Context, Poll, Waker},
+    };
+
     use super::*;
 
     /// What a path resolves to: its route's template and its `{id}`.
@@ -444,6 +469,35 @@ mod tests {
         assert_eq!(unique.len(), templates.len(), "{templates:?}");
         assert!(route_templates().contains(&("/api/v1/openapi.json", "GET, HEAD")));
         assert!(route_templates().contains(&("/api/v1/admin/sections/{id}", "PATCH")));
+    }
+
+    /// The gauge's value as the recorder would export it.
+    fn in_flight(handle: &metrics_exporter_prometheus::PrometheusHandle) -> Option<f64> {
+        handle.render().lines().find_map(|line| {
+            let value = line.strip_prefix(HTTP_IN_FLIGHT)?.strip_prefix(' ')?;
+            value.parse().ok()
+        })
+    }
+
+    #[test]
+    fn a_request_dropped_before_it_completes_leaves_the_in_flight_gauge() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            // A request whose handler never finishes, as when the client
+            // disconnects mid-request and hyper drops the future.
+            let mut request = Box::pin(async {
+                let _in_flight = InFlight::enter();
+                std::future::pending::<()>().await;
+            });
+            let polled = request
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+            assert_eq!(polled, Poll::Pending);
+            assert_eq!(in_flight(&handle), Some(1.0));
+            drop(request);
+        });
+        assert_eq!(in_flight(&handle), Some(0.0));
     }
 
     proptest::proptest! {
