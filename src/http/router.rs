@@ -1,171 +1,242 @@
-//! Routing: path → [`Route`], method check (405 with `Allow`), request
-//! deadline, request id and span, and the request metrics.
+//! Routing: the route table (path → route, method → handler, the rate limit
+//! it charges), 405 with `Allow`, request deadline, request id and span, and
+//! the request metrics.
 
-use std::{convert::Infallible, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    sync::{Arc, LazyLock},
+    time::Instant,
+};
 
 use hyper::{body::Incoming, header::HeaderValue, http::request::Parts, Method, Request, Response};
 use tracing::Instrument;
 
 use super::{
-    admin, auth, catalog, limits, path_id, probes, registration, students, ApiError, ApiResult,
-    Body,
+    admin, auth, catalog,
+    limits::{self, Charge},
+    openapi, path_id, probes, registration, students, ApiError, ApiResult, Body,
 };
 use crate::{
     metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS},
     state::AppState,
 };
 
-/// Every route the service knows, with its path parameters still as text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route<'a> {
-    Live,
-    Ready,
-    Health,
-    Metrics,
-    OpenApi,
-    Login,
-    Register,
-    RegisterDrop,
-    Semesters,
-    Semester(&'a str),
-    SemesterSections(&'a str),
-    SectionsAvailable,
-    Section(&'a str),
-    StudentRegistrations(&'a str),
-    StudentWaitlist(&'a str),
-    AdminSemesters,
-    AdminCourses,
-    AdminSections,
-    AdminSection(&'a str),
-    AdminStudents,
-}
+/// Declares the route table from one line per method of a route:
+/// `Name METHOD "template" charge => handler call`.
+///
+/// The template is in matchit's `{id}` syntax, which is also OpenAPI's, so
+/// the one string is the matcher's pattern, the metrics' `route` label and
+/// the key of docs/openapi.json's `paths`. The charge is the rate-limit class
+/// ([`Charge`]'s variant, or `Free` for none). The head `|state, req, body,
+/// id|` names what the handler calls may use; `id` is the `{id}` segment.
+///
+/// A macro rather than a list of function pointers: every handler's future
+/// has its own type, and one generated `match` over them dispatches without
+/// boxing a future per request.
+macro_rules! routes {
+    (@charge Free) => { None };
+    (@charge $class:ident) => { Some(Charge::$class) };
+    (
+        |$state:ident, $req:ident, $body:ident, $id:ident|
+        $( $name:ident $method:ident $template:literal $charge:ident => $call:expr, )+
+    ) => {
+        /// A line of the table: which handler [`call`] runs.
+        #[derive(Clone, Copy)]
+        enum Handler { $( $name, )+ }
 
-impl<'a> Route<'a> {
-    fn resolve(path: &'a str) -> Option<Self> {
-        let path = path
-            .strip_suffix('/')
-            .filter(|p| !p.is_empty())
-            .unwrap_or(path);
-        let mut parts = path.split('/').skip(1);
-        let segments: [Option<&str>; 6] = std::array::from_fn(|_| parts.next());
-        if parts.next().is_some() {
-            return None;
-        }
-        use Route::*;
-        Some(match segments {
-            [Some("live"), None, ..] => Live,
-            [Some("ready"), None, ..] => Ready,
-            [Some("health"), None, ..] => Health,
-            [Some("metrics"), None, ..] => Metrics,
-            [Some("api"), Some("v1"), Some(a), b, c, None] => match (a, b, c) {
-                ("openapi.json", None, None) => OpenApi,
-                ("auth", Some("login"), None) => Login,
-                ("register", None, None) => Register,
-                ("register", Some("drop"), None) => RegisterDrop,
-                ("semesters", None, None) => Semesters,
-                ("semesters", Some(id), None) => Semester(id),
-                ("semesters", Some(id), Some("sections")) => SemesterSections(id),
-                ("sections", Some("available"), None) => SectionsAvailable,
-                ("sections", Some(id), None) => Section(id),
-                ("students", Some(id), Some("registrations")) => StudentRegistrations(id),
-                ("students", Some(id), Some("waitlist")) => StudentWaitlist(id),
-                ("admin", Some("semesters"), None) => AdminSemesters,
-                ("admin", Some("courses"), None) => AdminCourses,
-                ("admin", Some("sections"), None) => AdminSections,
-                ("admin", Some("sections"), Some(id)) => AdminSection(id),
-                ("admin", Some("students"), None) => AdminStudents,
-                _ => return None,
+        /// The table's lines, in declaration order.
+        static ENDPOINTS: &[Endpoint] = &[$(
+            Endpoint {
+                handler: Handler::$name,
+                method: Method::$method,
+                template: $template,
+                charge: routes!(@charge $charge),
             },
-            _ => return None,
-        })
-    }
+        )+];
 
-    /// The route's template: the `route` label of the metrics (bounded cardinality).
-    fn template(&self) -> &'static str {
-        match self {
-            Route::Live => "/live",
-            Route::Ready => "/ready",
-            Route::Health => "/health",
-            Route::Metrics => "/metrics",
-            Route::OpenApi => "/api/v1/openapi.json",
-            Route::Login => "/api/v1/auth/login",
-            Route::Register => "/api/v1/register",
-            Route::RegisterDrop => "/api/v1/register/drop",
-            Route::Semesters => "/api/v1/semesters",
-            Route::Semester(_) => "/api/v1/semesters/{id}",
-            Route::SemesterSections(_) => "/api/v1/semesters/{id}/sections",
-            Route::SectionsAvailable => "/api/v1/sections/available",
-            Route::Section(_) => "/api/v1/sections/{id}",
-            Route::StudentRegistrations(_) => "/api/v1/students/{id}/registrations",
-            Route::StudentWaitlist(_) => "/api/v1/students/{id}/waitlist",
-            Route::AdminSemesters => "/api/v1/admin/semesters",
-            Route::AdminCourses => "/api/v1/admin/courses",
-            Route::AdminSections => "/api/v1/admin/sections",
-            Route::AdminSection(_) => "/api/v1/admin/sections/{id}",
-            Route::AdminStudents => "/api/v1/admin/students",
+        /// Runs the handler of a resolved, allowed and charged request.
+        async fn call(
+            handler: Handler,
+            $state: &AppState,
+            $req: &Parts,
+            $body: Incoming,
+            $id: &str,
+        ) -> ApiResult {
+            match handler { $( Handler::$name => $call, )+ }
         }
-    }
+    };
+}
 
-    /// The rate limits the route charges; probes and metrics charge none
-    /// (orchestrators and Prometheus poll them, from inside the network).
-    fn charge(&self) -> Option<limits::Charge> {
-        match self {
-            Route::Live | Route::Ready | Route::Health | Route::Metrics => None,
-            Route::Login => Some(limits::Charge::Login),
-            _ => Some(limits::Charge::Api),
-        }
-    }
+// Probes and metrics are free: orchestrators and Prometheus poll them, from
+// inside the network. A GET also answers HEAD.
+routes! {
+    |state, req, body, id|
+    Live                 GET   "/live"                               Free  => probes::live(),
+    Ready                GET   "/ready"                              Free  => probes::ready(state).await,
+    Health               GET   "/health"                             Free  => probes::health(state).await,
+    Metrics              GET   "/metrics"                            Free  => probes::metrics(state),
+    OpenApi              GET   "/api/v1/openapi.json"                Api   => openapi::document(req),
+    Login                POST  "/api/v1/auth/login"                  Login => auth::login(state, req, body).await,
+    Register             POST  "/api/v1/register"                    Api   => registration::register(state, req, body).await,
+    RegisterDrop         POST  "/api/v1/register/drop"               Api   => registration::drop(state, req, body).await,
+    Semesters            GET   "/api/v1/semesters"                   Api   => catalog::semesters(state, req).await,
+    Semester             GET   "/api/v1/semesters/{id}"              Api   => catalog::semester(state, req, path_id(id)?).await,
+    SemesterSections     GET   "/api/v1/semesters/{id}/sections"     Api   => catalog::semester_sections(state, req, path_id(id)?).await,
+    SectionsAvailable    GET   "/api/v1/sections/available"          Api   => catalog::available(state, req).await,
+    Section              GET   "/api/v1/sections/{id}"               Api   => catalog::section(state, req, path_id(id)?).await,
+    StudentRegistrations GET   "/api/v1/students/{id}/registrations" Api   => students::registrations(state, req, path_id(id)?).await,
+    StudentWaitlist      GET   "/api/v1/students/{id}/waitlist"      Api   => students::waitlist(state, req, path_id(id)?).await,
+    AdminSemesters       POST  "/api/v1/admin/semesters"             Api   => admin::create_semester(state, req, body).await,
+    AdminCourses         POST  "/api/v1/admin/courses"               Api   => admin::create_course(state, req, body).await,
+    AdminSections        POST  "/api/v1/admin/sections"              Api   => admin::create_section(state, req, body).await,
+    AdminSection         PATCH "/api/v1/admin/sections/{id}"         Api   => admin::update_section(state, req, body, path_id(id)?).await,
+    AdminStudents        POST  "/api/v1/admin/students"              Api   => admin::create_students(state, req, body).await,
+}
 
-    fn allowed(&self) -> (&'static [Method], &'static str) {
-        match self {
-            Route::AdminSection(_) => (&[Method::PATCH], "PATCH"),
-            Route::Login
-            | Route::Register
-            | Route::RegisterDrop
-            | Route::AdminSemesters
-            | Route::AdminCourses
-            | Route::AdminSections
-            | Route::AdminStudents => (&[Method::POST], "POST"),
-            _ => (&[Method::GET, Method::HEAD], "GET, HEAD"),
+/// One method of one route, as declared in the table.
+struct Endpoint {
+    handler: Handler,
+    method: Method,
+    template: &'static str,
+    /// The rate limits charged once the method is allowed; `None` for free.
+    charge: Option<Charge>,
+}
+
+/// A template with every method it answers.
+struct Route {
+    template: &'static str,
+    endpoints: Vec<&'static Endpoint>,
+    /// The `Allow` of its 405s: its methods in declaration order, HEAD after
+    /// GET (GET's handler answers it).
+    allow: String,
+}
+
+impl Route {
+    /// The endpoint answering `method`; HEAD is answered by GET's handler
+    /// (`handle` drops the body) unless the route declares HEAD itself.
+    fn endpoint(&self, method: &Method) -> Option<&'static Endpoint> {
+        let declared =
+            |method: &Method| self.endpoints.iter().copied().find(|e| e.method == *method);
+        match declared(method) {
+            None if *method == Method::HEAD => declared(&Method::GET),
+            found => found,
         }
     }
 }
 
-impl Route<'static> {
-    /// One of every route, with the template's `{id}` as its path parameter.
-    /// The unit test `every_route_is_listed_once` fails to compile when a
-    /// variant is added without being listed here.
-    const ALL: [Route<'static>; 20] = [
-        Route::Live,
-        Route::Ready,
-        Route::Health,
-        Route::Metrics,
-        Route::OpenApi,
-        Route::Login,
-        Route::Register,
-        Route::RegisterDrop,
-        Route::Semesters,
-        Route::Semester("{id}"),
-        Route::SemesterSections("{id}"),
-        Route::SectionsAvailable,
-        Route::Section("{id}"),
-        Route::StudentRegistrations("{id}"),
-        Route::StudentWaitlist("{id}"),
-        Route::AdminSemesters,
-        Route::AdminCourses,
-        Route::AdminSections,
-        Route::AdminSection("{id}"),
-        Route::AdminStudents,
-    ];
+/// `Allow`'s value for a route's endpoints.
+fn allow(endpoints: &[&Endpoint]) -> String {
+    let head_declared = endpoints.iter().any(|e| e.method == Method::HEAD);
+    let mut methods = Vec::with_capacity(endpoints.len() + 1);
+    for endpoint in endpoints {
+        methods.push(endpoint.method.as_str());
+        if endpoint.method == Method::GET && !head_declared {
+            methods.push(Method::HEAD.as_str());
+        }
+    }
+    methods.join(", ")
+}
+
+/// The table grouped by template, and the matcher over the templates; built
+/// once, on the first request (or the first test that routes).
+struct Table {
+    routes: Vec<Route>,
+    /// Template → index into `routes`.
+    matcher: matchit::Router<usize>,
+}
+
+static TABLE: LazyLock<Table> = LazyLock::new(|| {
+    let mut routes: Vec<Route> = Vec::new();
+    for endpoint in ENDPOINTS {
+        match routes.iter_mut().find(|r| r.template == endpoint.template) {
+            Some(route) => {
+                assert!(
+                    route.endpoints.iter().all(|e| e.method != endpoint.method),
+                    "{} {} is declared twice",
+                    endpoint.method,
+                    endpoint.template
+                );
+                route.endpoints.push(endpoint);
+            }
+            None => routes.push(Route {
+                template: endpoint.template,
+                endpoints: vec![endpoint],
+                allow: String::new(),
+            }),
+        }
+    }
+    let mut matcher = matchit::Router::new();
+    for (index, route) in routes.iter_mut().enumerate() {
+        route.allow = allow(&route.endpoints);
+        if let Err(e) = matcher.insert(route.template, index) {
+            panic!("{} cannot be routed: {e}", route.template);
+        }
+        // Handlers are given the `{id}` segment only; a parameter of another
+        // name would reach them as an empty id.
+        let params = matcher.at(route.template).map(|m| m.params.len());
+        let ids = matcher
+            .at(route.template)
+            .map(|m| m.params.get("id").is_some());
+        assert!(
+            params.is_ok() && params == ids.map(usize::from),
+            "{}: `{{id}}` is the only path parameter handlers are given",
+            route.template
+        );
+    }
+    Table { routes, matcher }
+});
+
+/// A path's route, with its `{id}` segment when the template has one.
+#[derive(Clone, Copy)]
+struct Matched<'p> {
+    route: &'static Route,
+    id: Option<&'p str>,
+}
+
+/// The route of a path. A trailing slash is ignored ("/x/" is "/x"); the
+/// root and the empty path are no route. matchit borrows the segment from
+/// the path; it allocates only where a segment may be static or a parameter
+/// (`/sections/available` beside `/sections/{id}`), a short list to backtrack.
+fn resolve(path: &str) -> Option<Matched<'_>> {
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    let found = TABLE.matcher.at(path).ok()?;
+    Some(Matched {
+        route: &TABLE.routes[*found.value],
+        id: found.params.get("id"),
+    })
 }
 
 /// Every route's template with the methods it allows (as in `Allow`): what
 /// the OpenAPI document (docs/openapi.json) must describe, no more, no less.
 pub fn route_templates() -> Vec<(&'static str, &'static str)> {
-    Route::ALL
+    TABLE
+        .routes
         .iter()
-        .map(|route| (route.template(), route.allowed().1))
+        .map(|route| (route.template, route.allow.as_str()))
         .collect()
+}
+
+/// Counts a request in [`HTTP_IN_FLIGHT`] while it is alive. hyper drops a
+/// request's future when its client disconnects; a decrement written after
+/// the handler's `.await` would then never run, and the gauge would creep up
+/// with every abandoned request. `Drop` runs either way.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> Self {
+        let gauge = metrics::gauge!(HTTP_IN_FLIGHT);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// Longest client-supplied request id echoed back; longer ones are replaced.
@@ -199,18 +270,18 @@ pub async fn handle(
     // The route borrows the path; the limiter may add to the request's
     // extensions, so the route is resolved from a (reference-counted) copy.
     let uri = parts.uri.clone();
-    let route = Route::resolve(uri.path());
-    let template = route.map_or("unmatched", |r| r.template());
+    let matched = resolve(uri.path());
+    let template = matched.map_or("unmatched", |m| m.route.template);
     let span = tracing::info_span!(
         "request",
         id = rid.to_str().unwrap_or(""),
         method = %method,
         route = template
     );
-    metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
+    let in_flight = InFlight::enter();
     let deadline = state.settings.http.request_timeout();
     let result = async {
-        match tokio::time::timeout(deadline, dispatch(&state, route, &mut parts, body)).await {
+        match tokio::time::timeout(deadline, dispatch(&state, matched, &mut parts, body)).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::Unavailable {
                 code: "request_timeout",
@@ -221,7 +292,7 @@ pub async fn handle(
     }
     .instrument(span.clone())
     .await;
-    metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    drop(in_flight);
     let mut response = result.unwrap_or_else(|e| span.in_scope(|| e.into_response()));
     if method == Method::HEAD {
         *response.body_mut() = Body::default();
@@ -289,7 +360,7 @@ fn method_label(method: &Method) -> &'static str {
 
 async fn dispatch(
     state: &AppState,
-    route: Option<Route<'_>>,
+    matched: Option<Matched<'_>>,
     req: &mut Parts,
     body: Incoming,
 ) -> ApiResult {
@@ -298,105 +369,100 @@ async fn dispatch(
     if target > limit {
         return Err(ApiError::UriTooLong { limit });
     }
-    let Some(route) = route else {
+    let Some(Matched { route, id }) = matched else {
         return Err(ApiError::NotFound("no such route".into()));
     };
-    let (methods, allow) = route.allowed();
-    if !methods.contains(&req.method) {
-        return Err(ApiError::MethodNotAllowed { allow });
-    }
-    if let Some(charge) = route.charge() {
+    let Some(endpoint) = route.endpoint(&req.method) else {
+        return Err(ApiError::MethodNotAllowed {
+            allow: &route.allow,
+        });
+    };
+    if let Some(charge) = endpoint.charge {
         limits::admit(state, req, charge).await?;
     }
-    let req = &*req;
-    match route {
-        Route::Live => probes::live(),
-        Route::Ready => probes::ready(state).await,
-        Route::Health => probes::health(state).await,
-        Route::Metrics => probes::metrics(state),
-        Route::OpenApi => super::openapi::document(req),
-        Route::Login => auth::login(state, req, body).await,
-        Route::Register => registration::register(state, req, body).await,
-        Route::RegisterDrop => registration::drop(state, req, body).await,
-        Route::Semesters => catalog::semesters(state, req).await,
-        Route::Semester(id) => catalog::semester(state, req, path_id(id)?).await,
-        Route::SemesterSections(id) => catalog::semester_sections(state, req, path_id(id)?).await,
-        Route::SectionsAvailable => catalog::available(state, req).await,
-        Route::Section(id) => catalog::section(state, req, path_id(id)?).await,
-        Route::StudentRegistrations(id) => students::registrations(state, req, path_id(id)?).await,
-        Route::StudentWaitlist(id) => students::waitlist(state, req, path_id(id)?).await,
-        Route::AdminSemesters => admin::create_semester(state, req, body).await,
-        Route::AdminCourses => admin::create_course(state, req, body).await,
-        Route::AdminSections => admin::create_section(state, req, body).await,
-        Route::AdminSection(id) => admin::update_section(state, req, body, path_id(id)?).await,
-        Route::AdminStudents => admin::create_students(state, req, body).await,
-    }
+    call(endpoint.handler, state, req, body, id.unwrap_or_default()).await
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        future::Future,
+        task::{Context, Poll, Waker},
+    };
+
     use super::*;
+
+    /// What a path resolves to: its route's template and its `{id}`.
+    fn resolved(path: &str) -> Option<(&'static str, Option<&str>)> {
+        resolve(path).map(|m| (m.route.template, m.id))
+    }
 
     #[test]
     fn paths_resolve_to_their_routes() {
         let id = "0190f1c4-7e2a-7000-8000-000000000000";
-        assert_eq!(Route::resolve("/live"), Some(Route::Live));
-        assert_eq!(Route::resolve("/api/v1/semesters/"), Some(Route::Semesters));
+        assert_eq!(resolved("/live"), Some(("/live", None)));
         assert_eq!(
-            Route::resolve(&format!("/api/v1/semesters/{id}/sections")),
-            Some(Route::SemesterSections(id))
+            resolved("/api/v1/semesters/"),
+            Some(("/api/v1/semesters", None))
         );
         assert_eq!(
-            Route::resolve("/api/v1/sections/available"),
-            Some(Route::SectionsAvailable)
+            resolved(&format!("/api/v1/semesters/{id}/sections")),
+            Some(("/api/v1/semesters/{id}/sections", Some(id)))
         );
         assert_eq!(
-            Route::resolve("/api/v1/sections/x"),
-            Some(Route::Section("x"))
+            resolved("/api/v1/sections/available"),
+            Some(("/api/v1/sections/available", None))
         );
-        assert_eq!(Route::resolve("/"), None);
-        assert_eq!(Route::resolve("/api/v1"), None);
-        assert_eq!(Route::resolve("/api/v1/semesters/a/b/c/d"), None);
-        assert_eq!(Route::resolve("/live/x"), None);
-        assert_eq!(Route::resolve("//live"), None);
+        assert_eq!(
+            resolved("/api/v1/sections/x"),
+            Some(("/api/v1/sections/{id}", Some("x")))
+        );
+        assert_eq!(resolved("/"), None);
+        assert_eq!(resolved(""), None);
+        assert_eq!(resolved("/api/v1"), None);
+        assert_eq!(resolved("/api/v1/semesters/a/b/c/d"), None);
+        assert_eq!(resolved("/live/x"), None);
+        assert_eq!(resolved("//live"), None);
     }
 
     #[test]
-    fn every_route_is_listed_once() {
-        // No wildcard: a new variant must be given a place in `Route::ALL`.
-        fn index(route: Route<'_>) -> usize {
-            match route {
-                Route::Live => 0,
-                Route::Ready => 1,
-                Route::Health => 2,
-                Route::Metrics => 3,
-                Route::OpenApi => 4,
-                Route::Login => 5,
-                Route::Register => 6,
-                Route::RegisterDrop => 7,
-                Route::Semesters => 8,
-                Route::Semester(_) => 9,
-                Route::SemesterSections(_) => 10,
-                Route::SectionsAvailable => 11,
-                Route::Section(_) => 12,
-                Route::StudentRegistrations(_) => 13,
-                Route::StudentWaitlist(_) => 14,
-                Route::AdminSemesters => 15,
-                Route::AdminCourses => 16,
-                Route::AdminSections => 17,
-                Route::AdminSection(_) => 18,
-                Route::AdminStudents => 19,
-            }
+    fn every_declared_endpoint_is_reached_by_its_template_and_method() {
+        // The table is the only list of routes: what the matcher and the
+        // method check reach is exactly what was declared.
+        for declared in ENDPOINTS {
+            let route = resolve(declared.template)
+                .expect("a template resolves")
+                .route;
+            let reached = route
+                .endpoint(&declared.method)
+                .expect("its method is allowed");
+            assert!(std::ptr::eq(reached, declared), "{}", declared.template);
         }
-        for (i, route) in Route::ALL.iter().enumerate() {
-            assert_eq!(index(*route), i, "{route:?} is out of place in Route::ALL");
-        }
+        let endpoints: usize = TABLE.routes.iter().map(|r| r.endpoints.len()).sum();
+        assert_eq!(endpoints, ENDPOINTS.len());
+    }
+
+    #[test]
+    fn head_is_answered_by_get_and_allowed_with_it() {
+        let get = resolve("/api/v1/semesters").unwrap().route;
+        assert!(std::ptr::eq(
+            get.endpoint(&Method::HEAD).unwrap(),
+            get.endpoint(&Method::GET).unwrap()
+        ));
+        assert_eq!(get.allow, "GET, HEAD");
+        let post = resolve("/api/v1/register").unwrap().route;
+        assert!(post.endpoint(&Method::HEAD).is_none());
+        assert!(post.endpoint(&Method::GET).is_none());
+        assert_eq!(post.allow, "POST");
     }
 
     #[test]
     fn every_template_resolves_back_to_its_route() {
-        for route in Route::ALL {
-            assert_eq!(Route::resolve(route.template()), Some(route));
+        for route in &TABLE.routes {
+            let matched = resolve(route.template).expect("a template resolves");
+            assert!(std::ptr::eq(matched.route, route), "{}", route.template);
+            let id = route.template.contains("{id}").then_some("{id}");
+            assert_eq!(matched.id, id, "{}", route.template);
         }
         let templates: Vec<_> = route_templates().into_iter().map(|(t, _)| t).collect();
         let unique: std::collections::BTreeSet<_> = templates.iter().collect();
@@ -405,14 +471,43 @@ mod tests {
         assert!(route_templates().contains(&("/api/v1/admin/sections/{id}", "PATCH")));
     }
 
+    /// The gauge's value as the recorder would export it.
+    fn in_flight(handle: &metrics_exporter_prometheus::PrometheusHandle) -> Option<f64> {
+        handle.render().lines().find_map(|line| {
+            let value = line.strip_prefix(HTTP_IN_FLIGHT)?.strip_prefix(' ')?;
+            value.parse().ok()
+        })
+    }
+
+    #[test]
+    fn a_request_dropped_before_it_completes_leaves_the_in_flight_gauge() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            // A request whose handler never finishes, as when the client
+            // disconnects mid-request and hyper drops the future.
+            let mut request = Box::pin(async {
+                let _in_flight = InFlight::enter();
+                std::future::pending::<()>().await;
+            });
+            let polled = request
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+            assert_eq!(polled, Poll::Pending);
+            assert_eq!(in_flight(&handle), Some(1.0));
+            drop(request);
+        });
+        assert_eq!(in_flight(&handle), Some(0.0));
+    }
+
     proptest::proptest! {
         /// Any path resolves to a route or to nothing, never a panic, and a
         /// resolved route's template never carries the caller's text.
         #[test]
         fn any_path_resolves_without_panicking(path in "(/[a-z0-9%._~-]{0,12}){0,8}/?") {
-            if let Some(route) = Route::resolve(&path) {
-                proptest::prop_assert!(route.template().starts_with('/'));
-                proptest::prop_assert!(!route.allowed().0.is_empty());
+            if let Some(matched) = resolve(&path) {
+                proptest::prop_assert!(matched.route.template.starts_with('/'));
+                proptest::prop_assert!(!matched.route.endpoints.is_empty());
             }
         }
     }
