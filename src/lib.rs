@@ -43,5 +43,6 @@ pub mod seed;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod supervise;
 pub mod sync;
 pub mod telemetry;

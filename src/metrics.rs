@@ -37,6 +37,8 @@ pub const IDEMPOTENT_REPLAYS: &str = "idempotent_replays_total";
 pub const RATE_LIMITED: &str = "rate_limited_total";
 pub const RATE_LIMIT_ERRORS: &str = "rate_limit_errors_total";
 pub const LOGIN_LOCKS: &str = "auth_login_locks_total";
+pub const TASK_FAILURES: &str = "background_task_failures_total";
+pub const QUEUE_CLOSED: &str = "persistence_queue_closed_total";
 
 /// Latency buckets from 100 µs to 10 s: the hot path answers in well under a
 /// millisecond, the slow tail (timeouts) is seconds.
@@ -54,14 +56,12 @@ pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 
 /// Folds pending histogram samples periodically, whether or not anyone
 /// scrapes `/metrics`. Runs until the process ends.
-pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
-        loop {
-            tick.tick().await;
-            handle.run_upkeep();
-        }
-    })
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
 }
 
 /// Installs the process-wide recorder once and returns its handle; later calls
@@ -193,6 +193,14 @@ fn describe() {
     describe_counter!(
         IDEMPOTENT_REPLAYS,
         "Requests answered from a stored idempotent response."
+    );
+    describe_counter!(
+        TASK_FAILURES,
+        "Background tasks (shards, sweeper, revalidator, upkeep) that panicked or ended unexpectedly; the process then stops."
+    );
+    describe_counter!(
+        QUEUE_CLOSED,
+        "Events whose shard queue was closed (the shard had stopped); they wait in the outbox."
     );
     describe_gauge!(
         DB_POOL_CONNECTIONS,

@@ -21,6 +21,7 @@ use crate::{
     seats::{limits::Limiter, Redis},
     state::AppState,
     store,
+    supervise::Supervisor,
     sync::{
         sweeper::{Backlog, Sweeper},
         warmup, Persistence, Workers,
@@ -69,8 +70,14 @@ impl Application {
             .await
             .with_context(|| format!("failed to bind {addr} (http.host, http.port)"))?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let (persistence, workers) =
-            Persistence::start(&settings.sync, sync_db.clone(), redis.clone(), stop_rx);
+        let supervisor = Supervisor::new();
+        let (persistence, workers) = Persistence::start(
+            &settings.sync,
+            sync_db.clone(),
+            redis.clone(),
+            stop_rx,
+            &supervisor,
+        );
         let backlog = Arc::new(Backlog::default());
         let loader = Arc::new(warmup::Loader::new(sync_db.clone(), redis.clone()));
         let sweeper = Sweeper {
@@ -92,6 +99,7 @@ impl Application {
             shutting_down: AtomicBool::new(false),
             warmed_up: AtomicBool::new(false),
             registrar: Registrar::new(redis.clone(), loader.clone(), persistence.clone()),
+            supervisor,
             persistence,
             backlog,
             limiter: Limiter::new(&settings.rate_limit, &settings.redis.namespace),
@@ -130,11 +138,16 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "listening");
         let warm = tokio::spawn(warm_up(self.state.clone(), self.loader.clone()));
-        let upkeep = metrics::spawn_upkeep(self.state.metrics.clone());
-        let sweeper = tokio::spawn(self.sweeper.run(self.stop.subscribe()));
+        let supervisor = self.state.supervisor.clone();
+        let upkeep = supervisor.spawn(
+            "metrics-upkeep",
+            metrics::upkeep(self.state.metrics.clone()),
+        );
+        let sweeper = supervisor.spawn("sweeper", self.sweeper.run(self.stop.subscribe()));
         // Pauses registration after a possible Redis restart until Redis is
         // checked against PostgreSQL (src/sync/revalidate.rs).
-        let revalidator = tokio::spawn(
+        let revalidator = supervisor.spawn(
+            "revalidator",
             crate::sync::revalidate::Revalidator {
                 db: self.state.sync_db.clone(),
                 redis: self.state.redis.clone(),
@@ -142,7 +155,18 @@ impl Application {
             }
             .run(self.stop.subscribe()),
         );
-        http::server::serve(self.listener, self.state.clone(), shutdown).await;
+        // A background task that dies stops the process like a signal does
+        // (src/supervise.rs), after the same graceful shutdown.
+        let stop_when = async {
+            tokio::select! {
+                () = shutdown => {}
+                task = supervisor.failure() => {
+                    tracing::error!(%task, "shutting down: a background task stopped");
+                }
+            }
+        };
+        http::server::serve(self.listener, self.state.clone(), stop_when).await;
+        supervisor.stopping();
         warm.abort();
         upkeep.abort();
         let _ = self.stop.send(true);
@@ -158,6 +182,9 @@ impl Application {
         let _ = sweeper.await;
         self.state.db.close();
         self.state.sync_db.close();
+        if let Some(task) = supervisor.failed() {
+            anyhow::bail!("stopped because background task `{task}` ended unexpectedly");
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -19,6 +19,7 @@ use crate::{
     config::Settings,
     registration::Registrar,
     seats::{limits::Limiter, Redis},
+    supervise::Supervisor,
     sync::{sweeper::Backlog, Persistence},
 };
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub registrar: Registrar,
     /// Rate limits and the failed-login back-off.
     pub limiter: Limiter,
+    /// Watches the background tasks; `/ready` fails once one has died.
+    pub supervisor: Supervisor,
     pub started: Instant,
     /// Set when shutdown begins: `/ready` answers 503 from then on.
     pub(crate) shutting_down: AtomicBool,

@@ -261,6 +261,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_broken_script_contract_is_a_500_and_an_outage_a_503() {
+        let contract = redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected script reply",
+            "reserve: [bogus]".to_string(),
+        ));
+        assert_eq!(
+            ApiError::from(contract).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let outage = redis::RedisError::from((redis::ErrorKind::Io, "connection refused"));
+        let answer = ApiError::from(outage);
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.code(), "redis_unavailable");
+    }
+
+    #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);

@@ -89,6 +89,12 @@ pub async fn ready(state: &AppState) -> ApiResult {
             &serde_json::json!({ "status": "not_ready", "reason": "shutting down" }),
         );
     }
+    if let Some(task) = state.supervisor.failed() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "not_ready", "reason": format!("background task {task} stopped") }),
+        );
+    }
     if !state.is_warmed_up() {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,

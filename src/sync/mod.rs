@@ -32,8 +32,9 @@ use uuid::Uuid;
 use crate::{
     config::SyncSettings,
     domain::Event,
-    metrics::{QUEUE_DEPTH, QUEUE_FULL},
+    metrics::{QUEUE_CLOSED, QUEUE_DEPTH, QUEUE_FULL},
     seats::Redis,
+    supervise::Supervisor,
 };
 
 /// Work for a shard.
@@ -72,6 +73,7 @@ impl Persistence {
         db: Pool,
         redis: Redis,
         stop: watch::Receiver<bool>,
+        supervisor: &Supervisor,
     ) -> (Self, Workers) {
         let mut senders = Vec::with_capacity(settings.shards);
         let mut handles = Vec::with_capacity(settings.shards);
@@ -86,7 +88,7 @@ impl Persistence {
                 settings.clone(),
                 stop.clone(),
             );
-            handles.push(tokio::spawn(shard.run()));
+            handles.push(supervisor.spawn(format!("shard-{id}"), shard.run()));
         }
         (
             Self {
@@ -105,7 +107,14 @@ impl Persistence {
                 metrics::counter!(QUEUE_FULL).increment(1);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The shard has stopped: during shutdown, expected (the
+                // event waits in the outbox for the next start); otherwise
+                // the supervisor is stopping the process already.
+                metrics::counter!(QUEUE_CLOSED).increment(1);
+                tracing::warn!(shard, %section, "persistence queue closed; the event waits in the outbox");
+                false
+            }
         }
     }
 
