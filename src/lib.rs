@@ -6,28 +6,41 @@
 //!
 //! ## Layout
 //!
-//! - [`config`]: layered settings; every limit with its reason.
-//! - [`startup`]: [`startup::Application`] wires everything; `main`, tests and
-//!   benchmarks all start it the same way.
-//! - [`http`]: accept loop, router, handlers by area, problem+json errors.
+//! Dependencies run one way, downwards (`tests/architecture.rs` checks it):
+//!
+//! - [`cli`] (what `main` runs) and [`startup`]: [`startup::Application`]
+//!   wires everything; `main`, tests and benchmarks start it the same way.
+//! - [`http`]: decode, authenticate, admit (rate limits), encode: the accept
+//!   loop, the route table, handlers by area, problem+json errors.
+//! - [`state`]: [`state::AppState`], what every handler shares.
+//! - [`registration`]: the registration service (register, drop, resize):
+//!   seats → loader → persistence. [`catalog`]: the browse cache.
+//! - [`seats`]: the Redis side, the hot path's source of truth: every key and
+//!   script, the outbox, idempotency records, rate limits.
+//! - [`sync`]: persistence (shards, sweeper), warm-up, revalidation, reconcile.
+//! - [`store`]: the PostgreSQL side, the system of record: every SQL
+//!   statement and the migrations.
+//! - [`domain`]: values both sides share (roles, events, section snapshots),
+//!   so the system of record never depends on the cache's types.
 //! - [`auth`]: HS256 tokens and Argon2id passwords (hashed off the async threads).
-//! - [`domain`]: values valid by construction.
-//! - [`seats`]: the Redis side, the hot path's source of truth.
-//! - [`store`]: the PostgreSQL side, the system of record, and its migrations.
-//! - [`sync`]: persistence shards, outbox sweeper, warm-up, reconcile.
-//! - [`limits`]: rate limits and failed-login back-off, shared through Redis.
+//! - [`supervise`]: background tasks watched; one that dies stops the process.
 //! - [`audit`]: the promises of SPEC §2 checked against both stores.
-//! - [`seed`]: demo data.
-//! - [`telemetry`], [`metrics`]: logs and Prometheus metrics.
+//! - [`config`], [`telemetry`], [`metrics`], [`seed`].
 //!
 //! ## A request's way
 //!
 //! `http::server` accepts (bounded connections, header timeout) →
-//! `http::router` resolves the route, checks the method, applies the request
-//! deadline and records metrics → the rate limits are charged (client
-//! address, and the student when the token is valid) → a handler authenticates the bearer token,
-//! reads the body within its limit, and calls `seats` (Redis) or `store`
-//! (PostgreSQL) → errors leave as `application/problem+json`.
+//! `http::router` resolves the route from its table, checks the method,
+//! applies the request deadline and records metrics → `http::limits`
+//! charges the rate limits (`seats::limits`) → a handler
+//! (`http::registration`) authenticates the bearer token, reads the body
+//! within its limit and applies idempotency (`seats::idempotency`) → the
+//! registration service ([`registration::Registrar`]) runs each section's
+//! script (`seats::scripts`), loads sections Redis lacks
+//! (`sync::warmup::Loader`, reading `store`) and hands the events the
+//! scripts returned to the shards (`sync::Persistence`) → the shards write
+//! them to PostgreSQL (`sync::shard` → `store::engine`) → errors leave as
+//! `application/problem+json` (`http::error`).
 
 pub mod audit;
 pub mod auth;
