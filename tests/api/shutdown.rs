@@ -9,8 +9,8 @@ use tokio::{
 };
 
 use crate::{
-    helpers::{create_database, test_settings, PASSWORD},
-    processes::ChildServer,
+    helpers::{create_database, redis_url, test_settings, PASSWORD},
+    kit::child::Launch,
 };
 
 #[tokio::test]
@@ -37,7 +37,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     )
     .await
     .unwrap();
-    let server = ChildServer::start(&url, None, &settings.redis.namespace);
+    let server = Launch::new("test", &url, &redis_url(), &settings.redis.namespace).spawn();
     server.wait_live().await;
 
     // A login whose body is only half sent: the request is in flight.
