@@ -18,13 +18,16 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::kit::database::Database;
+use crate::kit::{database::Database, namespace::Namespace};
 
 /// Password of every seeded test student.
 pub const PASSWORD: &str = "test-password-1";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 /// Test databases are `regtest_<unix seconds>_<random>` (see `kit::database`).
 const DATABASE_PREFIX: &str = "regtest";
+/// Test Redis namespaces are this and a random suffix; after a run, no key
+/// starting with it is left.
+pub const NAMESPACE_PREFIX: &str = "t";
 
 pub fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -48,23 +51,6 @@ fn init_logging() {
     });
 }
 
-/// Deletes every key of a test namespace.
-fn delete_namespace_blocking(url: &str, namespace: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query(&mut conn)
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
-    }
-}
-
 /// Creates an empty database for one test, dropped with the guard.
 pub async fn create_database() -> Database {
     Database::create(&admin_database_url(), DATABASE_PREFIX).await
@@ -77,7 +63,7 @@ pub fn test_settings(database_url: &str) -> Settings {
     settings.http.port = 0;
     settings.database.url = Secret::new(database_url);
     settings.redis.url = Secret::new(redis_url());
-    settings.redis.namespace = format!("t{}", Uuid::new_v4().simple());
+    settings.redis.namespace = format!("{NAMESPACE_PREFIX}{}", Uuid::new_v4().simple());
     settings
 }
 
@@ -93,6 +79,9 @@ pub struct TestApp {
     pub db: Pool,
     /// Dropped (with the database) after the server and the pool are gone.
     database: Option<Database>,
+    /// Its keys removed after the server is gone (a field, so dropped after
+    /// `drop` has stopped the server; also when the test panics).
+    _namespace: Namespace,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -123,6 +112,10 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
             .build()
             .unwrap(),
         db: store::pool(&test_settings(&url).database).unwrap(),
+        _namespace: Namespace::named(
+            settings.redis.namespace.clone(),
+            settings.redis.url.expose(),
+        ),
         settings,
         database: Some(database),
         shutdown: Some(tx),
@@ -190,10 +183,6 @@ impl Drop for TestApp {
         }
         self.db.close();
         drop(self.database.take());
-        delete_namespace_blocking(
-            self.settings.redis.url.expose(),
-            &self.settings.redis.namespace,
-        );
     }
 }
 

@@ -9,13 +9,14 @@ use uuid::Uuid;
 
 use crate::{
     helpers::{create_database, redis_url, student_ids, test_settings},
-    kit::{child::Launch, database::Database},
+    kit::{child::Launch, database::Database, namespace::Namespace},
 };
 
-/// A migrated, seeded database for child servers, and their namespace.
+/// A migrated, seeded database for child servers, and their namespace
+/// (its keys removed when this is dropped, after the servers it outlives).
 pub struct Seeded {
     pub database: Database,
-    pub namespace: String,
+    pub namespace: Namespace,
     pub db: deadpool_postgres::Pool,
     pub tokens: Tokens,
     pub sections: Vec<Uuid>,
@@ -31,7 +32,7 @@ impl Seeded {
 
     /// [`Seeded::launch`] on the Redis at `redis_url` (a private one).
     pub fn launch_on(&self, redis_url: &str) -> Launch {
-        Launch::new("test", &self.database.url, redis_url, &self.namespace)
+        Launch::new("test", &self.database.url, redis_url, &self.namespace.name)
     }
 }
 
@@ -59,7 +60,10 @@ pub async fn seeded(students: usize, sections: usize, seats: i32, waitlist: i32)
     .unwrap();
     Seeded {
         students: student_ids(&db).await,
-        namespace: settings.redis.namespace.clone(),
+        namespace: Namespace::named(
+            settings.redis.namespace.clone(),
+            settings.redis.url.expose(),
+        ),
         tokens: Tokens::new(
             settings.auth.jwt_secret.expose().as_bytes(),
             Duration::from_secs(3600),

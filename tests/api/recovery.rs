@@ -126,7 +126,7 @@ async fn a_sigkill_while_acknowledging_loses_no_acknowledged_registration() {
             other => panic!("unexpected {other}"),
         }
     }
-    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace);
+    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace.name);
     wait_persisted(&s.db, &redis, &[section]).await;
 
     let (enrolled, _) = pg_roster(&s.db, section).await;
@@ -154,7 +154,7 @@ async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restar
             .await
             .unwrap();
     }
-    let redis = redis_for(&private.url(), &s.namespace);
+    let redis = redis_for(&private.url(), &s.namespace.name);
     wait_persisted(&s.db, &redis, &s.sections).await;
     let before: Vec<_> = {
         let mut v = Vec::new();
@@ -238,7 +238,7 @@ async fn sigterm_under_load_exits_zero_and_every_answered_registration_lands() {
     // A restart finishes whatever the drain left in the outbox.
     let restarted = s.launch().spawn();
     restarted.wait_ready().await;
-    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace);
+    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace.name);
     wait_persisted(&s.db, &redis, &s.sections).await;
     let answers = answers.lock().unwrap().clone();
     let section_of: std::collections::HashMap<Uuid, Uuid> = s

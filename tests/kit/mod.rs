@@ -16,6 +16,7 @@
 
 pub mod child;
 pub mod database;
+pub mod namespace;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener};
