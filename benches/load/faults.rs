@@ -15,8 +15,9 @@ use std::{
 
 use crate::{
     client::{Conn, Local, Recorder},
+    kit::proxy::Mode,
     model::{FaultReport, FaultWindow, Phase, Sample},
-    server::{Mode, System},
+    server::System,
     workloads::{answer_error, Workload},
 };
 

@@ -14,6 +14,8 @@
 mod client;
 mod faults;
 mod flood;
+#[path = "../../tests/kit/mod.rs"]
+mod kit;
 mod model;
 mod report;
 mod server;
@@ -671,7 +673,7 @@ async fn main() -> anyhow::Result<()> {
         rss_end_mib: rss_end,
         faults: fault_report,
     };
-    system.stop().await?;
+    system.stop().await;
     std::fs::create_dir_all(&args.out)?;
     let stem = format!("{}-{}", report.scenario, report.preset);
     report::print_table(&report);

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     client::{Call, Conn, Local, Recorder},
+    kit::namespace::Namespace,
     model::Phase,
     server::{redis_handle, System, Target},
 };
@@ -743,8 +744,9 @@ pub async fn redis_ceiling(
     connections: usize,
     count: u64,
 ) -> anyhow::Result<RedisCeiling> {
-    let namespace = format!("benchceil{}", Uuid::new_v4().simple());
-    let redis = redis_handle(&target.redis_url, &namespace)?;
+    // Its keys go with the guard, at the end of this function.
+    let namespace = Namespace::new("benchceil", &target.redis_url);
+    let redis = redis_handle(&target.redis_url, &namespace.name)?;
     redis.load_scripts().await?;
     let section = Uuid::new_v4();
     let now = chrono::Utc::now().timestamp_millis();
@@ -795,7 +797,7 @@ pub async fn redis_ceiling(
     let per_reserve = (usec1 - usec0) as f64 / (calls1 - calls0).max(1) as f64;
 
     let bare = redis::Script::new("return redis.call('DECR', KEYS[1])");
-    let key = format!("{namespace}:{{s:bare}}:n");
+    let key = format!("{}:{{s:bare}}:n", namespace.name);
     let (calls2, usec2, cpu2) = evalsha_stats(&redis).await?;
     let mut tasks = Vec::new();
     let next = Arc::new(AtomicUsize::new(0));
@@ -813,17 +815,6 @@ pub async fn redis_ceiling(
     let (calls3, usec3, cpu3) = evalsha_stats(&redis).await?;
     let per_bare = (usec3 - usec2) as f64 / (calls3 - calls2).max(1) as f64;
     let bare_cpu = (cpu3 - cpu2) * 1e6 / (calls3 - calls2).max(1) as f64;
-    let mut conn = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query_async(&mut conn)
-        .await?;
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<()>(&mut conn)
-            .await?;
-    }
     Ok(RedisCeiling {
         phase: phase_of("ceiling:redis-reserve", connections, &recorder, elapsed),
         reserve_us: per_reserve,

@@ -12,21 +12,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{
-    helpers::eventually,
-    processes::{seeded, ChildServer},
-};
-
-/// Resident memory of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
+use crate::{helpers::eventually, processes::seeded};
 
 /// Open file descriptors of a process (its sockets among them).
 fn open_fds(pid: u32) -> usize {
@@ -127,13 +113,10 @@ async fn thousands_of_idle_connections_cost_bounded_memory_and_the_server_still_
     let s = seeded(2, 1, 10, 0).await;
     // Idle connections are closed after the header read timeout (it also
     // bounds keep-alive idleness); long enough here to hold them all.
-    let server = ChildServer::start_with_env(
-        &s.database.url,
-        None,
-        &s.namespace,
-        0,
-        &[("APP__HTTP__HEADER_READ_TIMEOUT_MS", "120000")],
-    );
+    let server = s
+        .launch()
+        .env("APP__HTTP__HEADER_READ_TIMEOUT_MS", "120000")
+        .spawn();
     server.wait_ready().await;
     let pid = server.pid();
     let http = reqwest::Client::new();
@@ -149,7 +132,7 @@ async fn thousands_of_idle_connections_cost_bounded_memory_and_the_server_still_
             .is_success());
     }
     let fds_before = open_fds(pid);
-    let rss_before = rss_kib(pid);
+    let rss_before = server.rss_kib().expect("VmRSS in /proc/<pid>/status");
 
     let mut held = Vec::with_capacity(IDLE);
     for i in 0..IDLE {
@@ -170,7 +153,7 @@ async fn thousands_of_idle_connections_cost_bounded_memory_and_the_server_still_
         "the server accepted every connection ({} of {IDLE})",
         open_fds(pid).saturating_sub(fds_before)
     );
-    let rss_after = rss_kib(pid);
+    let rss_after = server.rss_kib().expect("VmRSS in /proc/<pid>/status");
     let per_connection = rss_after.saturating_sub(rss_before) as f64 / IDLE as f64;
     eprintln!(
         "{IDLE} idle connections: RSS {rss_before} -> {rss_after} KiB, {per_connection:.1} KiB each"
@@ -217,16 +200,11 @@ async fn thousands_of_idle_connections_cost_bounded_memory_and_the_server_still_
 async fn connections_beyond_max_connections_wait_for_a_slot_instead_of_failing() {
     const MAX: usize = 20;
     let s = seeded(1, 1, 1, 0).await;
-    let mut server = ChildServer::start_with_env(
-        &s.database.url,
-        None,
-        &s.namespace,
-        0,
-        &[
-            ("APP__HTTP__MAX_CONNECTIONS", "20"),
-            ("APP__HTTP__HEADER_READ_TIMEOUT_MS", "120000"),
-        ],
-    );
+    let mut server = s
+        .launch()
+        .env("APP__HTTP__MAX_CONNECTIONS", "20")
+        .env("APP__HTTP__HEADER_READ_TIMEOUT_MS", "120000")
+        .spawn();
     server.wait_ready().await;
     let port = server.port;
     let mut held = Vec::new();
@@ -269,7 +247,7 @@ async fn connections_beyond_max_connections_wait_for_a_slot_instead_of_failing()
         .expect("the waiting connection is served once a slot frees");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
-        server.child_is_running(),
+        server.is_running(),
         "the server survived the excess connection"
     );
 }
@@ -280,13 +258,7 @@ async fn idle_keep_alive_connections_are_closed_so_they_cannot_hold_slots() {
     let s = seeded(1, 1, 1, 0).await;
     // The test configuration's header read timeout (1 s) also bounds how
     // long a kept-alive connection may sit idle between requests.
-    let server = ChildServer::start_with_env(
-        &s.database.url,
-        None,
-        &s.namespace,
-        0,
-        &[("APP__HTTP__MAX_CONNECTIONS", "4")],
-    );
+    let server = s.launch().env("APP__HTTP__MAX_CONNECTIONS", "4").spawn();
     server.wait_ready().await;
 
     // Every slot taken by a client that made one request, kept the

@@ -7,7 +7,6 @@
 
 use std::{
     collections::{BTreeSet, VecDeque},
-    net::SocketAddr,
     path::Path,
     process::Command,
     sync::{Arc, Mutex},
@@ -21,32 +20,21 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{admin_database_url, eventually, free_port, spawn_app_with, via_port, TestApp},
-    processes::{DataDir, PrivateRedis},
-    proxy::Proxy,
+    helpers::{admin_database_url, eventually, spawn_app_with, TestApp},
+    kit::{
+        address_of,
+        child::{DataDir, PrivateRedis},
+        free_port,
+        proxy::Proxy,
+        via_port,
+    },
 };
-
-/// Where the test PostgreSQL listens (host:port of TEST_DATABASE_URL).
-fn postgres_addr() -> SocketAddr {
-    let url = admin_database_url();
-    let (_, rest) = url.split_once('@').expect("URL has user@host");
-    let (host_port, _) = rest.split_once('/').expect("URL has a database path");
-    let host_port = if host_port.contains(':') {
-        host_port.to_string()
-    } else {
-        format!("{host_port}:5432")
-    };
-    host_port
-        .replace("localhost", "127.0.0.1")
-        .parse()
-        .expect("TEST_DATABASE_URL names a loopback address")
-}
 
 /// An app whose PostgreSQL is reached through a proxy the test controls.
 async fn app_behind_pg_proxy(
     customize: impl FnOnce(&mut registrar::config::Settings),
 ) -> (TestApp, Proxy) {
-    let proxy = Proxy::start(postgres_addr()).await;
+    let proxy = Proxy::start(address_of(&admin_database_url(), 5432).await).await;
     let port = proxy.port;
     let app = spawn_app_with(|s| {
         s.database.url = Secret::new(via_port(s.database.url.expose(), port));
@@ -171,7 +159,7 @@ async fn with_postgres_slow_register_and_drop_do_not_wait_for_it() {
     let sections = seeded.report.section_ids.clone();
     let students = app.student_ids().await;
 
-    proxy.set_delay(DELAY);
+    proxy.slow(DELAY);
     // The control: a view that reads PostgreSQL now waits for the delay.
     let started = Instant::now();
     let view = app

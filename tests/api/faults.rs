@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     helpers::{eventually, spawn_app_with},
-    processes::PrivateRedis,
+    kit::child::PrivateRedis,
 };
 
 #[tokio::test]

@@ -1,13 +1,7 @@
 //! `spawn_app()`: the real application on 127.0.0.1:0 with its own
 //! PostgreSQL database and Redis namespace, plus one method per endpoint.
 
-use std::{
-    collections::BTreeSet,
-    net::{SocketAddr, TcpListener as StdListener},
-    path::Path,
-    sync::Once,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeSet, net::SocketAddr, path::Path, sync::Once, time::Duration};
 
 use deadpool_postgres::Pool;
 use registrar::{
@@ -24,12 +18,16 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::kit::{database::Database, namespace::Namespace};
+
 /// Password of every seeded test student.
 pub const PASSWORD: &str = "test-password-1";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
-/// Test databases are named `regtest_<unix seconds>_<random>`; ones older
-/// than this are left-overs of killed runs and are dropped.
-const STALE_AFTER_SECS: u64 = 3600;
+/// Test databases are `regtest_<unix seconds>_<random>` (see `kit::database`).
+const DATABASE_PREFIX: &str = "regtest";
+/// Test Redis namespaces are this and a random suffix; after a run, no key
+/// starting with it is left.
+pub const NAMESPACE_PREFIX: &str = "t";
 
 pub fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -53,124 +51,9 @@ fn init_logging() {
     });
 }
 
-async fn admin_client() -> tokio_postgres::Client {
-    let (client, connection) =
-        tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL must be reachable at TEST_DATABASE_URL");
-    tokio::spawn(connection);
-    client
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// A database of one test, dropped when this guard is.
-pub struct TestDatabase {
-    pub name: String,
-    pub url: String,
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        drop_database_blocking(self.name.clone());
-    }
-}
-
-/// Creates an empty database for one test.
-pub async fn create_database() -> TestDatabase {
-    let client = admin_client().await;
-    drop_stale_databases(&client).await;
-    let name = format!("regtest_{}_{}", now_secs(), Uuid::new_v4().simple());
-    client
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .expect("failed to create the test database");
-    let url = database_url_for(&name);
-    TestDatabase { name, url }
-}
-
-/// The same database URL, reached through `port` instead (a proxy).
-pub fn via_port(url: &str, port: u16) -> String {
-    let (scheme_and_auth, rest) = url.split_once('@').expect("URL has user@host");
-    let (_, path) = rest.split_once('/').expect("URL has a database path");
-    format!("{scheme_and_auth}@127.0.0.1:{port}/{path}")
-}
-
-fn database_url_for(name: &str) -> String {
-    let base = admin_database_url();
-    let (prefix, _) = base.rsplit_once('/').expect("TEST_DATABASE_URL has a path");
-    format!("{prefix}/{name}")
-}
-
-async fn drop_stale_databases(client: &tokio_postgres::Client) {
-    let rows = client
-        .query(
-            "select datname from pg_database where datname like 'regtest\\_%'",
-            &[],
-        )
-        .await
-        .unwrap_or_default();
-    let cutoff = now_secs().saturating_sub(STALE_AFTER_SECS);
-    for row in rows {
-        let name: String = row.get(0);
-        let created = name
-            .split('_')
-            .nth(1)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(u64::MAX);
-        if created < cutoff {
-            let _ = client
-                .batch_execute(&format!("drop database if exists {name} with (force)"))
-                .await;
-        }
-    }
-}
-
-/// Drops a test database from a thread of its own (usable from `Drop`).
-fn drop_database_blocking(name: String) {
-    let _ = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client = admin_client().await;
-            let _ = client
-                .batch_execute(&format!("drop database if exists {name} with (force)"))
-                .await;
-        });
-    })
-    .join();
-}
-
-/// Deletes every key of a test namespace.
-fn delete_namespace_blocking(url: &str, namespace: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}:*"))
-        .query(&mut conn)
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
-    }
-}
-
-/// A free TCP port on loopback (bound, read, released).
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// Creates an empty database for one test, dropped with the guard.
+pub async fn create_database() -> Database {
+    Database::create(&admin_database_url(), DATABASE_PREFIX).await
 }
 
 /// Settings for a test: the repository's config with `APP_ENV=test`.
@@ -180,7 +63,7 @@ pub fn test_settings(database_url: &str) -> Settings {
     settings.http.port = 0;
     settings.database.url = Secret::new(database_url);
     settings.redis.url = Secret::new(redis_url());
-    settings.redis.namespace = format!("t{}", Uuid::new_v4().simple());
+    settings.redis.namespace = format!("{NAMESPACE_PREFIX}{}", Uuid::new_v4().simple());
     settings
 }
 
@@ -195,7 +78,10 @@ pub struct TestApp {
     pub settings: Settings,
     pub db: Pool,
     /// Dropped (with the database) after the server and the pool are gone.
-    database: Option<TestDatabase>,
+    database: Option<Database>,
+    /// Its keys removed after the server is gone (a field, so dropped after
+    /// `drop` has stopped the server; also when the test panics).
+    _namespace: Namespace,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -226,6 +112,10 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
             .build()
             .unwrap(),
         db: store::pool(&test_settings(&url).database).unwrap(),
+        _namespace: Namespace::named(
+            settings.redis.namespace.clone(),
+            settings.redis.url.expose(),
+        ),
         settings,
         database: Some(database),
         shutdown: Some(tx),
@@ -293,10 +183,6 @@ impl Drop for TestApp {
         }
         self.db.close();
         drop(self.database.take());
-        delete_namespace_blocking(
-            self.settings.redis.url.expose(),
-            &self.settings.redis.namespace,
-        );
     }
 }
 

@@ -329,7 +329,7 @@ async fn unknown_accounts_are_locked_exactly_like_known_ones() {
 
 #[tokio::test]
 async fn with_redis_away_the_limits_let_requests_through_instead_of_failing_them() {
-    let mut redis = crate::processes::PrivateRedis::start();
+    let mut redis = crate::kit::child::PrivateRedis::start();
     redis.wait_up().await;
     let port = redis.port;
     let app = ready_app(|s| {

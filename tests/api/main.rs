@@ -12,13 +12,14 @@ mod engine;
 mod faults;
 mod helpers;
 mod input;
+#[path = "../kit/mod.rs"]
+mod kit;
 mod limits;
 mod migrations;
 mod model;
 mod openapi;
 mod probes;
 mod processes;
-mod proxy;
 mod recovery;
 mod rolling;
 mod scripts;

@@ -43,8 +43,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{eventually, spawn_app_with, via_port, TestApp},
-    proxy::Proxy,
+    helpers::{eventually, spawn_app_with, TestApp},
+    kit::{proxy::Proxy, via_port},
 };
 
 const DEFAULT_CASES: usize = 8;

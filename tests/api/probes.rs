@@ -5,9 +5,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::{
-    helpers::{eventually, free_port, spawn_app, spawn_app_with, via_port},
-    processes::PrivateRedis,
-    proxy::Proxy,
+    helpers::{eventually, spawn_app, spawn_app_with},
+    kit::{child::PrivateRedis, free_port, proxy::Proxy, via_port},
 };
 
 #[tokio::test]

@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use crate::{
     helpers::{assert_converged, pg_roster, wait_persisted},
-    processes::{seeded, ChildServer, PrivateRedis},
+    kit::child::PrivateRedis,
+    processes::seeded,
 };
 
 /// Each student and the status answered, None when the request died.
@@ -57,7 +58,7 @@ async fn register(
 async fn a_sigkill_while_acknowledging_loses_no_acknowledged_registration() {
     let s = seeded(400, 1, 150, 0).await;
     let section = s.sections[0];
-    let server = ChildServer::start(&s.database.url, None, &s.namespace);
+    let server = s.launch().spawn();
     server.wait_ready().await;
     let base = server.url("");
     let http = reqwest::Client::new();
@@ -108,7 +109,7 @@ async fn a_sigkill_while_acknowledging_loses_no_acknowledged_registration() {
     assert!(acknowledged.len() >= 60);
     assert!(!unanswered.is_empty(), "the kill interrupted requests");
 
-    let restarted = ChildServer::start(&s.database.url, None, &s.namespace);
+    let restarted = s.launch().spawn();
     restarted.wait_ready().await;
     // Clients whose request died retry; the answer tells them the truth.
     let mut learned = BTreeSet::new();
@@ -125,7 +126,7 @@ async fn a_sigkill_while_acknowledging_loses_no_acknowledged_registration() {
             other => panic!("unexpected {other}"),
         }
     }
-    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace);
+    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace.name);
     wait_persisted(&s.db, &redis, &[section]).await;
 
     let (enrolled, _) = pg_roster(&s.db, section).await;
@@ -144,7 +145,7 @@ async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restar
     let private = PrivateRedis::start();
     private.wait_up().await;
     let s = seeded(60, 2, 20, 10).await;
-    let server = ChildServer::start(&s.database.url, Some(&private.url()), &s.namespace);
+    let server = s.launch_on(&private.url()).spawn();
     server.wait_ready().await;
     let http = reqwest::Client::new();
     for (i, student) in s.students.iter().enumerate() {
@@ -153,7 +154,7 @@ async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restar
             .await
             .unwrap();
     }
-    let redis = redis_for(&private.url(), &s.namespace);
+    let redis = redis_for(&private.url(), &s.namespace.name);
     wait_persisted(&s.db, &redis, &s.sections).await;
     let before: Vec<_> = {
         let mut v = Vec::new();
@@ -169,7 +170,7 @@ async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restar
         .unwrap();
     server.sigterm();
     assert!(server.wait_exit().await.success());
-    let restarted = ChildServer::start(&s.database.url, Some(&private.url()), &s.namespace);
+    let restarted = s.launch_on(&private.url()).spawn();
     restarted.wait_ready().await;
 
     for (section, pg) in s.sections.iter().zip(before) {
@@ -181,7 +182,7 @@ async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restar
 #[tokio::test]
 async fn sigterm_under_load_exits_zero_and_every_answered_registration_lands() {
     let s = seeded(600, 2, 200, 50).await;
-    let server = ChildServer::start(&s.database.url, None, &s.namespace);
+    let server = s.launch().spawn();
     server.wait_ready().await;
     let base = server.url("");
     let http = reqwest::Client::new();
@@ -235,9 +236,9 @@ async fn sigterm_under_load_exits_zero_and_every_answered_registration_lands() {
     );
 
     // A restart finishes whatever the drain left in the outbox.
-    let restarted = ChildServer::start(&s.database.url, None, &s.namespace);
+    let restarted = s.launch().spawn();
     restarted.wait_ready().await;
-    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace);
+    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace.name);
     wait_persisted(&s.db, &redis, &s.sections).await;
     let answers = answers.lock().unwrap().clone();
     let section_of: std::collections::HashMap<Uuid, Uuid> = s

@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use crate::{
     helpers::{assert_converged, eventually, pg_roster, redis_url, wait_persisted},
-    processes::{seeded, ChildServer},
+    kit::child::ChildServer,
+    processes::seeded,
 };
 
 /// Where a student stands by the last answer they got.
@@ -113,8 +114,8 @@ async fn a_rolling_restart_of_two_instances_loses_nothing_acknowledged() {
     // Bounds the load by count as well as by the orchestration below.
     const MAX_CHANGES: usize = 20_000;
     let s = seeded(240, SECTIONS, SEATS, WAITLIST).await;
-    let a = ChildServer::start_with_env(&s.database.url, None, &s.namespace, 0, &[]);
-    let b = ChildServer::start_with_env(&s.database.url, None, &s.namespace, 0, &[]);
+    let a = s.launch().spawn();
+    let b = s.launch().spawn();
     a.wait_ready().await;
     b.wait_ready().await;
     let ports = [a.port, b.port];
@@ -229,7 +230,7 @@ async fn a_rolling_restart_of_two_instances_loses_nothing_acknowledged() {
     // requests plus the shards' drain, test configuration), code 0.
     let drain_deadline = Duration::from_millis(15_000 + 10_000) + Duration::from_secs(5);
     let replace = |old: ChildServer| {
-        let (url, namespace) = (s.database.url.clone(), s.namespace.clone());
+        let launch = s.launch();
         async move {
             let port = old.port;
             old.sigterm();
@@ -239,7 +240,7 @@ async fn a_rolling_restart_of_two_instances_loses_nothing_acknowledged() {
             assert_eq!(status.code(), Some(0), "a clean exit after draining");
             // The replacement takes the same port (its listener is closed
             // as soon as shutdown begins).
-            let new = ChildServer::start_with_env(&url, None, &namespace, port, &[]);
+            let new = launch.port(port).spawn();
             new.wait_ready().await;
             new
         }
@@ -272,7 +273,7 @@ async fn a_rolling_restart_of_two_instances_loses_nothing_acknowledged() {
 
     let redis = Redis::new(&RedisSettings {
         url: Secret::new(redis_url()),
-        namespace: s.namespace.clone(),
+        namespace: s.namespace.name.clone(),
         connect_timeout_ms: 1000,
         response_timeout_ms: 1000,
     })

@@ -8,18 +8,39 @@ use registrar::{
 };
 use uuid::Uuid;
 
-use crate::helpers::redis_url;
+use crate::{
+    helpers::{redis_url, NAMESPACE_PREFIX},
+    kit::namespace::Namespace,
+};
 
 const NOW: i64 = 1_800_000_000_000;
 
-fn redis() -> Redis {
-    Redis::new(&RedisSettings {
-        url: Secret::new(redis_url()),
-        namespace: format!("t{}", Uuid::new_v4().simple()),
-        connect_timeout_ms: 1000,
-        response_timeout_ms: 1000,
-    })
-    .unwrap()
+/// A Redis handle on a namespace of its own, whose keys go with it.
+struct Scripts {
+    redis: Redis,
+    _namespace: Namespace,
+}
+
+impl std::ops::Deref for Scripts {
+    type Target = Redis;
+
+    fn deref(&self) -> &Redis {
+        &self.redis
+    }
+}
+
+fn redis() -> Scripts {
+    let namespace = Namespace::new(NAMESPACE_PREFIX, &redis_url());
+    Scripts {
+        redis: Redis::new(&RedisSettings {
+            url: Secret::new(redis_url()),
+            namespace: namespace.name.clone(),
+            connect_timeout_ms: 1000,
+            response_timeout_ms: 1000,
+        })
+        .unwrap(),
+        _namespace: namespace,
+    }
 }
 
 fn snapshot(section: Uuid, capacity: i32, waitlist_limit: i32) -> SectionSnapshot {
@@ -36,7 +57,7 @@ fn snapshot(section: Uuid, capacity: i32, waitlist_limit: i32) -> SectionSnapsho
     }
 }
 
-async fn loaded(capacity: i32, waitlist_limit: i32) -> (Redis, Uuid) {
+async fn loaded(capacity: i32, waitlist_limit: i32) -> (Scripts, Uuid) {
     let r = redis();
     let section = Uuid::new_v4();
     assert_eq!(

@@ -9,8 +9,8 @@ use tokio::{
 };
 
 use crate::{
-    helpers::{create_database, test_settings, PASSWORD},
-    processes::ChildServer,
+    helpers::{create_database, redis_url, test_settings, PASSWORD},
+    kit::{child::Launch, namespace::Namespace},
 };
 
 #[tokio::test]
@@ -18,6 +18,8 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     let database = create_database().await;
     let url = database.url.clone();
     let settings = test_settings(&url);
+    // Declared before the server, so dropped after it is killed.
+    let _keys = Namespace::named(settings.redis.namespace.clone(), &redis_url());
     let pool = store::pool(&settings.database).unwrap();
     store::migrate::run(&mut pool.get().await.unwrap())
         .await
@@ -37,7 +39,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     )
     .await
     .unwrap();
-    let server = ChildServer::start(&url, None, &settings.redis.namespace);
+    let server = Launch::new("test", &url, &redis_url(), &settings.redis.namespace).spawn();
     server.wait_live().await;
 
     // A login whose body is only half sent: the request is in flight.
