@@ -257,8 +257,8 @@ async fn connect(url: &str) -> anyhow::Result<Vec<(&'static str, Access)>> {
     let service = Redis::new(&RedisSettings {
         url: Secret::new(url),
         namespace: "bench".into(),
-        connect_timeout_ms: 2_000,
-        response_timeout_ms: 2_000,
+        connect_timeout_ms: registrar::config::Millis::new(2_000),
+        response_timeout_ms: registrar::config::Millis::new(2_000),
     })?;
     let mut ways = vec![
         ("multiplexed", Access::Multiplexed(multiplexed)),

@@ -8,6 +8,7 @@
 
 use std::{
     fmt,
+    num::NonZeroU64,
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -91,6 +92,48 @@ pub struct SyncSettings {
     pub drain_timeout_ms: u64,
 }
 
+/// A duration in milliseconds that cannot be zero: a zero connect or
+/// response timeout would fail every call, and a zero statement timeout
+/// would switch PostgreSQL's timeout off. A configured 0 is refused when
+/// the settings load; in code, [`Millis::new`] refuses it at compile time
+/// in a constant and panics otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Millis(NonZeroU64);
+
+impl Millis {
+    pub const fn new(ms: u64) -> Self {
+        match NonZeroU64::new(ms) {
+            Some(ms) => Self(ms),
+            None => panic!("a timeout of 0 ms"),
+        }
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
+
+    pub const fn duration(self) -> Duration {
+        Duration::from_millis(self.0.get())
+    }
+}
+
+impl TryFrom<u64> for Millis {
+    type Error = &'static str;
+
+    fn try_from(ms: u64) -> Result<Self, Self::Error> {
+        NonZeroU64::new(ms)
+            .map(Self)
+            .ok_or("must be greater than zero")
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
@@ -98,8 +141,9 @@ pub struct DatabaseSettings {
     pub pool_size: usize,
     /// Connections of the persistence side (shards, sweeper, loader).
     pub persistence_pool_size: usize,
-    pub connect_timeout_ms: u64,
-    pub statement_timeout_ms: u64,
+    pub connect_timeout_ms: Millis,
+    /// Zero would mean "no timeout" to PostgreSQL: refused by the type.
+    pub statement_timeout_ms: Millis,
     pub migrate_on_start: bool,
 }
 
@@ -109,8 +153,8 @@ pub struct RedisSettings {
     pub url: Secret,
     /// Prefix of every key; tests use a fresh one each.
     pub namespace: String,
-    pub connect_timeout_ms: u64,
-    pub response_timeout_ms: u64,
+    pub connect_timeout_ms: Millis,
+    pub response_timeout_ms: Millis,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,7 +307,7 @@ impl Settings {
                 "must not exceed api.max_page_size",
             ));
         }
-        let positive: [(&'static str, u64); 21] = [
+        let positive: [(&'static str, u64); 19] = [
             (
                 "api.max_sections_per_request",
                 self.api.max_sections_per_request as u64,
@@ -296,11 +340,6 @@ impl Settings {
                 "database.persistence_pool_size",
                 self.database.persistence_pool_size as u64,
             ),
-            (
-                "database.connect_timeout_ms",
-                self.database.connect_timeout_ms,
-            ),
-            ("redis.response_timeout_ms", self.redis.response_timeout_ms),
             ("auth.token_ttl_secs", self.auth.token_ttl_secs),
             (
                 "auth.max_concurrent_hashes",
@@ -388,6 +427,16 @@ impl HttpSettings {
 mod tests {
     use super::*;
 
+    /// A fresh directory holding `files` (name, content).
+    fn tempdir_with(files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("registrar-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
+        dir
+    }
+
     fn valid() -> Settings {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         Settings::load_from(&dir, "local").expect("default configuration is valid")
@@ -420,6 +469,24 @@ mod tests {
         s.http.max_connections = 0;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("http.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused_when_the_settings_load() {
+        let dir = tempdir_with(&[(
+            "default.toml",
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml"),
+            )
+            .unwrap()
+            .replace("statement_timeout_ms = 5000", "statement_timeout_ms = 0"),
+        )]);
+        let err = Settings::load_from(&dir, "local").unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("statement_timeout_ms"), "{err}");
+        assert!(err.contains("greater than zero"), "{err}");
+        assert_eq!(Millis::try_from(0), Err("must be greater than zero"));
+        assert_eq!(Millis::try_from(7).map(Millis::get), Ok(7));
     }
 
     #[test]

@@ -177,8 +177,8 @@ pub fn redis_handle(url: &str, namespace: &str) -> anyhow::Result<Redis> {
     Redis::new(&RedisSettings {
         url: Secret::new(url),
         namespace: namespace.into(),
-        connect_timeout_ms: 1000,
-        response_timeout_ms: 5000,
+        connect_timeout_ms: registrar::config::Millis::new(1000),
+        response_timeout_ms: registrar::config::Millis::new(5000),
     })
 }
 

@@ -66,12 +66,12 @@ where
 }
 
 async fn check_redis(state: &AppState) -> Check {
-    let deadline = Duration::from_millis(state.settings.redis.response_timeout_ms);
+    let deadline = state.settings.redis.response_timeout_ms.duration();
     timed("redis", deadline, state.redis.ping()).await
 }
 
 async fn check_postgres(state: &AppState) -> Check {
-    let deadline = Duration::from_millis(state.settings.database.connect_timeout_ms);
+    let deadline = state.settings.database.connect_timeout_ms.duration();
     timed("postgres", deadline, async {
         let db = state.db.get().await.map_err(|e| e.to_string())?;
         db.simple_query("select 1")

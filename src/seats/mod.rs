@@ -122,8 +122,8 @@ impl Redis {
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.url.expose()).context("redis.url is invalid")?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
-            .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)))
+            .set_connection_timeout(Some(settings.connect_timeout_ms.duration()))
+            .set_response_timeout(Some(settings.response_timeout_ms.duration()))
             // Fail a command fast while Redis is away instead of queueing it
             // behind reconnection attempts; the manager keeps reconnecting.
             .set_number_of_retries(1)
@@ -134,7 +134,7 @@ impl Redis {
             RedisConnectionManager::new(settings.url.expose()).context("redis.url is invalid")?;
         let bulk = bb8::Pool::builder()
             .max_size(BULK_POOL_SIZE)
-            .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .connection_timeout(settings.connect_timeout_ms.duration())
             .build_unchecked(manager);
         Ok(Self {
             conn,

@@ -7,7 +7,7 @@ pub mod engine;
 pub mod migrate;
 pub mod students;
 
-use std::{str::FromStr, time::Duration};
+use std::str::FromStr;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -42,7 +42,7 @@ fn build_pool(
 ) -> anyhow::Result<Pool> {
     let mut pg = tokio_postgres::Config::from_str(settings.url.expose())
         .context("database.url is not a PostgreSQL URL")?;
-    let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+    let connect_timeout = settings.connect_timeout_ms.duration();
     pg.connect_timeout(connect_timeout);
     pg.options(format!(
         "-c statement_timeout={}",

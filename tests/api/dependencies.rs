@@ -152,7 +152,7 @@ async fn with_postgres_slow_register_and_drop_do_not_wait_for_it() {
     const DELAY: Duration = Duration::from_millis(300);
     let (app, proxy) = app_behind_pg_proxy(|s| {
         // Connections made through the slowed link need several round trips.
-        s.database.connect_timeout_ms = 15_000;
+        s.database.connect_timeout_ms = registrar::config::Millis::new(15_000);
     })
     .await;
     let seeded = app.seed_sections(40, 2, 15, 30).await;

@@ -358,7 +358,7 @@ async fn app_behind_proxy() -> (TestApp, Proxy) {
     let port = proxy.port;
     let app = spawn_app_with(|s| {
         s.database.url = Secret::new(via_port(s.database.url.expose(), port));
-        s.database.connect_timeout_ms = 500;
+        s.database.connect_timeout_ms = registrar::config::Millis::new(500);
         s.sync.retry_max_ms = 200;
     })
     .await;

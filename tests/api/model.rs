@@ -730,7 +730,7 @@ async fn run_case(seed: u64, steps: usize, trace: &mut Trace) {
     let app = spawn_app_with(|s| {
         s.database.url = Secret::new(via_port(s.database.url.expose(), port));
         // An outage is noticed, retried and left quickly, so steps stay short.
-        s.database.connect_timeout_ms = 500;
+        s.database.connect_timeout_ms = registrar::config::Millis::new(500);
         s.sync.retry_max_ms = 200;
         // A restart during an outage gives up draining soon; the sweeper of
         // the next start then finds the leftovers quickly.

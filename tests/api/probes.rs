@@ -106,7 +106,7 @@ async fn health_is_degraded_but_ready_while_postgres_is_unreachable() {
     let port = proxy.port;
     let app = spawn_app_with(|s| {
         s.database.url = Secret::new(via_port(s.database.url.expose(), port));
-        s.database.connect_timeout_ms = 500;
+        s.database.connect_timeout_ms = registrar::config::Millis::new(500);
     })
     .await;
     app.wait_ready().await;

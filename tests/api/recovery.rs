@@ -31,8 +31,8 @@ fn redis_for(url: &str, namespace: &str) -> Redis {
     Redis::new(&RedisSettings {
         url: Secret::new(url),
         namespace: namespace.into(),
-        connect_timeout_ms: 1000,
-        response_timeout_ms: 1000,
+        connect_timeout_ms: registrar::config::Millis::new(1000),
+        response_timeout_ms: registrar::config::Millis::new(1000),
     })
     .unwrap()
 }

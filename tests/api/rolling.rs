@@ -274,8 +274,8 @@ async fn a_rolling_restart_of_two_instances_loses_nothing_acknowledged() {
     let redis = Redis::new(&RedisSettings {
         url: Secret::new(redis_url()),
         namespace: s.namespace.name.clone(),
-        connect_timeout_ms: 1000,
-        response_timeout_ms: 1000,
+        connect_timeout_ms: registrar::config::Millis::new(1000),
+        response_timeout_ms: registrar::config::Millis::new(1000),
     })
     .unwrap();
     wait_persisted(&s.db, &redis, &s.sections).await;

@@ -35,8 +35,8 @@ fn redis() -> Scripts {
         redis: Redis::new(&RedisSettings {
             url: Secret::new(redis_url()),
             namespace: namespace.name.clone(),
-            connect_timeout_ms: 1000,
-            response_timeout_ms: 1000,
+            connect_timeout_ms: registrar::config::Millis::new(1000),
+            response_timeout_ms: registrar::config::Millis::new(1000),
         })
         .unwrap(),
         _namespace: namespace,
