@@ -18,6 +18,7 @@ mod limits;
 mod migrations;
 mod model;
 mod openapi;
+mod ordinary;
 mod probes;
 mod processes;
 mod recovery;

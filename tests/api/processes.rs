@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
-use registrar::{auth::Tokens, seed, store};
+use registrar::{
+    auth::Tokens,
+    config::{Millis, RedisSettings, Secret},
+    seats::Redis,
+    seed, store,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -33,6 +38,23 @@ impl Seeded {
     /// [`Seeded::launch`] on the Redis at `redis_url` (a private one).
     pub fn launch_on(&self, redis_url: &str) -> Launch {
         Launch::new("test", &self.database.url, redis_url, &self.namespace.name)
+    }
+
+    /// A handle on the servers' namespace in the shared test Redis, to look
+    /// at what they did.
+    pub fn redis(&self) -> Redis {
+        self.redis_on(&redis_url())
+    }
+
+    /// [`Seeded::redis`] on the Redis at `redis_url`.
+    pub fn redis_on(&self, redis_url: &str) -> Redis {
+        Redis::new(&RedisSettings {
+            url: Secret::new(redis_url),
+            namespace: self.namespace.name.clone(),
+            connect_timeout_ms: Millis::new(1000),
+            response_timeout_ms: Millis::new(1000),
+        })
+        .expect("a valid Redis URL")
     }
 }
 

@@ -10,11 +10,7 @@ use std::{
 };
 
 use futures_util::{stream, StreamExt};
-use registrar::{
-    config::{RedisSettings, Secret},
-    domain::Role,
-    seats::Redis,
-};
+use registrar::domain::Role;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -26,16 +22,6 @@ use crate::{
 
 /// Each student and the status answered, None when the request died.
 type Answers = Vec<(Uuid, Option<String>)>;
-
-fn redis_for(url: &str, namespace: &str) -> Redis {
-    Redis::new(&RedisSettings {
-        url: Secret::new(url),
-        namespace: namespace.into(),
-        connect_timeout_ms: registrar::config::Millis::new(1000),
-        response_timeout_ms: registrar::config::Millis::new(1000),
-    })
-    .unwrap()
-}
 
 async fn register(
     http: &reqwest::Client,
@@ -126,7 +112,7 @@ async fn a_sigkill_while_acknowledging_loses_no_acknowledged_registration() {
             other => panic!("unexpected {other}"),
         }
     }
-    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace.name);
+    let redis = s.redis();
     wait_persisted(&s.db, &redis, &[section]).await;
 
     let (enrolled, _) = pg_roster(&s.db, section).await;
@@ -154,7 +140,7 @@ async fn redis_emptied_under_a_running_server_is_rebuilt_from_postgres_on_restar
             .await
             .unwrap();
     }
-    let redis = redis_for(&private.url(), &s.namespace.name);
+    let redis = s.redis_on(&private.url());
     wait_persisted(&s.db, &redis, &s.sections).await;
     let before: Vec<_> = {
         let mut v = Vec::new();
@@ -238,7 +224,7 @@ async fn sigterm_under_load_exits_zero_and_every_answered_registration_lands() {
     // A restart finishes whatever the drain left in the outbox.
     let restarted = s.launch().spawn();
     restarted.wait_ready().await;
-    let redis = redis_for(&crate::helpers::redis_url(), &s.namespace.name);
+    let redis = s.redis();
     wait_persisted(&s.db, &redis, &s.sections).await;
     let answers = answers.lock().unwrap().clone();
     let section_of: std::collections::HashMap<Uuid, Uuid> = s

@@ -14,16 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use registrar::{
-    config::{RedisSettings, Secret},
-    domain::Role,
-    seats::Redis,
-};
+use registrar::domain::Role;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{assert_converged, eventually, pg_roster, redis_url, wait_persisted},
+    helpers::{assert_converged, eventually, pg_roster, wait_persisted},
     kit::child::ChildServer,
     processes::seeded,
 };
@@ -271,13 +267,7 @@ async fn a_rolling_restart_of_two_instances_loses_nothing_acknowledged() {
         observed.in_flight_retries.load(Ordering::Relaxed)
     );
 
-    let redis = Redis::new(&RedisSettings {
-        url: Secret::new(redis_url()),
-        namespace: s.namespace.name.clone(),
-        connect_timeout_ms: registrar::config::Millis::new(1000),
-        response_timeout_ms: registrar::config::Millis::new(1000),
-    })
-    .unwrap();
+    let redis = s.redis();
     wait_persisted(&s.db, &redis, &s.sections).await;
     let last = observed.last.lock().unwrap().clone();
     for (i, section) in s.sections.iter().enumerate() {
