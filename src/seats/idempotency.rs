@@ -8,7 +8,7 @@ use redis::RedisResult;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{keys, Redis};
+use super::{keys, scripts, Redis};
 use crate::domain::hex;
 
 /// How long a finished answer is kept (SPEC §7: 24 h).
@@ -64,13 +64,7 @@ impl Redis {
             (Some("mismatch"), None, None) => Claim::Mismatch,
             (Some("in_flight"), None, None) => Claim::InFlight,
             (Some("done"), Some(status), Some(body)) => Claim::Done { status, body },
-            (code, _, _) => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "unexpected script reply",
-                    format!("idempotency: {code:?}"),
-                )))
-            }
+            (code, _, _) => return Err(scripts::unexpected("idempotency", &code)),
         };
         Ok(claim)
     }

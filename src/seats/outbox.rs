@@ -12,7 +12,8 @@ use uuid::Uuid;
 use super::Redis;
 use crate::domain::{Event, EventKind, SectionConfig};
 
-fn text(v: &Value) -> Option<String> {
+/// A reply value as text (bulk or simple string, or an integer's digits).
+pub(super) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),

@@ -167,22 +167,18 @@ impl Rebuild {
 }
 
 fn text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
+    outbox::text(v?)
 }
 
 fn int(v: Option<&Value>) -> Option<i64> {
     match v? {
         Value::Int(i) => Some(*i),
-        other => text(Some(other))?.parse().ok(),
+        other => outbox::text(other)?.parse().ok(),
     }
 }
 
-fn unexpected(script: &str, reply: &[Value]) -> redis::RedisError {
+/// The error of a reply that breaks `script`'s documented contract.
+pub(super) fn unexpected(script: &str, reply: &impl std::fmt::Debug) -> redis::RedisError {
     redis::RedisError::from((
         ErrorKind::UnexpectedReturnType,
         "unexpected script reply",
