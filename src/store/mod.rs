@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod engine;
+pub mod journal;
 pub mod migrate;
 pub mod students;
 

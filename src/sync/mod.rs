@@ -10,10 +10,11 @@
 //! - [`warmup`]: builds a section's Redis state from PostgreSQL when absent.
 //! - [`revalidate`]: after Redis may have restarted, pauses registration,
 //!   drains the shards, and rebuilds sections Redis holds behind PostgreSQL.
-//! - [`journal`]: fingerprints of applied events, to tell replays from
-//!   different events reusing an applied sequence.
+//!
+//! The statements they run live in [`crate::store`] ([`crate::store::engine`],
+//! and [`crate::store::journal`]: fingerprints of applied events, to tell
+//! replays from different events reusing an applied sequence).
 
-pub mod journal;
 pub mod reconcile;
 pub mod revalidate;
 pub mod shard;

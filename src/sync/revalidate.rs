@@ -202,17 +202,14 @@ impl Revalidator {
     /// returns (sections rebuilt, outbox entries discarded).
     async fn rebuild_behind(&self) -> anyhow::Result<(usize, i64)> {
         let client = self.db.get().await.context("PostgreSQL unreachable")?;
-        let rows = super::bounded(client, |c| {
-            Box::pin(c.query("select id, last_seq from sections", &[]))
-        })
-        .await?;
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        let sections = super::bounded(client, |c| Box::pin(engine::all_last_seqs(c))).await?;
+        let ids: Vec<Uuid> = sections.iter().map(|(id, _)| *id).collect();
         let redis_seqs = self.redis.seqs(&ids).await?;
-        let behind: Vec<Uuid> = rows
+        let behind: Vec<Uuid> = sections
             .iter()
             .zip(redis_seqs)
-            .filter(|(row, seq)| seq.is_some_and(|s| s < row.get::<_, i64>(1)))
-            .map(|(row, _)| row.get(0))
+            .filter(|((_, last_seq), seq)| seq.is_some_and(|s| s < *last_seq))
+            .map(|((id, _), _)| *id)
             .collect();
         if behind.is_empty() {
             return Ok((0, 0));

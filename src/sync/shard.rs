@@ -19,7 +19,7 @@
 //! older AOF numbers new events with sequences PostgreSQL already applied;
 //! skipping those would lose them silently. So such an event is compared
 //! with the fingerprint PostgreSQL recorded for that sequence
-//! ([`super::journal`]); a different one is counted
+//! ([`crate::store::journal`]); a different one is counted
 //! (`persistence_sequence_conflicts_total`), logged, and the section's Redis
 //! state is rebuilt from PostgreSQL ([`crate::seats::RedisWatch`]). The
 //! same holds for a queued copy that differs from the outbox entry of its
@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::{backoff, discard, journal, Job, DB_DEADLINE};
+use super::{backoff, discard, Job, DB_DEADLINE};
 use crate::{
     config::SyncSettings,
     domain::now_ms,
@@ -41,7 +41,7 @@ use crate::{
         VERSION_CONFLICTS, WRITE_RETRIES,
     },
     seats::{Compensate, Event, Redis},
-    store::engine,
+    store::{engine, journal},
 };
 
 /// Why a write did not commit.

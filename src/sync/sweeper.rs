@@ -26,6 +26,7 @@ use crate::{
     domain::now_ms,
     metrics::{OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, SWEEPER_REQUEUED},
     seats::Redis,
+    store::{engine, journal},
 };
 
 /// Sections per pipelined round trip.
@@ -126,7 +127,7 @@ impl Sweeper {
     async fn prune(&self) {
         let pruned = async {
             let client = self.db.get().await?;
-            super::bounded(client, |c| Box::pin(super::journal::prune(c))).await
+            super::bounded(client, |c| Box::pin(journal::prune(c))).await
         };
         match pruned.await {
             Ok(0) => {}
@@ -139,11 +140,7 @@ impl Sweeper {
         // Bounded: a connection stuck in a partition must not stop the sweeps
         // (the backlog in /health would freeze).
         let client = self.db.get().await?;
-        let rows = super::bounded(client, |c| {
-            Box::pin(c.query("select id from sections", &[]))
-        })
-        .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        super::bounded(client, |c| Box::pin(engine::section_ids(c))).await
     }
 
     /// One pass over `sections`; re-enqueues those with entries older than `min_age_ms`.
