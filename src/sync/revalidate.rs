@@ -180,15 +180,10 @@ impl Revalidator {
     }
 
     async fn snapshots(&self, sections: &[Uuid]) -> anyhow::Result<Vec<SectionSnapshot>> {
-        let client = self.db.get().await.context("PostgreSQL unreachable")?;
-        let read = engine::snapshots(&client, Snapshots::Only(sections));
-        match tokio::time::timeout(super::DB_DEADLINE, read).await {
-            Ok(snapshots) => Ok(snapshots?),
-            Err(_) => {
-                super::discard(client);
-                bail!("PostgreSQL did not answer in time")
-            }
-        }
+        let read = super::bounded(&self.db, async |c| {
+            engine::snapshots(&*c, Snapshots::Only(sections)).await
+        });
+        Ok(read.await?)
     }
 
     async fn drain(&self) -> anyhow::Result<()> {
@@ -201,8 +196,7 @@ impl Revalidator {
     /// Rebuilds every section whose Redis sequence is below PostgreSQL's;
     /// returns (sections rebuilt, outbox entries discarded).
     async fn rebuild_behind(&self) -> anyhow::Result<(usize, i64)> {
-        let client = self.db.get().await.context("PostgreSQL unreachable")?;
-        let sections = super::bounded(client, |c| Box::pin(engine::all_last_seqs(c))).await?;
+        let sections = super::bounded(&self.db, async |c| engine::all_last_seqs(&*c).await).await?;
         let ids: Vec<Uuid> = sections.iter().map(|(id, _)| *id).collect();
         let redis_seqs = self.redis.seqs(&ids).await?;
         let behind: Vec<Uuid> = sections

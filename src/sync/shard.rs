@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::{backoff, discard, Job, DB_DEADLINE};
+use super::{backoff, bounded, DbError, Job};
 use crate::{
     config::SyncSettings,
     domain::now_ms,
@@ -91,18 +91,15 @@ impl From<tokio_postgres::Error> for WriteError {
     }
 }
 
-impl From<deadpool_postgres::PoolError> for WriteError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        WriteError::Transient(e.to_string())
+/// No connection, or no answer in time, is worth retrying; an error
+/// PostgreSQL answered with is classified as such.
+impl<E: Into<WriteError> + std::fmt::Display> From<DbError<E>> for WriteError {
+    fn from(e: DbError<E>) -> Self {
+        match e {
+            DbError::Failed(e) => e.into(),
+            unanswered => WriteError::Transient(unanswered.to_string()),
+        }
     }
-}
-
-/// A round trip that did not come back within [`DB_DEADLINE`].
-fn late() -> WriteError {
-    WriteError::Transient(format!(
-        "PostgreSQL did not answer within {} s; connection dropped",
-        DB_DEADLINE.as_secs()
-    ))
 }
 
 impl From<redis::RedisError> for WriteError {
@@ -294,17 +291,10 @@ impl Shard {
         let mut seqs: Vec<i64> = candidates.iter().map(|e| e.seq).collect();
         seqs.sort_unstable();
         seqs.dedup();
-        let client = self.db.get().await?;
-        let recorded =
-            match tokio::time::timeout(DB_DEADLINE, journal::fingerprints(&client, section, &seqs))
-                .await
-            {
-                Ok(recorded) => recorded?,
-                Err(_) => {
-                    discard(client);
-                    return Err(late());
-                }
-            };
+        let recorded = bounded(&self.db, async |c| {
+            journal::fingerprints(&*c, section, &seqs).await
+        })
+        .await?;
         Ok(candidates
             .iter()
             .filter(|e| recorded.get(&e.seq).is_some_and(|f| *f != e.fingerprint()))
@@ -335,15 +325,7 @@ impl Shard {
         if unknown.is_empty() {
             return Ok(());
         }
-        let client = self.db.get().await?;
-        let found =
-            match tokio::time::timeout(DB_DEADLINE, engine::last_seqs(&client, &unknown)).await {
-                Ok(found) => found?,
-                Err(_) => {
-                    discard(client);
-                    return Err(late());
-                }
-            };
+        let found = bounded(&self.db, async |c| engine::last_seqs(&*c, &unknown).await).await?;
         for section in unknown {
             match found.get(&section) {
                 Some(seq) => {
@@ -460,21 +442,14 @@ impl Shard {
         Ok(plans)
     }
 
-    /// One transaction for all plans, given up after [`DB_DEADLINE`] (a
+    /// One transaction for all plans, given up after [`super::DB_DEADLINE`] (a
     /// commit whose answer was lost is found applied on the retry: the
     /// optimistic check fails, the events are replays).
     async fn write(&self, plans: &[Planned]) -> Result<(), WriteError> {
         if plans.is_empty() {
             return Ok(());
         }
-        let mut client = self.db.get().await?;
-        match tokio::time::timeout(DB_DEADLINE, Self::write_with(&mut client, plans)).await {
-            Ok(result) => result,
-            Err(_) => {
-                discard(client);
-                Err(late())
-            }
-        }
+        Ok(bounded(&self.db, async |c| Self::write_with(c, plans).await).await?)
     }
 
     async fn write_with(
@@ -569,9 +544,8 @@ impl Shard {
             Compensate::Reverted { .. } => "reverted",
         };
         metrics::counter!(COMPENSATIONS, "result" => label).increment(1);
-        let mut client = self.db.get().await?;
-        let record = async {
-            let tx = client.transaction().await?;
+        bounded(&self.db, async |c| {
+            let tx = c.transaction().await?;
             engine::insert_dead_letter(&tx, event, error, sqlstate).await?;
             if !engine::advance(&tx, event.section, applied, event.seq).await? {
                 return Err(WriteError::Conflict(event.section));
@@ -579,14 +553,8 @@ impl Shard {
             journal::record(&tx, [event]).await?;
             tx.commit().await?;
             Ok(())
-        };
-        match tokio::time::timeout(DB_DEADLINE, record).await {
-            Ok(result) => result?,
-            Err(_) => {
-                discard(client);
-                return Err(late());
-            }
-        }
+        })
+        .await?;
         metrics::counter!(DEAD_LETTERS).increment(1);
         self.applied.insert(event.section, event.seq);
         if let Err(e) = self.redis.ack(event.section, &[event.seq]).await {
