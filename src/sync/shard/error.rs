@@ -86,3 +86,35 @@ pub(super) fn reason_for(sqlstate: Option<&str>) -> &'static str {
         _ => "it could not be saved",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_connection_or_no_answer_in_time_is_retried() {
+        let unreachable: WriteError =
+            DbError::<tokio_postgres::Error>::Unreachable(deadpool_postgres::PoolError::Closed)
+                .into();
+        assert!(matches!(unreachable, WriteError::Transient(_)));
+        let late: WriteError = DbError::<tokio_postgres::Error>::Late.into();
+        assert!(matches!(late, WriteError::Transient(m) if m.contains("did not answer")));
+    }
+
+    #[test]
+    fn an_error_from_inside_the_call_keeps_its_class() {
+        let conflict = Uuid::new_v4();
+        let e: WriteError = DbError::Failed(WriteError::Conflict(conflict)).into();
+        assert!(matches!(e, WriteError::Conflict(s) if s == conflict));
+    }
+
+    #[test]
+    fn integrity_and_data_errors_are_permanent_others_are_not() {
+        assert!(is_permanent(&SqlState::FOREIGN_KEY_VIOLATION));
+        assert!(is_permanent(&SqlState::CHECK_VIOLATION));
+        assert!(is_permanent(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE));
+        assert!(!is_permanent(&SqlState::T_R_SERIALIZATION_FAILURE));
+        assert!(!is_permanent(&SqlState::QUERY_CANCELED));
+        assert_eq!(reason_for(None), "it could not be saved");
+    }
+}
