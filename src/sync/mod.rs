@@ -194,7 +194,8 @@ pub(crate) enum DbError<E> {
     Unreachable(deadpool_postgres::PoolError),
     /// No answer within [`DB_DEADLINE`]; the connection was closed.
     Late,
-    /// PostgreSQL answered with an error.
+    /// The call failed: PostgreSQL's error, or the caller's own (a lost
+    /// optimistic check).
     Failed(E),
 }
 
@@ -212,12 +213,14 @@ impl<E: std::fmt::Display> std::fmt::Display for DbError<E> {
     }
 }
 
+/// Transparent: the message already shows the inner error, so its causes
+/// follow directly (an `{:#}` chain does not repeat it).
 impl<E: std::error::Error + 'static> std::error::Error for DbError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            DbError::Unreachable(e) => Some(e),
+            DbError::Unreachable(e) => e.source(),
             DbError::Late => None,
-            DbError::Failed(e) => Some(e),
+            DbError::Failed(e) => e.source(),
         }
     }
 }
@@ -261,6 +264,15 @@ mod tests {
             assert!(shard < 4);
             assert_eq!(shard, shard_of(s, 4));
         }
+    }
+
+    #[test]
+    fn a_failed_call_reads_as_its_own_error_once() {
+        let io = std::io::Error::other("relation \"sections\" does not exist");
+        let e = anyhow::Error::from(DbError::Failed(io));
+        assert_eq!(format!("{e:#}"), "relation \"sections\" does not exist");
+        let late = anyhow::Error::from(DbError::<std::io::Error>::Late);
+        assert!(format!("{late:#}").contains("did not answer within 10 s"));
     }
 
     #[test]
