@@ -26,11 +26,11 @@
 //! sequence; the queued copy, which continues PostgreSQL's history, wins.
 //!
 //! This module receives jobs, fills batches and runs the retry loop; the
-//! parts it drives are [`plan`] (what to write: a pure decision), [`gather`]
-//! (the reads that decision needs, and carrying it out), [`write`] (the
-//! transaction and the acknowledgement after it), [`dead_letter`] (finding
-//! and undoing what can never be written) and [`error`] (how failures are
-//! classified).
+//! parts it drives are [`plan`] (what to write: a pure decision),
+//! [`gather`] (the reads that decision needs, and carrying it out),
+//! [`write`](mod@write) (the transaction and the acknowledgement after it),
+//! [`dead_letter`] (finding and undoing what can never be written) and
+//! [`error`] (how failures are classified).
 
 mod dead_letter;
 mod error;

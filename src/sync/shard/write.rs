@@ -9,9 +9,10 @@ use crate::{
 };
 
 impl Shard {
-    /// One transaction for all plans, given up after [`super::DB_DEADLINE`] (a
-    /// commit whose answer was lost is found applied on the retry: the
-    /// optimistic check fails, the events are replays).
+    /// One transaction for all plans, given up after
+    /// [`crate::sync::DB_DEADLINE`] (a commit whose answer was lost is found
+    /// applied on the retry: the optimistic check fails, the events are
+    /// replays).
     pub(super) async fn write(&self, plans: &[Planned]) -> Result<(), WriteError> {
         if plans.is_empty() {
             return Ok(());
