@@ -191,6 +191,29 @@ pub async fn last_seqs(
         .collect())
 }
 
+/// Every section's id: the sections the sweeper watches.
+pub async fn section_ids(db: &impl GenericClient) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    Ok(db
+        .query("select id from sections", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Every section with its last applied sequence, to find the sections a
+/// restarted Redis holds behind PostgreSQL.
+pub async fn all_last_seqs(
+    db: &impl GenericClient,
+) -> Result<Vec<(Uuid, i64)>, tokio_postgres::Error> {
+    Ok(db
+        .query("select id, last_seq from sections", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// Records an event whose write failed for good.
 pub async fn insert_dead_letter(
     tx: &Transaction<'_>,

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod engine;
+pub mod journal;
 pub mod migrate;
 pub mod students;
 

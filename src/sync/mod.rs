@@ -10,10 +10,11 @@
 //! - [`warmup`]: builds a section's Redis state from PostgreSQL when absent.
 //! - [`revalidate`]: after Redis may have restarted, pauses registration,
 //!   drains the shards, and rebuilds sections Redis holds behind PostgreSQL.
-//! - [`journal`]: fingerprints of applied events, to tell replays from
-//!   different events reusing an applied sequence.
+//!
+//! The statements they run live in [`crate::store`] ([`crate::store::engine`],
+//! and [`crate::store::journal`]: fingerprints of applied events, to tell
+//! replays from different events reusing an applied sequence).
 
-pub mod journal;
 pub mod reconcile;
 pub mod revalidate;
 pub mod shard;
@@ -196,34 +197,58 @@ fn futures_join(
 /// stopped answering.
 pub(crate) const DB_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Takes a connection that did not answer within [`DB_DEADLINE`] out of the
-/// pool and closes it, instead of handing a stuck connection to the next user.
-pub(crate) fn discard(client: deadpool_postgres::Object) {
-    drop(deadpool_postgres::Object::take(client));
+/// Why a round trip of [`bounded`] did not come back with an answer.
+#[derive(Debug)]
+pub(crate) enum DbError<E> {
+    /// The pool gave no connection (PostgreSQL down, or every connection busy).
+    Unreachable(deadpool_postgres::PoolError),
+    /// No answer within [`DB_DEADLINE`]; the connection was closed.
+    Late,
+    /// The call failed: PostgreSQL's error, or the caller's own (a lost
+    /// optimistic check).
+    Failed(E),
 }
 
-/// Runs `query` with `client` within [`DB_DEADLINE`]; on expiry the
-/// connection is discarded and the error says so.
-pub(crate) async fn bounded<T, E>(
-    client: deadpool_postgres::Object,
-    query: impl for<'c> FnOnce(
-        &'c deadpool_postgres::Object,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<T, E>> + Send + 'c>,
-    >,
-) -> Result<T, anyhow::Error>
-where
-    E: Into<anyhow::Error>,
-{
-    let outcome = tokio::time::timeout(DB_DEADLINE, query(&client)).await;
-    match outcome {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => {
-            discard(client);
-            Err(anyhow::anyhow!(
+impl<E: std::fmt::Display> std::fmt::Display for DbError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbError::Unreachable(e) => write!(f, "PostgreSQL unreachable: {e}"),
+            DbError::Late => write!(
+                f,
                 "PostgreSQL did not answer within {} s; connection dropped",
                 DB_DEADLINE.as_secs()
-            ))
+            ),
+            DbError::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Transparent: the message already shows the inner error, so its causes
+/// follow directly (an `{:#}` chain does not repeat it).
+impl<E: std::error::Error + 'static> std::error::Error for DbError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DbError::Unreachable(e) => e.source(),
+            DbError::Late => None,
+            DbError::Failed(e) => e.source(),
+        }
+    }
+}
+
+/// Runs `query` on a connection from `pool` within [`DB_DEADLINE`]: the
+/// one place the background tasks' round trips to PostgreSQL are bounded.
+/// A connection that did not answer in time is taken out of the pool and
+/// closed rather than handed, still stuck, to the next user.
+pub(crate) async fn bounded<T, E>(
+    pool: &Pool,
+    query: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
+) -> Result<T, DbError<E>> {
+    let mut client = pool.get().await.map_err(DbError::Unreachable)?;
+    match tokio::time::timeout(DB_DEADLINE, query(&mut client)).await {
+        Ok(result) => result.map_err(DbError::Failed),
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(DbError::Late)
         }
     }
 }
@@ -249,6 +274,15 @@ mod tests {
             assert!(shard < 4);
             assert_eq!(shard, shard_of(s, 4));
         }
+    }
+
+    #[test]
+    fn a_failed_call_reads_as_its_own_error_once() {
+        let io = std::io::Error::other("relation \"sections\" does not exist");
+        let e = anyhow::Error::from(DbError::Failed(io));
+        assert_eq!(format!("{e:#}"), "relation \"sections\" does not exist");
+        let late = anyhow::Error::from(DbError::<std::io::Error>::Late);
+        assert!(format!("{late:#}").contains("did not answer within 10 s"));
     }
 
     #[test]

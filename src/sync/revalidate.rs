@@ -181,15 +181,10 @@ impl Revalidator {
     }
 
     async fn snapshots(&self, sections: &[Uuid]) -> anyhow::Result<Vec<SectionSnapshot>> {
-        let client = self.db.get().await.context("PostgreSQL unreachable")?;
-        let read = engine::snapshots(&client, Snapshots::Only(sections));
-        match tokio::time::timeout(super::DB_DEADLINE, read).await {
-            Ok(snapshots) => Ok(snapshots?),
-            Err(_) => {
-                super::discard(client);
-                bail!("PostgreSQL did not answer in time")
-            }
-        }
+        let read = super::bounded(&self.db, async |c| {
+            engine::snapshots(&*c, Snapshots::Only(sections)).await
+        });
+        Ok(read.await?)
     }
 
     async fn drain(&self) -> anyhow::Result<()> {
@@ -202,18 +197,14 @@ impl Revalidator {
     /// Rebuilds every section whose Redis sequence is below PostgreSQL's;
     /// returns (sections rebuilt, outbox entries discarded).
     async fn rebuild_behind(&self) -> anyhow::Result<(usize, i64)> {
-        let client = self.db.get().await.context("PostgreSQL unreachable")?;
-        let rows = super::bounded(client, |c| {
-            Box::pin(c.query("select id, last_seq from sections", &[]))
-        })
-        .await?;
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        let sections = super::bounded(&self.db, async |c| engine::all_last_seqs(&*c).await).await?;
+        let ids: Vec<Uuid> = sections.iter().map(|(id, _)| *id).collect();
         let redis_seqs = self.redis.seqs(&ids).await?;
-        let behind: Vec<Uuid> = rows
+        let behind: Vec<Uuid> = sections
             .iter()
             .zip(redis_seqs)
-            .filter(|(row, seq)| seq.is_some_and(|s| s < row.get::<_, i64>(1)))
-            .map(|(row, _)| row.get(0))
+            .filter(|((_, last_seq), seq)| seq.is_some_and(|s| s < *last_seq))
+            .map(|((id, _), _)| *id)
             .collect();
         if behind.is_empty() {
             return Ok((0, 0));

@@ -26,6 +26,7 @@ use crate::{
     domain::now_ms,
     metrics::{OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, SWEEPER_REQUEUED},
     seats::Redis,
+    store::{engine, journal},
 };
 
 /// Sections per pipelined round trip.
@@ -124,11 +125,7 @@ impl Sweeper {
     }
 
     async fn prune(&self) {
-        let pruned = async {
-            let client = self.db.get().await?;
-            super::bounded(client, |c| Box::pin(super::journal::prune(c))).await
-        };
-        match pruned.await {
+        match super::bounded(&self.db, async |c| journal::prune(&*c).await).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(rows = n, "old event fingerprints pruned"),
             Err(e) => tracing::debug!(error = %e, "fingerprint prune skipped"),
@@ -138,12 +135,7 @@ impl Sweeper {
     async fn known_sections(&self) -> anyhow::Result<Vec<Uuid>> {
         // Bounded: a connection stuck in a partition must not stop the sweeps
         // (the backlog in /health would freeze).
-        let client = self.db.get().await?;
-        let rows = super::bounded(client, |c| {
-            Box::pin(c.query("select id from sections", &[]))
-        })
-        .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(super::bounded(&self.db, async |c| engine::section_ids(&*c).await).await?)
     }
 
     /// One pass over `sections`; re-enqueues those with entries older than `min_age_ms`.

@@ -1,6 +1,7 @@
 //! The fingerprints of applied events (`applied_events`), written in the
-//! same transaction as the events, so that a worker can tell a replay from a
-//! different event reusing an applied sequence (sql/0003_applied_events.sql).
+//! same transaction as the events, so that a persistence worker can tell a
+//! replay from a different event reusing an applied sequence
+//! (sql/0003_applied_events.sql).
 
 use std::collections::HashMap;
 

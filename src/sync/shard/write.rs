@@ -1,0 +1,64 @@
+//! Writing plans in one transaction, and what follows a commit.
+
+use super::{error::WriteError, plan::Planned, Shard};
+use crate::{
+    domain::now_ms,
+    metrics::{BATCH_SIZE, EVENTS_APPLIED, PERSIST_LAG},
+    store::{engine, journal},
+    sync::bounded,
+};
+
+impl Shard {
+    /// One transaction for all plans, given up after
+    /// [`crate::sync::DB_DEADLINE`] (a commit whose answer was lost is found
+    /// applied on the retry: the optimistic check fails, the events are
+    /// replays).
+    pub(super) async fn write(&self, plans: &[Planned]) -> Result<(), WriteError> {
+        if plans.is_empty() {
+            return Ok(());
+        }
+        Ok(bounded(&self.db, async |c| Self::write_with(c, plans).await).await?)
+    }
+
+    async fn write_with(
+        client: &mut deadpool_postgres::Object,
+        plans: &[Planned],
+    ) -> Result<(), WriteError> {
+        let tx = client.transaction().await?;
+        for plan in plans {
+            engine::apply(&tx, plan.section, &plan.events).await?;
+            let last = plan.events.last().map_or(plan.applied, |e| e.seq);
+            if !engine::advance(&tx, plan.section, plan.applied, last).await? {
+                return Err(WriteError::Conflict(plan.section));
+            }
+        }
+        journal::record(&tx, plans.iter().flat_map(|p| &p.events)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// After a commit: remember, acknowledge, measure.
+    pub(super) async fn committed(&mut self, plans: &[Planned]) {
+        let now = now_ms();
+        let mut total = 0;
+        for plan in plans {
+            let Some(last) = plan.events.last() else {
+                continue;
+            };
+            self.applied.insert(plan.section, last.seq);
+            total += plan.events.len();
+            for e in &plan.events {
+                metrics::counter!(EVENTS_APPLIED, "kind" => e.kind.as_str()).increment(1);
+                metrics::histogram!(PERSIST_LAG).record((now - e.at_ms).max(0) as f64 / 1000.0);
+            }
+            let seqs: Vec<i64> = plan.events.iter().map(|e| e.seq).collect();
+            if let Err(e) = self.redis.ack(plan.section, &seqs).await {
+                // Harmless: the entries are skipped (seq ≤ last_seq) and acknowledged next time.
+                tracing::warn!(section = %plan.section, error = %e, "failed to acknowledge outbox entries");
+            }
+        }
+        if total > 0 {
+            metrics::histogram!(BATCH_SIZE).record(total as f64);
+        }
+    }
+}
