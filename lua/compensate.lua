@@ -1,11 +1,15 @@
 -- compensate: undo one event whose PostgreSQL write failed for good, at most
--- once (the event's sequence is remembered in KEYS[8]). An undone enrolment
--- gives its seat to the waitlist head, or back to the pool; the reason is
--- kept for the student's views.
+-- once (the event's sequence is remembered in KEYS[8]), and only the
+-- incarnation it created: a student who has since left and come back (a
+-- later enroll, promote or waitlist event) keeps their new place. An undone
+-- enrolment gives its seat to the waitlist head, or back to the pool; the
+-- reason is kept for the student's views.
 --
 -- KEYS[1] meta, KEYS[2] seats, KEYS[3] enrolled, KEYS[4] waitlist,
 -- KEYS[5] seq, KEYS[6] outbox, KEYS[7] reverted (as in reserve.lua)
 -- KEYS[8] undone   set of event sequences already compensated
+-- KEYS[9] since    hash: enrolled student -> sequence of their seat's event
+--                  (the waitlist's score is already its event's sequence)
 -- ARGV[1] sequence of the failed event
 -- ARGV[2] kind of the failed event: enroll | promote | waitlist
 -- ARGV[3] student id
@@ -14,7 +18,8 @@
 --
 -- Returns {code, events}; events as lua/lib/emit.lua describes:
 --   {"already", {}}                  this event was compensated before
---   {"nothing_to_undo", {}}          the student already left that state
+--   {"nothing_to_undo", {}}          the student already left that state (or
+--                                    holds it through a later event)
 --   {"not_undoable", {}}             the kind cannot be undone (drop, ...)
 --   {"reverted", {revert}}           undone; a seat went back to the pool
 --                                    (or a waitlist place was given up)
@@ -26,14 +31,22 @@ end
 if redis.call('SADD', KEYS[8], failed) == 0 then
   return {'already', events}
 end
-local removed
+-- The incarnation check: the student's current place must come from the
+-- failed event itself.
+local current
 if kind == 'waitlist' then
-  removed = redis.call('ZREM', KEYS[4], student)
+  current = redis.call('ZSCORE', KEYS[4], student)
 else
-  removed = redis.call('SREM', KEYS[3], student)
+  current = redis.call('HGET', KEYS[9], student)
 end
-if removed == 0 then
+if not current or tonumber(current) ~= tonumber(failed) then
   return {'nothing_to_undo', events}
+end
+if kind == 'waitlist' then
+  redis.call('ZREM', KEYS[4], student)
+else
+  redis.call('SREM', KEYS[3], student)
+  redis.call('HDEL', KEYS[9], student)
 end
 redis.call('HSET', KEYS[7], student, reason)
 emit('revert', student, now, 'undoes', failed, 'reason', reason)
@@ -44,7 +57,7 @@ local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
 if head then
   redis.call('ZREM', KEYS[4], head)
   redis.call('SADD', KEYS[3], head)
-  emit('promote', head, now)
+  redis.call('HSET', KEYS[9], head, emit('promote', head, now))
   return {'reverted', events}
 end
 redis.call('INCR', KEYS[2])

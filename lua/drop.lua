@@ -3,8 +3,9 @@
 -- no one else can ever see it free.
 --
 -- KEYS[1] meta, KEYS[2] seats, KEYS[3] enrolled, KEYS[4] waitlist,
--- KEYS[5] seq, KEYS[6] outbox, KEYS[7] reverted (as in reserve.lua); a
--- student who drops no longer has an undone registration to be told about.
+-- KEYS[5] seq, KEYS[6] outbox, KEYS[7] reverted, KEYS[8] since (as in
+-- reserve.lua); a student who drops no longer has an undone registration
+-- to be told about, nor a seat to be undone.
 -- ARGV[1] student id
 -- ARGV[2] now (unix ms)
 --
@@ -20,12 +21,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 if redis.call('SREM', KEYS[3], student) == 1 then
   redis.call('HDEL', KEYS[7], student)
+  redis.call('HDEL', KEYS[8], student)
   emit('drop', student, now)
   local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
   if head then
     redis.call('ZREM', KEYS[4], head)
     redis.call('SADD', KEYS[3], head)
-    emit('promote', head, now)
+    redis.call('HSET', KEYS[8], head, emit('promote', head, now))
   else
     redis.call('INCR', KEYS[2])
   end

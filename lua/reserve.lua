@@ -11,6 +11,9 @@
 -- KEYS[7] reverted  hash: student id -> reason of an undone registration
 --                   (not used here: drop.lua clears it; kept so every
 --                   section script takes the same keys)
+-- KEYS[8] since     hash: enrolled student id -> sequence of the event that
+--                   gave them their seat (enroll or promote): an undo
+--                   (compensate.lua) removes only that incarnation
 -- ARGV[1] student id
 -- ARGV[2] now (unix ms)
 --
@@ -49,7 +52,7 @@ if seats > 0 then
   -- Writes start here.
   redis.call('DECR', KEYS[2])
   redis.call('SADD', KEYS[3], student)
-  emit('enroll', student, now)
+  redis.call('HSET', KEYS[8], student, emit('enroll', student, now))
   return {'enrolled', events}
 end
 local waiting = redis.call('ZCARD', KEYS[4])

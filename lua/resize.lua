@@ -3,7 +3,7 @@
 -- capacity below the number enrolled is refused with nothing changed.
 --
 -- KEYS[1] meta, KEYS[2] seats, KEYS[3] enrolled, KEYS[4] waitlist,
--- KEYS[5] seq, KEYS[6] outbox (as in reserve.lua)
+-- KEYS[5] seq, KEYS[6] outbox, KEYS[7] since (KEYS[8] of reserve.lua)
 -- ARGV[1] new capacity, or "" to keep it
 -- ARGV[2] new waitlist limit, or "" to keep it
 -- ARGV[3] new active flag "1"/"0", or "" to keep it
@@ -41,7 +41,7 @@ while free > 0 do
   end
   redis.call('ZREM', KEYS[4], head)
   redis.call('SADD', KEYS[3], head)
-  emit('promote', head, now)
+  redis.call('HSET', KEYS[7], head, emit('promote', head, now))
   free = free - 1
 end
 redis.call('SET', KEYS[2], free)

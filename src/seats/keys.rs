@@ -17,6 +17,8 @@ pub struct SectionKeys {
     pub outbox: String,
     pub reverted: String,
     pub undone: String,
+    /// Enrolled student → sequence of the event that gave them their seat.
+    pub since: String,
 }
 
 impl SectionKeys {
@@ -31,6 +33,7 @@ impl SectionKeys {
             outbox: format!("{tag}:outbox"),
             reverted: format!("{tag}:reverted"),
             undone: format!("{tag}:undone"),
+            since: format!("{tag}:since"),
         }
     }
 
@@ -92,7 +95,11 @@ mod tests {
         let tag = format!("{{s:{id}}}");
         let all = [
             keys.core().as_slice(),
-            &[keys.reverted.as_str(), keys.undone.as_str()],
+            &[
+                keys.reverted.as_str(),
+                keys.undone.as_str(),
+                keys.since.as_str(),
+            ],
         ]
         .concat();
         for key in all {

@@ -349,6 +349,7 @@ impl Redis {
             .arg(&keys.seats)
             .arg(&keys.enrolled)
             .arg(&keys.waitlist)
+            .arg(&keys.since)
             .query_async(&mut conn)
             .await
     }

@@ -310,6 +310,7 @@ impl Redis {
         let mut call = self.scripts().reserve.prepare_invoke();
         call.key(&keys.core()[..])
             .key(&keys.reverted)
+            .key(&keys.since)
             .arg(student.to_string())
             .arg(now_ms);
         let reply = self.run_gated("reserve", section, call).await?;
@@ -345,6 +346,7 @@ impl Redis {
         let mut call = self.scripts().drop.prepare_invoke();
         call.key(&keys.core()[..])
             .key(&keys.reverted)
+            .key(&keys.since)
             .arg(student.to_string())
             .arg(now_ms);
         let reply = self.run_gated("drop", section, call).await?;
@@ -375,6 +377,7 @@ impl Redis {
         call.key(&keys.core()[..])
             .key(&keys.reverted)
             .key(&keys.undone)
+            .key(&keys.since)
             .arg(event.seq)
             .arg(event.kind.as_str())
             .arg(event.student.map(|s| s.to_string()).unwrap_or_default())
@@ -408,6 +411,7 @@ impl Redis {
         let opt = |v: Option<i32>| v.map(|v| v.to_string()).unwrap_or_default();
         let mut call = self.scripts().resize.prepare_invoke();
         call.key(&keys.core()[..])
+            .key(&keys.since)
             .arg(opt(capacity))
             .arg(opt(waitlist_limit))
             .arg(active.map(|a| if a { "1" } else { "0" }).unwrap_or(""))

@@ -215,6 +215,78 @@ pub async fn all_last_seqs(
 }
 
 /// Records an event whose write failed for good.
+/// A dead letter whose undo in Redis is still owed (see
+/// sql/0004_dead_letter_undo.sql).
+pub struct OwedUndo {
+    pub event: Event,
+    pub error: String,
+    pub sqlstate: Option<String>,
+}
+
+/// Dead letters of `section` whose undo has not happened yet, in order.
+pub async fn owed_undos(
+    db: &impl GenericClient,
+    section: Uuid,
+) -> Result<Vec<OwedUndo>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(
+            "select seq, kind, student_id, error, sqlstate,                     (extract(epoch from created_at) * 1000)::bigint                from dead_letters where section_id = $1 and undone_at is null order by seq",
+        )
+        .await?;
+    Ok(db
+        .query(&stmt, &[&section])
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let kind: String = r.get(1);
+            Some(OwedUndo {
+                event: Event {
+                    section,
+                    seq: r.get(0),
+                    kind: EventKind::parse(&kind)?,
+                    student: r.get(2),
+                    at_ms: r.get(5),
+                    config: None,
+                },
+                error: r.get(3),
+                sqlstate: r.get(4),
+            })
+        })
+        .collect())
+}
+
+/// Sections with a dead letter whose undo is still owed.
+pub async fn sections_owing_undos(
+    db: &impl GenericClient,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached("select distinct section_id from dead_letters where undone_at is null")
+        .await?;
+    Ok(db
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Records that the dead letter at (section, seq) has been undone in Redis.
+pub async fn mark_undone(
+    db: &impl GenericClient,
+    section: Uuid,
+    seq: i64,
+    result: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(
+            "update dead_letters set undone_at = now(), undo_result = $3 \
+              where section_id = $1 and seq = $2 and undone_at is null",
+        )
+        .await?;
+    db.execute(&stmt, &[&section, &seq, &result]).await?;
+    Ok(())
+}
+
 pub async fn insert_dead_letter(
     tx: &Transaction<'_>,
     event: &Event,

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_applied_events.sql",
         sql: include_str!("../../sql/0003_applied_events.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_dead_letter_undo.sql",
+        sql: include_str!("../../sql/0004_dead_letter_undo.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).

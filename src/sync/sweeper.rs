@@ -99,6 +99,7 @@ impl Sweeper {
                 Ok(()) => first = false,
                 Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
             }
+            self.undo_owed().await;
             if !reconcile_every.is_zero() && reconciled.elapsed() >= reconcile_every {
                 reconciled = tokio::time::Instant::now();
                 let check = tokio::time::timeout(
@@ -121,6 +122,24 @@ impl Sweeper {
                     Err(e) => tracing::debug!(error = %e, "drift check skipped"),
                 }
             }
+        }
+    }
+
+    /// Carries out the undos that dead letters still owe (their process
+    /// died, or Redis failed, between the record's commit and the undo).
+    async fn undo_owed(&self) {
+        let owing =
+            super::bounded(&self.db, async |c| engine::sections_owing_undos(&*c).await).await;
+        let sections = match owing {
+            Ok(sections) if sections.is_empty() => return,
+            Ok(sections) => sections,
+            Err(e) => {
+                tracing::debug!(error = %e, "owed undos not checked");
+                return;
+            }
+        };
+        if let Err(e) = super::shard::undo_owed(&self.db, &self.redis, &sections).await {
+            tracing::warn!(error = %e, "owed undos not carried out yet; retrying next sweep");
         }
     }
 

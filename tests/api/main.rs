@@ -25,3 +25,4 @@ mod recovery;
 mod rolling;
 mod scripts;
 mod shutdown;
+mod writers;

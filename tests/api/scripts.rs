@@ -335,6 +335,28 @@ async fn compensate_undoes_an_enrolment_once_and_promotes_the_head() {
 }
 
 #[tokio::test]
+async fn compensate_undoes_only_the_incarnation_the_failed_event_created() {
+    let (r, section) = loaded(2, 5).await;
+    let [a, b] = [Uuid::new_v4(), Uuid::new_v4()];
+    let first_seat = r.reserve(section, a, NOW).await.unwrap().events[0].seq;
+    r.drop_student(section, a, NOW).await.unwrap();
+    r.reserve(section, a, NOW).await.unwrap();
+    r.reserve(section, b, NOW).await.unwrap();
+
+    let stale = r
+        .compensate(&event(section, first_seat, EventKind::Enroll, a), "x", NOW)
+        .await
+        .unwrap()
+        .outcome;
+
+    assert_eq!(stale, Compensate::NothingToUndo);
+    let (roster, _) = r.roster(section).await.unwrap();
+    assert!(roster.contains(&a), "the later enrolment stands");
+    let standing = r.standings(a, &[section]).await.unwrap().remove(0);
+    assert_eq!(standing.reverted_reason, None);
+}
+
+#[tokio::test]
 async fn compensate_returns_the_seat_when_nobody_waits_and_handles_every_other_case() {
     let (r, section) = loaded(2, 5).await;
     let [a, b, c] = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
@@ -360,11 +382,11 @@ async fn compensate_returns_the_seat_when_nobody_waits_and_handles_every_other_c
     r.reserve(section, c, NOW).await.unwrap();
     r.resize(section, Some(1), None, None, NOW).await.unwrap();
     let d = Uuid::new_v4();
-    r.reserve(section, d, NOW).await.unwrap();
+    let d_seq = r.reserve(section, d, NOW).await.unwrap().events[0].seq;
     let waitlisted = r.standings(d, &[section]).await.unwrap().remove(0);
     assert_eq!(waitlisted.waitlist_position, Some(1));
     let undo_wait = r
-        .compensate(&event(section, 99, EventKind::Waitlist, d), "x", NOW)
+        .compensate(&event(section, d_seq, EventKind::Waitlist, d), "x", NOW)
         .await
         .unwrap()
         .outcome;

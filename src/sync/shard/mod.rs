@@ -53,6 +53,8 @@ use crate::{
 };
 use error::WriteError;
 
+pub use dead_letter::undo_owed;
+
 pub struct Shard {
     id: usize,
     rx: mpsc::Receiver<Job>,

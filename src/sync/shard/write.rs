@@ -25,12 +25,18 @@ impl Shard {
         plans: &[Planned],
     ) -> Result<(), WriteError> {
         let tx = client.transaction().await?;
+        // Every section is advanced (and its row locked) before any row of
+        // the batch is written: a writer whose idea of last_seq is stale
+        // finds out here, as a conflict, before applying old events to newer
+        // rows (where a constraint could fail and look permanent).
         for plan in plans {
-            engine::apply(&tx, plan.section, &plan.events).await?;
             let last = plan.events.last().map_or(plan.applied, |e| e.seq);
             if !engine::advance(&tx, plan.section, plan.applied, last).await? {
                 return Err(WriteError::Conflict(plan.section));
             }
+        }
+        for plan in plans {
+            engine::apply(&tx, plan.section, &plan.events).await?;
         }
         journal::record(&tx, plans.iter().flat_map(|p| &p.events)).await?;
         tx.commit().await?;

@@ -1,0 +1,237 @@
+//! Several writers: two server instances on one database and namespace,
+//! each persisting what it holds, with PostgreSQL cut under one of them at
+//! a time; and the undo of a write that failed for good, made at most once
+//! and only after its dead letter is recorded.
+
+use std::collections::BTreeSet;
+
+use registrar::{domain::Role, metrics::COMPENSATIONS};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::{
+    helpers::{admin_database_url, eventually, pg_roster, redis_roster, spawn_app, wait_persisted},
+    kit::{address_of, child::ChildServer, proxy::Proxy, via_port},
+    processes::seeded,
+};
+
+/// The sum of every sample of the counter `name` (Prometheus text).
+fn counter_total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter(|line| {
+            let rest = &line[name.len()..];
+            rest.starts_with('{') || rest.starts_with(' ')
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every compensation `server` ran, whatever its result.
+async fn compensations(server: &ChildServer) -> f64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics text");
+    counter_total(&text, COMPENSATIONS)
+}
+
+async fn post(http: &reqwest::Client, url: String, token: String, body: Value) -> Value {
+    let response = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("a JSON answer");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_dead_letter_whose_undo_was_interrupted_is_undone_once_by_recovery() {
+    // Arrange: a persisted enrolment, then the state a crash between a dead
+    // letter's commit and its undo leaves behind: the record, owing its undo.
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(2, 1, 5, 5).await;
+    let section = seeded.report.section_ids[0];
+    let (token, student) = app.student(1).await;
+    let answer: Value = app.register(&token, &[section]).await.json().await.unwrap();
+    assert_eq!(answer["results"][0]["status"], "enrolled");
+    app.wait_persisted(&[section]).await;
+    let db = app.db.get().await.unwrap();
+    db.execute(
+        "insert into dead_letters (section_id, seq, kind, student_id, error, sqlstate) \
+         values ($1, 1, 'enroll', $2, 'simulated: write failed for good', '23503')",
+        &[&section, &student],
+    )
+    .await
+    .unwrap();
+
+    // Act: the sweeper finds the owed undo.
+    let undone = eventually(std::time::Duration::from_secs(20), || async {
+        db.query_one(
+            "select undone_at is not null from dead_letters where section_id = $1 and seq = 1",
+            &[&section],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    })
+    .await;
+
+    // Assert: undone in Redis, the revert persisted, the record says so.
+    assert!(undone, "the owed undo was carried out");
+    app.wait_persisted(&[section]).await;
+    assert!(!app.redis_roster(section).await.0.contains(&student));
+    assert!(!app.pg_roster(section).await.0.contains(&student));
+    let result: String = db
+        .query_one(
+            "select undo_result from dead_letters where section_id = $1 and seq = 1",
+            &[&section],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(result, "reverted");
+
+    // Act again: the student enrols anew; the same record owing its undo a
+    // second time (as if the mark had been lost) must not touch them.
+    let again: Value = app.register(&token, &[section]).await.json().await.unwrap();
+    assert_eq!(again["results"][0]["status"], "enrolled");
+    app.wait_persisted(&[section]).await;
+    db.execute(
+        "update dead_letters set undone_at = null, undo_result = null \
+          where section_id = $1 and seq = 1",
+        &[&section],
+    )
+    .await
+    .unwrap();
+    let marked = eventually(std::time::Duration::from_secs(20), || async {
+        db.query_one(
+            "select undo_result from dead_letters where section_id = $1 and seq = 1",
+            &[&section],
+        )
+        .await
+        .unwrap()
+        .get::<_, Option<String>>(0)
+        .is_some()
+    })
+    .await;
+    assert!(marked);
+    app.wait_persisted(&[section]).await;
+    assert!(app.redis_roster(section).await.0.contains(&student));
+    assert!(app.pg_roster(section).await.0.contains(&student));
+    app.assert_converged(section).await;
+}
+
+/// The V1 sequence of the several-writers review: stale queued copies on
+/// two instances, each released after the other moved the section on.
+#[tokio::test]
+async fn stale_queues_on_two_instances_never_undo_a_valid_enrolment() {
+    // Arrange: one section of 2 seats; instances B and C, each reaching
+    // PostgreSQL through a proxy of its own.
+    let s = seeded(3, 1, 2, 5).await;
+    let section = s.sections[0];
+    let [z, x, y] = [s.students[0], s.students[1], s.students[2]];
+    let target = address_of(&admin_database_url(), 5432).await;
+    let (proxy_b, proxy_c) = (Proxy::start(target).await, Proxy::start(target).await);
+    let b = s
+        .launch()
+        .env(
+            "APP__DATABASE__URL",
+            via_port(&s.database.url, proxy_b.port),
+        )
+        .spawn();
+    let c = s
+        .launch()
+        .env(
+            "APP__DATABASE__URL",
+            via_port(&s.database.url, proxy_c.port),
+        )
+        .spawn();
+    b.wait_ready().await;
+    c.wait_ready().await;
+    let http = reqwest::Client::new();
+    let token = |student| s.tokens.mint(student, Role::Student, true);
+    let redis = s.redis();
+    let register = |server: &ChildServer, student| {
+        post(
+            &http,
+            server.url("/api/v1/register"),
+            token(student),
+            json!({ "section_ids": [section] }),
+        )
+    };
+    let drop = |server: &ChildServer, student| {
+        post(
+            &http,
+            server.url("/api/v1/register/drop"),
+            token(student),
+            json!({ "section_id": section }),
+        )
+    };
+    let last_seq = || async {
+        s.db.get()
+            .await
+            .unwrap()
+            .query_one("select last_seq from sections where id = $1", &[&section])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+
+    // Act: Z enrols via B (persisted).
+    assert_eq!(register(&b, z).await["results"][0]["status"], "enrolled");
+    wait_persisted(&s.db, &redis, &[section]).await;
+    // B loses PostgreSQL; X enrols via B (seq 2, held by B).
+    proxy_b.cut();
+    assert_eq!(register(&b, x).await["results"][0]["status"], "enrolled");
+    // Via C, X drops and Y enrols; C persists up to seq 4.
+    assert_eq!(drop(&c, x).await["status"], "dropped");
+    assert_eq!(register(&c, y).await["results"][0]["status"], "enrolled");
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || async {
+            last_seq().await == 4
+        })
+        .await,
+        "C persisted the section up to seq 4"
+    );
+    // C loses PostgreSQL; Y drops and X enrols again (seq 5, 6, held by C).
+    proxy_c.cut();
+    assert_eq!(drop(&c, y).await["status"], "dropped");
+    assert_eq!(register(&c, x).await["results"][0]["status"], "enrolled");
+    // B comes back first, with its stale copy of seq 2: it must find the
+    // section moved on (a conflict), not undo anything; it then persists
+    // what the outbox holds (seq 5 and 6, C's events).
+    proxy_b.restore();
+    let b_acted = eventually(std::time::Duration::from_secs(30), || async {
+        last_seq().await == 6 || compensations(&b).await > 0.0
+    })
+    .await;
+    assert!(b_acted, "B retried its write");
+    // Then C, with its copies of seq 5 and 6, already persisted by B.
+    proxy_c.restore();
+    wait_persisted(&s.db, &redis, &[section]).await;
+
+    // Assert: Z and X enrolled on both sides, nothing undone anywhere.
+    let expected: BTreeSet<Uuid> = [z, x].into_iter().collect();
+    assert_eq!(pg_roster(&s.db, section).await.0, expected);
+    assert_eq!(redis_roster(&redis, section).await.0, expected);
+    for server in [&b, &c] {
+        assert_eq!(compensations(server).await, 0.0, "nothing undone");
+    }
+    let dead: i64 =
+        s.db.get()
+            .await
+            .unwrap()
+            .query_one("select count(*) from dead_letters", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(dead, 0, "no dead letter");
+}
