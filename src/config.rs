@@ -90,6 +90,12 @@ pub struct SyncSettings {
     /// Period of the in-server drift check; 0 disables it.
     pub reconcile_interval_secs: u64,
     pub drain_timeout_ms: u64,
+    /// Partitions of the section space, each written by one instance at a
+    /// time (`sync::lease`). The same on every instance of a deployment.
+    pub partitions: usize,
+    /// How often an instance refreshes its leases; three missed refreshes
+    /// and the others take them over.
+    pub lease_interval_ms: u64,
 }
 
 /// A duration in milliseconds that cannot be zero: a zero connect or
@@ -307,7 +313,7 @@ impl Settings {
                 "must not exceed api.max_page_size",
             ));
         }
-        let positive: [(&'static str, u64); 19] = [
+        let positive: [(&'static str, u64); 21] = [
             (
                 "api.max_sections_per_request",
                 self.api.max_sections_per_request as u64,
@@ -321,6 +327,8 @@ impl Settings {
             ("sync.batch_size", self.sync.batch_size as u64),
             ("sync.retry_base_ms", self.sync.retry_base_ms),
             ("sync.sweep_interval_ms", self.sync.sweep_interval_ms),
+            ("sync.partitions", self.sync.partitions as u64),
+            ("sync.lease_interval_ms", self.sync.lease_interval_ms),
             ("api.max_bulk_students", self.api.max_bulk_students as u64),
             (
                 "api.default_page_size",

@@ -39,6 +39,8 @@ pub const RATE_LIMIT_ERRORS: &str = "rate_limit_errors_total";
 pub const LOGIN_LOCKS: &str = "auth_login_locks_total";
 pub const TASK_FAILURES: &str = "background_task_failures_total";
 pub const QUEUE_CLOSED: &str = "persistence_queue_closed_total";
+pub const PARTITIONS_OWNED: &str = "persistence_partitions_owned";
+pub const UNOWNED_SKIPPED: &str = "persistence_unowned_events_total";
 
 /// Latency buckets from 100 µs to 10 s: the hot path answers in well under a
 /// millisecond, the slow tail (timeouts) is seconds.
@@ -201,6 +203,14 @@ fn describe() {
     describe_counter!(
         QUEUE_CLOSED,
         "Events whose shard queue was closed (the shard had stopped); they wait in the outbox."
+    );
+    describe_gauge!(
+        PARTITIONS_OWNED,
+        "Persistence partitions whose lease this instance holds (it writes their sections)."
+    );
+    describe_counter!(
+        UNOWNED_SKIPPED,
+        "Queued events of sections another instance owns, left in their outbox for the owner."
     );
     describe_gauge!(
         DB_POOL_CONNECTIONS,

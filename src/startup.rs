@@ -23,6 +23,7 @@ use crate::{
     store,
     supervise::Supervisor,
     sync::{
+        lease::{LeaseKeeper, Leases},
         sweeper::{Backlog, Sweeper},
         warmup, Persistence, Workers,
     },
@@ -39,6 +40,8 @@ pub struct Application {
     sweeper: Sweeper,
     /// Warm-up loads every active section through it before `/ready`.
     loader: Arc<warmup::Loader>,
+    /// Holds this instance's persistence leases (`sync::lease`).
+    lease_keeper: LeaseKeeper,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -71,12 +74,20 @@ impl Application {
             .with_context(|| format!("failed to bind {addr} (http.host, http.port)"))?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let supervisor = Supervisor::new();
+        let leases = Leases::new(settings.sync.partitions);
         let (persistence, workers) = Persistence::start(
             &settings.sync,
             sync_db.clone(),
             redis.clone(),
             stop_rx,
             &supervisor,
+            &leases,
+        );
+        let lease_keeper = LeaseKeeper::new(
+            store::lease_pool(&settings.database)?,
+            leases,
+            &settings.redis.namespace,
+            Duration::from_millis(settings.sync.lease_interval_ms),
         );
         let backlog = Arc::new(Backlog::default());
         let loader = Arc::new(warmup::Loader::new(sync_db.clone(), redis.clone()));
@@ -118,6 +129,7 @@ impl Application {
             workers,
             sweeper,
             loader,
+            lease_keeper,
             stop,
         })
     }
@@ -139,6 +151,10 @@ impl Application {
         tracing::info!(addr = %self.local_addr(), "listening");
         let warm = tokio::spawn(warm_up(self.state.clone(), self.loader.clone()));
         let supervisor = self.state.supervisor.clone();
+        // The leases outlive the shards: they must still be held while the
+        // shards drain at shutdown, so they have a stop signal of their own.
+        let (release_leases, leases_stop) = tokio::sync::watch::channel(false);
+        let leases = supervisor.spawn("lease-keeper", self.lease_keeper.run(leases_stop));
         let upkeep = supervisor.spawn(
             "metrics-upkeep",
             metrics::upkeep(self.state.metrics.clone()),
@@ -180,6 +196,8 @@ impl Application {
             );
         }
         let _ = sweeper.await;
+        let _ = release_leases.send(true);
+        let _ = leases.await;
         self.state.db.close();
         self.state.sync_db.close();
         if let Some(task) = supervisor.failed() {

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_dead_letter_undo.sql",
         sql: include_str!("../../sql/0004_dead_letter_undo.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_persistence_leases.sql",
+        sql: include_str!("../../sql/0005_persistence_leases.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod catalog;
 pub mod engine;
 pub mod journal;
+pub mod leases;
 pub mod migrate;
 pub mod students;
 
@@ -36,17 +37,39 @@ pub fn persistence_pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
     )
 }
 
+/// Builds the one-connection pool of the partition leases
+/// (`sync::lease`): its session holds the advisory locks, so it is never
+/// shared. TCP keepalives on both ends are short, so that a session whose
+/// client vanished (its locks with it) is ended by PostgreSQL within
+/// seconds rather than the system default of hours.
+pub fn lease_pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    build_pool_with(settings, 1, "registrar-lease", |pg| {
+        pg.keepalives_idle(std::time::Duration::from_secs(5));
+        "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+    })
+}
+
 fn build_pool(
     settings: &DatabaseSettings,
     size: usize,
     application_name: &str,
 ) -> anyhow::Result<Pool> {
+    build_pool_with(settings, size, application_name, |_| "")
+}
+
+fn build_pool_with(
+    settings: &DatabaseSettings,
+    size: usize,
+    application_name: &str,
+    tune: impl FnOnce(&mut tokio_postgres::Config) -> &'static str,
+) -> anyhow::Result<Pool> {
     let mut pg = tokio_postgres::Config::from_str(settings.url.expose())
         .context("database.url is not a PostgreSQL URL")?;
     let connect_timeout = settings.connect_timeout_ms.duration();
     pg.connect_timeout(connect_timeout);
+    let extra = tune(&mut pg);
     pg.options(format!(
-        "-c statement_timeout={}",
+        "-c statement_timeout={} {extra}",
         settings.statement_timeout_ms
     ));
     pg.application_name(application_name);

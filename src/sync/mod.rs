@@ -15,6 +15,7 @@
 //! and [`crate::store::journal`]: fingerprints of applied events, to tell
 //! replays from different events reusing an applied sequence).
 
+pub mod lease;
 pub mod reconcile;
 pub mod revalidate;
 pub mod shard;
@@ -75,6 +76,7 @@ impl Persistence {
         redis: Redis,
         stop: watch::Receiver<bool>,
         supervisor: &Supervisor,
+        leases: &lease::Leases,
     ) -> (Self, Workers) {
         let mut senders = Vec::with_capacity(settings.shards);
         let mut handles = Vec::with_capacity(settings.shards);
@@ -88,6 +90,7 @@ impl Persistence {
                 redis.clone(),
                 settings.clone(),
                 stop.clone(),
+                leases.clone(),
             );
             handles.push(supervisor.spawn(format!("shard-{id}"), shard.run()));
         }
@@ -297,6 +300,8 @@ mod tests {
             sweep_min_age_ms: 1,
             reconcile_interval_secs: 0,
             drain_timeout_ms: 1,
+            partitions: 1,
+            lease_interval_ms: 1,
         };
         for attempt in 0..40 {
             assert!(backoff(&settings, attempt) <= Duration::from_millis(100));

@@ -5,7 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use registrar::{domain::Role, metrics::COMPENSATIONS};
+use registrar::{
+    domain::Role,
+    metrics::{COMPENSATIONS, PARTITIONS_OWNED},
+};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -234,4 +237,110 @@ async fn stale_queues_on_two_instances_never_undo_a_valid_enrolment() {
             .unwrap()
             .get(0);
     assert_eq!(dead, 0, "no dead letter");
+}
+
+/// The value of the gauge `name` on `server` (0 when absent).
+async fn gauge(server: &ChildServer, name: &str) -> f64 {
+    let text = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics text");
+    counter_total(&text, name)
+}
+
+#[tokio::test]
+async fn instances_share_the_partitions_and_take_over_those_of_one_that_stops_or_dies() {
+    // Arrange: two instances on one database and namespace.
+    let s = seeded(40, 8, 50, 0).await;
+    let a = s.launch().spawn();
+    let b = s.launch().spawn();
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let all = 16.0; // config/default.toml: sync.partitions
+    let shared = eventually(std::time::Duration::from_secs(20), || async {
+        let (pa, pb) = (
+            gauge(&a, PARTITIONS_OWNED).await,
+            gauge(&b, PARTITIONS_OWNED).await,
+        );
+        pa + pb == all && pa > 0.0 && pb > 0.0
+    })
+    .await;
+    assert!(shared, "both instances hold leases, together all of them");
+    let http = reqwest::Client::new();
+    let redis = s.redis();
+    let register_all = |server: &ChildServer, students: &[Uuid]| {
+        let url = server.url("/api/v1/register");
+        let (http, tokens) = (
+            http.clone(),
+            students
+                .iter()
+                .map(|st| s.tokens.mint(*st, Role::Student, true))
+                .collect::<Vec<_>>(),
+        );
+        let sections = s.sections.clone();
+        async move {
+            for token in tokens {
+                let answer = post(
+                    &http,
+                    url.clone(),
+                    token,
+                    json!({ "section_ids": sections }),
+                )
+                .await;
+                for result in answer["results"].as_array().expect("results") {
+                    assert_eq!(result["status"], "enrolled", "{answer}");
+                }
+            }
+        }
+    };
+
+    // Act 1: registrations through A only, in every section: those of
+    // B's partitions are written by B (from the outbox).
+    register_all(&a, &s.students[..10]).await;
+    wait_persisted(&s.db, &redis, &s.sections).await;
+
+    // Act 2: B dies (SIGKILL); A takes every partition over.
+    let killed = std::time::Instant::now();
+    drop(b);
+    let took_over = eventually(std::time::Duration::from_secs(30), || async {
+        gauge(&a, PARTITIONS_OWNED).await == all
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(took_over, "A holds every lease after B died");
+    println!("takeover after SIGKILL: {takeover:?}");
+    register_all(&a, &s.students[10..20]).await;
+    wait_persisted(&s.db, &redis, &s.sections).await;
+
+    // Act 3: C joins, the partitions are shared again; C stops gracefully
+    // and hands its partitions back.
+    let c = s.launch().spawn();
+    c.wait_ready().await;
+    let reshared = eventually(std::time::Duration::from_secs(20), || async {
+        gauge(&c, PARTITIONS_OWNED).await > 0.0 && gauge(&a, PARTITIONS_OWNED).await < all
+    })
+    .await;
+    assert!(reshared, "a newcomer gets a share");
+    register_all(&c, &s.students[20..30]).await;
+    let stopped = std::time::Instant::now();
+    c.sigterm();
+    assert!(c.wait_exit().await.success());
+    let handed_back = eventually(std::time::Duration::from_secs(30), || async {
+        gauge(&a, PARTITIONS_OWNED).await == all
+    })
+    .await;
+    println!("takeover after SIGTERM: {:?}", stopped.elapsed());
+    assert!(handed_back, "A holds every lease after C stopped");
+    register_all(&a, &s.students[30..]).await;
+    wait_persisted(&s.db, &redis, &s.sections).await;
+
+    // Assert: every acknowledged enrolment is in PostgreSQL, nothing undone.
+    for section in &s.sections {
+        let expected: BTreeSet<Uuid> = s.students.iter().copied().collect();
+        assert_eq!(pg_roster(&s.db, *section).await.0, expected);
+        assert_eq!(redis_roster(&redis, *section).await.0, expected);
+    }
+    assert_eq!(compensations(&a).await, 0.0);
 }

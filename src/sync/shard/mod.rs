@@ -44,11 +44,11 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::{backoff, Job};
+use super::{backoff, lease::Leases, Job};
 use crate::{
     config::SyncSettings,
     domain::Event,
-    metrics::{VERSION_CONFLICTS, WRITE_RETRIES},
+    metrics::{UNOWNED_SKIPPED, VERSION_CONFLICTS, WRITE_RETRIES},
     seats::Redis,
 };
 use error::WriteError;
@@ -62,6 +62,8 @@ pub struct Shard {
     redis: Redis,
     settings: SyncSettings,
     stop: watch::Receiver<bool>,
+    /// Which sections this instance writes (`sync::lease`).
+    leases: Leases,
     /// Last sequence known applied per section; dropped on a conflict.
     applied: HashMap<Uuid, i64>,
 }
@@ -74,6 +76,7 @@ impl Shard {
         redis: Redis,
         settings: SyncSettings,
         stop: watch::Receiver<bool>,
+        leases: Leases,
     ) -> Self {
         Self {
             id,
@@ -82,6 +85,7 @@ impl Shard {
             redis,
             settings,
             stop,
+            leases,
             applied: HashMap::new(),
         }
     }
@@ -124,12 +128,22 @@ impl Shard {
     async fn process(&mut self, jobs: Vec<Job>) {
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut queued: BTreeMap<Uuid, (Vec<Event>, bool)> = BTreeMap::new();
+        let mut unowned = 0u64;
         for job in jobs {
             match job {
+                // Another instance writes this section: its events wait in
+                // the outbox, where the owner's sweeper finds them. Work
+                // taken on while owning is finished even if the lease goes
+                // meanwhile (the optimistic check keeps that safe).
+                Job::Event(e) if !self.leases.owns(e.section) => unowned += 1,
+                Job::CatchUp(s) if !self.leases.owns(s) => unowned += 1,
                 Job::Event(e) => queued.entry(e.section).or_default().0.push(e),
                 Job::CatchUp(s) => queued.entry(s).or_default().1 = true,
                 Job::Flush(done) => flushes.push(done),
             }
+        }
+        if unowned > 0 {
+            metrics::counter!(UNOWNED_SKIPPED).increment(unowned);
         }
         if self.write_all(queued).await {
             for done in flushes {
