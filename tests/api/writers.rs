@@ -344,3 +344,168 @@ async fn instances_share_the_partitions_and_take_over_those_of_one_that_stops_or
     }
     assert_eq!(compensations(&a).await, 0.0);
 }
+
+/// What a client last learned of its place in a section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    Enrolled,
+    Waitlisted,
+    Out,
+}
+
+#[tokio::test]
+async fn a_two_instance_storm_with_postgres_cuts_undoes_nothing_and_keeps_every_answer() {
+    // Arrange: 4 small sections, two instances each behind a PostgreSQL
+    // proxy of its own, 24 students acting one request at a time each.
+    let s = seeded(24, 4, 3, 3).await;
+    let target = address_of(&admin_database_url(), 5432).await;
+    let proxies = [Proxy::start(target).await, Proxy::start(target).await];
+    let servers: Vec<ChildServer> = proxies
+        .iter()
+        .map(|p| {
+            s.launch()
+                .env("APP__DATABASE__URL", via_port(&s.database.url, p.port))
+                .spawn()
+        })
+        .collect();
+    for server in &servers {
+        server.wait_ready().await;
+    }
+    let urls: Vec<String> = servers.iter().map(|s| s.url("")).collect();
+    let admin = s.tokens.mint(Uuid::new_v4(), Role::Admin, true);
+    let http = reqwest::Client::new();
+    const OPS_PER_STUDENT: usize = 30;
+
+    // Act: every student registers and drops at random through either
+    // instance; an admin resizes; PostgreSQL is cut under one instance or
+    // the other every 150 ms, and restored.
+    let stop_cuts = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cutter = {
+        let stop = stop_cuts.clone();
+        let proxies = &proxies;
+        async move {
+            let mut rng = fastrand::Rng::with_seed(7);
+            for _ in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for (i, proxy) in proxies.iter().enumerate() {
+                    if rng.u8(0..3) == 0 && i == rng.usize(0..2) {
+                        proxy.cut();
+                    } else {
+                        proxy.restore();
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            }
+            for proxy in proxies {
+                proxy.restore();
+            }
+        }
+    };
+    let clients =
+        futures_util::future::join_all(s.students.iter().enumerate().map(|(n, student)| {
+            let (http, urls, sections) = (http.clone(), urls.clone(), s.sections.clone());
+            let token = s.tokens.mint(*student, Role::Student, true);
+            async move {
+                let mut rng = fastrand::Rng::with_seed(n as u64);
+                let mut told = std::collections::BTreeMap::new();
+                for _ in 0..OPS_PER_STUDENT {
+                    let section = sections[rng.usize(0..sections.len())];
+                    let base = &urls[rng.usize(0..urls.len())];
+                    let register = rng.bool();
+                    let (path, body) = if register {
+                        ("/api/v1/register", json!({ "section_ids": [section] }))
+                    } else {
+                        ("/api/v1/register/drop", json!({ "section_id": section }))
+                    };
+                    let Ok(response) = http
+                        .post(format!("{base}{path}"))
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await
+                    else {
+                        told.remove(&section);
+                        continue;
+                    };
+                    let status = response.status().as_u16();
+                    let answer: Value = response.json().await.unwrap_or(Value::Null);
+                    let outcome = match (status, register) {
+                        (200, true) => match answer["results"][0]["status"].as_str() {
+                            Some("enrolled" | "already_enrolled") => Some(Told::Enrolled),
+                            Some("waitlisted" | "already_waitlisted") => Some(Told::Waitlisted),
+                            Some("rejected") => Some(Told::Out),
+                            other => panic!("unexpected register answer {other:?}: {answer}"),
+                        },
+                        (200 | 404, false) => Some(Told::Out),
+                        // Unknown outcome (e.g. 503): no expectation until
+                        // the student's next definite answer.
+                        _ => None,
+                    };
+                    match outcome {
+                        Some(t) => told.insert(section, t),
+                        None => told.remove(&section),
+                    };
+                }
+                (*student, told)
+            }
+        }));
+    let resizer = async {
+        let mut rng = fastrand::Rng::with_seed(99);
+        for _ in 0..20 {
+            let section = s.sections[rng.usize(0..s.sections.len())];
+            let base = &urls[rng.usize(0..urls.len())];
+            let _ = http
+                .patch(format!("{base}/api/v1/admin/sections/{section}"))
+                .bearer_auth(&admin)
+                .json(&json!({ "total_seats": rng.i32(3..6) }))
+                .send()
+                .await;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let (answers, (), ()) = tokio::join!(
+        async {
+            let answers = clients.await;
+            stop_cuts.store(true, std::sync::atomic::Ordering::Relaxed);
+            answers
+        },
+        cutter,
+        resizer
+    );
+    let redis = s.redis();
+    wait_persisted(&s.db, &redis, &s.sections).await;
+
+    // Assert: PostgreSQL holds what each client was last told; Redis equals
+    // PostgreSQL; nothing was undone on either instance.
+    for section in &s.sections {
+        let (enrolled, waiting) = pg_roster(&s.db, *section).await;
+        assert_eq!(
+            redis_roster(&redis, *section).await,
+            (enrolled.clone(), waiting.clone())
+        );
+        for (student, told) in &answers {
+            let Some(told) = told.get(section) else {
+                continue;
+            };
+            let enrolled_now = enrolled.contains(student);
+            let waiting_now = waiting.contains(student);
+            match told {
+                Told::Enrolled => assert!(enrolled_now, "{student} was told enrolled in {section}"),
+                // A waitlisted student may have been promoted since.
+                Told::Waitlisted => assert!(
+                    enrolled_now || waiting_now,
+                    "{student} was told waitlisted in {section}"
+                ),
+                Told::Out => assert!(
+                    !enrolled_now && !waiting_now,
+                    "{student} was told out of {section}"
+                ),
+            }
+        }
+    }
+    for server in &servers {
+        assert_eq!(compensations(server).await, 0.0, "nothing undone");
+    }
+}
