@@ -86,7 +86,7 @@ pub async fn run(
     // Alone.
     let baseline = Arc::new(Recorder::new());
     let took = workloads::open_loop(
-        system.addr,
+        system.addrs.clone(),
         connections,
         rate,
         duration,
@@ -104,7 +104,7 @@ pub async fn run(
     let flood_call = register_call(&flooder.1, flooder.0, sections[0]);
     let (took_others, took_flood) = tokio::join!(
         workloads::open_loop(
-            system.addr,
+            system.addrs.clone(),
             connections,
             rate,
             duration,
@@ -112,7 +112,7 @@ pub async fn run(
             others.clone(),
         ),
         workloads::closed_loop(
-            system.addr,
+            system.addrs.clone(),
             flood_connections,
             Some(duration),
             Arc::new(Repeat(flood_call)),
@@ -133,7 +133,7 @@ pub async fn run(
     let live = Arc::new(Recorder::new());
     let (took_control, took_live) = tokio::join!(
         workloads::open_loop(
-            system.addr,
+            system.addrs.clone(),
             connections,
             rate,
             duration,
@@ -141,7 +141,7 @@ pub async fn run(
             control.clone(),
         ),
         workloads::closed_loop(
-            system.addr,
+            system.addrs.clone(),
             flood_connections,
             Some(duration),
             Arc::new(Repeat(Call::get("live", "/live".into(), None))),

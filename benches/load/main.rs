@@ -144,6 +144,10 @@ struct Args {
     /// Persistence shards of the server.
     #[arg(long, default_value_t = 4)]
     shards: usize,
+    /// Server processes on one database and Redis namespace; the clients'
+    /// connections are spread over them (connection i to instance i mod N).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    instances: u16,
     /// Where the JSON and HTML reports go.
     #[arg(long, default_value = "target/load-reports")]
     out: PathBuf,
@@ -286,7 +290,7 @@ async fn measure(
             Some(rate) => {
                 let duration = Duration::from_secs(*seconds);
                 workloads::open_loop(
-                    system.addr,
+                    system.addrs.clone(),
                     *connections,
                     rate,
                     duration,
@@ -297,7 +301,7 @@ async fn measure(
             }
             None => {
                 workloads::closed_loop(
-                    system.addr,
+                    system.addrs.clone(),
                     *connections,
                     limit,
                     workload.clone(),
@@ -413,6 +417,7 @@ async fn main() -> anyhow::Result<()> {
         args.shards,
         redis_proxy,
         args.rate_limits || args.scenario == Scenario::Flood,
+        usize::from(args.instances),
     )
     .await?;
     let all_sections = workloads::sections(&system).await?;
@@ -662,6 +667,7 @@ async fn main() -> anyhow::Result<()> {
     let report = RunReport {
         scenario: name.clone(),
         preset: format!("{:?}", args.preset).to_lowercase(),
+        instances: usize::from(args.instances),
         machine: machine(),
         started_at,
         phases,

@@ -80,6 +80,8 @@ pub struct Ratio {
 pub struct RunReport {
     pub scenario: String,
     pub preset: String,
+    /// Server processes the clients were spread over (`--instances`).
+    pub instances: usize,
     /// e.g. "2 cores, 23 GiB, Linux 6.x" and the git revision.
     pub machine: String,
     pub started_at: String,

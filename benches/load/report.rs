@@ -14,7 +14,10 @@ use crate::model::{FaultReport, Latency, Phase, RunReport, Sample};
 /// Prints the run as aligned tables, ending with the audit verdict.
 pub fn print_table(report: &RunReport) {
     let mut out = String::new();
-    let mut heading = vec![format!("{} / {}", report.scenario, report.preset)];
+    let mut heading = vec![format!(
+        "{} / {}, {} instance(s)",
+        report.scenario, report.preset, report.instances
+    )];
     if !report.machine.is_empty() {
         heading.push(report.machine.clone());
     }
@@ -458,9 +461,11 @@ fn html_page(report: &RunReport) -> String {
     out.push_str(&format!("<style>{STYLE}</style>\n</head>\n<body>\n"));
     out.push_str(&format!("<h1>Load run: {}</h1>\n", esc(&title)));
     out.push_str("<dl class=\"meta\">\n");
+    let instances = report.instances.to_string();
     for (label, value) in [
         ("scenario", &report.scenario),
         ("preset", &report.preset),
+        ("instances", &instances),
         ("machine", &report.machine),
         ("started", &report.started_at),
     ] {

@@ -49,13 +49,16 @@ pub struct System {
     pub db: Pool,
     pub redis: Redis,
     pub settings: Settings,
+    /// The first instance: what single-address parts of the tool talk to.
     pub addr: SocketAddr,
+    /// Every instance (`--instances`); clients are spread over them.
+    pub addrs: Addrs,
     pub proxy: Proxy,
     /// In front of Redis, when the run injects Redis faults; the tool's own
     /// handle (`redis`) always goes straight to Redis.
     pub redis_proxy: Option<Proxy>,
-    // Fields drop in order: the server is killed before its stores go.
-    server: ChildServer,
+    // Fields drop in order: the servers are killed before their stores go.
+    servers: Vec<ChildServer>,
     _namespace: Namespace,
     _database: Database,
 }
@@ -73,6 +76,7 @@ impl System {
         shards: usize,
         redis_proxy: bool,
         rate_limits: bool,
+        instances: usize,
     ) -> anyhow::Result<Self> {
         let database = Database::create(&target.admin_database_url, "regbench").await;
         let namespace = Namespace::new("bench", &target.redis_url);
@@ -101,40 +105,53 @@ impl System {
         } else {
             (None, target.redis_url.clone())
         };
-        let mut launch = Launch::new(
-            "local",
-            &via_port(&database.url, proxy.port),
-            &server_redis_url,
-            &namespace.name,
-        )
-        .env("APP__SYNC__SHARDS", shards.to_string())
-        .env("APP__LOG__LEVEL", "warn")
-        .patience(READY_WITHIN);
-        for (key, value) in rate_limit_env(rate_limits) {
-            launch = launch.env(key, value);
+        // Several instances share the database (through the one proxy, so a
+        // fault hits them all), the Redis namespace and the settings.
+        let mut servers = Vec::with_capacity(instances.max(1));
+        for _ in 0..instances.max(1) {
+            let mut launch = Launch::new(
+                "local",
+                &via_port(&database.url, proxy.port),
+                &server_redis_url,
+                &namespace.name,
+            )
+            .env("APP__SYNC__SHARDS", shards.to_string())
+            .env("APP__LOG__LEVEL", "warn")
+            .patience(READY_WITHIN);
+            for (key, value) in rate_limit_env(rate_limits) {
+                launch = launch.env(key, value);
+            }
+            servers.push(launch.spawn());
         }
-        let server = launch.spawn();
-        server.wait_ready().await;
+        for server in &servers {
+            server.wait_ready().await;
+        }
+        let addrs: Addrs = servers
+            .iter()
+            .map(|s| SocketAddr::from(([127, 0, 0, 1], s.port)))
+            .collect();
         Ok(Self {
             redis: Redis::new(&settings.redis)?,
             db,
             settings,
-            addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
+            addr: addrs[0],
+            addrs,
             proxy,
             redis_proxy,
-            server,
+            servers,
             _namespace: namespace,
             _database: database,
         })
     }
 
+    /// The first instance's process id.
     pub fn pid(&self) -> u32 {
-        self.server.pid()
+        self.servers[0].pid()
     }
 
-    /// Resident memory of the server, MiB.
+    /// Resident memory of all instances together, MiB.
     pub fn rss_mib(&self) -> f64 {
-        rss_mib(self.pid())
+        self.servers.iter().map(|s| rss_mib(s.pid())).sum()
     }
 
     /// Waits until every section's outbox is empty; returns how long it took.
@@ -154,18 +171,24 @@ impl System {
         anyhow::bail!("persistence did not drain within {limit:?}")
     }
 
-    /// Stops the server with SIGTERM (its graceful shutdown); the database
-    /// and the Redis namespace go with the rest of `self`, after it (on an
-    /// error path, after killing it).
+    /// Stops every instance with SIGTERM (their graceful shutdown); the
+    /// database and the Redis namespace go with the rest of `self`, after
+    /// them (on an error path, after killing them).
     pub async fn stop(self) {
-        let mut server = self.server;
-        if server.is_running() {
+        let mut servers = self.servers;
+        servers.retain_mut(|server| server.is_running());
+        for server in &servers {
             server.sigterm();
+        }
+        for server in servers {
             server.wait_exit().await;
         }
         self.db.close();
     }
 }
+
+/// The addresses of the instances; connection `i` goes to `addrs[i % n]`.
+pub type Addrs = std::sync::Arc<[SocketAddr]>;
 
 /// Resident set size of a process, MiB (0 when unknown).
 pub fn rss_mib(pid: u32) -> f64 {

@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -21,7 +20,7 @@ use crate::{
     client::{Call, Conn, Local, Recorder},
     kit::namespace::Namespace,
     model::Phase,
-    server::{redis_handle, System, Target},
+    server::{redis_handle, Addrs, System, Target},
 };
 
 /// What the service acknowledged, in the order the answers arrived.
@@ -158,7 +157,7 @@ pub trait Workload: Send + Sync {
 /// the clock starts), with no think time, until the workload ends or
 /// `limit` has passed. Returns the measured time.
 pub async fn closed_loop(
-    addr: SocketAddr,
+    addrs: Addrs,
     connections: usize,
     limit: Option<Duration>,
     workload: Arc<dyn Workload>,
@@ -174,6 +173,7 @@ pub async fn closed_loop(
             ready.clone(),
             go.clone(),
         );
+        let addr = addrs[worker % addrs.len()];
         workers.push(tokio::spawn(async move {
             let mut conn = Conn::new(addr);
             let _ = conn.open().await;
@@ -220,7 +220,7 @@ pub async fn closed_loop(
 /// Sends at a fixed arrival rate for `duration` through `connections`
 /// connections; latency runs from the intended send time.
 pub async fn open_loop(
-    addr: SocketAddr,
+    addrs: Addrs,
     connections: usize,
     rate: f64,
     duration: Duration,
@@ -233,6 +233,7 @@ pub async fn open_loop(
     let mut workers = Vec::with_capacity(connections);
     for worker in 0..connections {
         let (workload, recorder, rx) = (workload.clone(), recorder.clone(), rx.clone());
+        let addr = addrs[worker % addrs.len()];
         workers.push(tokio::spawn(async move {
             let mut conn = Conn::new(addr);
             let mut local = Local::default();
@@ -591,7 +592,14 @@ pub async fn drop_promotion(
             }
         }
         let filler: Arc<dyn Workload> = Arc::new(Fixed::of(fill, ledger.clone()));
-        closed_loop(system.addr, 16, None, filler, Arc::new(Recorder::new())).await;
+        closed_loop(
+            system.addrs.clone(),
+            16,
+            None,
+            filler,
+            Arc::new(Recorder::new()),
+        )
+        .await;
         Ok(Fixed::of(measured, ledger))
     }
 }
@@ -844,7 +852,7 @@ pub async fn drain_rate(
     let recorder = Arc::new(Recorder::new());
     let started = Instant::now();
     closed_loop(
-        system.addr,
+        system.addrs.clone(),
         64,
         None,
         Arc::new(Fixed::of(calls, ledger)),
