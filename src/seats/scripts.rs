@@ -166,6 +166,15 @@ impl Rebuild {
     }
 }
 
+/// A flag as the scripts store it.
+fn flag(on: bool) -> &'static str {
+    if on {
+        "1"
+    } else {
+        "0"
+    }
+}
+
 fn text(v: Option<&Value>) -> Option<String> {
     outbox::text(v?)
 }
@@ -395,7 +404,8 @@ impl Redis {
         Ok(reply.done(outcome))
     }
 
-    /// Changes a section's capacity, waitlist limit or active flag (`resize.lua`).
+    /// Changes a section's capacity, waitlist limit or own active flag
+    /// (`resize.lua`); Redis enforces that flag together with the semester's.
     pub async fn resize(
         &self,
         section: Uuid,
@@ -410,7 +420,7 @@ impl Redis {
         call.key(&keys.core()[..])
             .arg(opt(capacity))
             .arg(opt(waitlist_limit))
-            .arg(active.map(|a| if a { "1" } else { "0" }).unwrap_or(""))
+            .arg(active.map(flag).unwrap_or(""))
             .arg(now_ms);
         let reply = self.run_gated("resize", section, call).await?;
         let outcome = match reply.code().as_str() {
@@ -445,7 +455,8 @@ impl Redis {
         call.key(&keys.core()[..])
             .arg(snapshot.capacity)
             .arg(snapshot.waitlist_limit)
-            .arg(if snapshot.active { "1" } else { "0" })
+            .arg(flag(snapshot.section_active))
+            .arg(flag(snapshot.semester_active))
             .arg(snapshot.registration_start_ms)
             .arg(snapshot.registration_end_ms)
             .arg(snapshot.last_seq)

@@ -48,7 +48,8 @@ fn snapshot(section: Uuid, capacity: i32, waitlist_limit: i32) -> SectionSnapsho
         section,
         capacity,
         waitlist_limit,
-        active: true,
+        section_active: true,
+        semester_active: true,
         registration_start_ms: NOW - 1000,
         registration_end_ms: NOW + 1000,
         last_seq: 0,
@@ -204,7 +205,7 @@ async fn reserve_refuses_inactive_sections_and_closed_windows() {
     let r = redis();
     let inactive = Uuid::new_v4();
     let mut snap = snapshot(inactive, 5, 5);
-    snap.active = false;
+    snap.section_active = false;
     r.load(&snap).await.unwrap();
     let (r2, open) = loaded(5, 5).await;
 
@@ -453,4 +454,38 @@ async fn resize_promotes_the_waitlist_head_first_and_refuses_going_below_the_ros
         (cfg.capacity, cfg.waitlist_limit, cfg.active),
         (3, 0, false)
     );
+}
+
+#[tokio::test]
+async fn a_section_activated_in_an_inactive_semester_stays_closed_but_keeps_its_flag() {
+    let r = redis();
+    let section = Uuid::new_v4();
+    let mut snap = snapshot(section, 5, 5);
+    snap.section_active = false;
+    snap.semester_active = false;
+    r.load(&snap).await.unwrap();
+
+    let activated = r
+        .resize(section, None, None, Some(true), NOW)
+        .await
+        .unwrap();
+    let refused = r
+        .reserve(section, Uuid::new_v4(), NOW)
+        .await
+        .unwrap()
+        .outcome;
+    let resized = r.resize(section, Some(6), None, None, NOW).await.unwrap();
+    let enforced = r.enforced_settings(section).await.unwrap();
+
+    let own = |events: &[Event]| events[0].config.unwrap().active;
+    assert!(
+        own(&activated.events),
+        "PostgreSQL records the section's flag"
+    );
+    assert_eq!(refused, Reserve::Inactive);
+    assert!(
+        own(&resized.events),
+        "a capacity change keeps the section's flag"
+    );
+    assert_eq!(enforced, (Some(5), Some(false)));
 }
