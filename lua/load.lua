@@ -1,7 +1,8 @@
--- load: build a section's state from PostgreSQL rows. Three modes decide
+-- load: build a section's state from PostgreSQL rows. Four modes decide
 -- when it may replace what Redis holds; each decision is made inside the
 -- script, so two instances loading the same section cannot race (the second
--- finds the work done and changes nothing).
+-- finds the work done and changes nothing), and no event a script appended
+-- after the caller read PostgreSQL can be erased.
 --
 -- KEYS[1] meta, KEYS[2] seats, KEYS[3] enrolled, KEYS[4] waitlist,
 -- KEYS[5] seq, KEYS[6] outbox (as in reserve.lua)
@@ -20,7 +21,12 @@
 --            already applied and new events would reuse applied sequences;
 --   "force"  replace the state whatever its sequence, provided the outbox
 --            holds nothing beyond P (a worker found an event that contradicts
---            PostgreSQL; what is beyond P must drain first).
+--            PostgreSQL; what is beyond P must drain first);
+--   "exact"  replace (or build) the state only while the section's sequence
+--            is exactly P (at most P when there is no state) and its outbox is
+--            empty: the caller compared Redis with PostgreSQL at that point,
+--            and a registration that slipped in since must not be erased
+--            (reconcile --fix).
 -- ARGV[9] number of enrolled students n, then ARGV[10 .. 9+n] their ids,
 --         then the waitlisted ids in position order
 --
@@ -33,18 +39,25 @@
 -- (present and not behind), -1 refused: the meta hash is gone but events
 -- still wait in the outbox (a partial state that needs an operator: see
 -- `registrar reconcile`), or in "force" mode the outbox holds events
--- beyond P (drain them, then retry). dropped = outbox entries discarded by
--- a replacement (already in PostgreSQL, or contradicting it).
+-- beyond P (drain them, then retry), or in "exact" mode the sequence is not
+-- P or the outbox is not empty (compare again). dropped = outbox entries
+-- discarded by a replacement (already in PostgreSQL, or contradicting it).
 local applied = tonumber(ARGV[7])
 local mode = ARGV[8]
 local dropped = 0
+local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
+if mode == 'exact' and redis.call('XLEN', KEYS[6]) > 0 then
+  return {-1, 0}
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if mode == 'absent' then
     return {0, 0}
   end
-  local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
   if mode == 'behind' and seq >= applied then
     return {0, 0}
+  end
+  if mode == 'exact' and seq ~= applied then
+    return {-1, 0}
   end
   if mode == 'force' then
     local newest = redis.call('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)[1]
@@ -54,6 +67,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
   dropped = redis.call('XLEN', KEYS[6])
 elseif redis.call('XLEN', KEYS[6]) > 0 then
+  return {-1, 0}
+elseif mode == 'exact' and seq > applied then
   return {-1, 0}
 end
 -- Also forgets the stream's last id, so the sequence can start again at P.
