@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::{
+    helpers::{redis_url, spawn_app, spawn_app_with, TestApp},
+    processes::{seeded, Seeded},
+};
 
 /// Register/drop calls per student: enough for many promotions and for
 /// reconcile to run many times while the sections move.
@@ -417,4 +420,64 @@ async fn a_section_of_an_inactive_semester_stays_closed_after_patch_activates_it
     assert_eq!(register["results"][0]["reason"], "inactive", "{register}");
     assert!(recorded, "PostgreSQL records the section's own flag");
     assert!(after.is_empty(), "{after:?}");
+}
+
+/// `registrar reconcile` with `args`, on this database and namespace:
+/// its exit code and its stdout lines.
+async fn reconcile_command(seeded: &Seeded, args: &[&str]) -> (Option<i32>, Vec<String>) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_registrar"));
+    command
+        .arg("reconcile")
+        .args(args)
+        .env("APP_ENV", "test")
+        .env(
+            "APP_CONFIG_DIR",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        )
+        .env("APP__DATABASE__URL", &seeded.database.url)
+        .env("APP__REDIS__URL", redis_url())
+        .env("APP__REDIS__NAMESPACE", &seeded.namespace.name);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("the registrar binary runs");
+    let lines = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (output.status.code(), lines)
+}
+
+#[tokio::test]
+async fn the_reconcile_command_exits_1_on_drift_and_0_once_fix_repaired_it() {
+    // No server has run: Redis holds no state for any section.
+    let seeded = seeded(2, 2, 5, 5).await;
+
+    let (found, found_lines) = reconcile_command(&seeded, &[]).await;
+    let (fixed, fixed_lines) = reconcile_command(&seeded, &["--fix"]).await;
+    let (after, after_lines) = reconcile_command(&seeded, &[]).await;
+
+    assert_eq!(found, Some(1), "{found_lines:?}");
+    assert_eq!(found_lines.len(), 2, "{found_lines:?}");
+    for line in &found_lines {
+        let report: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            report["differences"],
+            json!([{ "kind": "missing_in_redis" }])
+        );
+        assert_eq!(report["repaired"], false);
+    }
+    assert_eq!(fixed, Some(0), "{fixed_lines:?}");
+    assert!(
+        fixed_lines
+            .iter()
+            .all(|l| serde_json::from_str::<Value>(l).unwrap()["repaired"] == true),
+        "{fixed_lines:?}"
+    );
+    assert_eq!((after, after_lines), (Some(0), vec![]));
+    let redis = seeded.redis();
+    for section in &seeded.sections {
+        assert!(redis.is_loaded(*section).await.unwrap());
+    }
 }
