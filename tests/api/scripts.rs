@@ -590,3 +590,28 @@ async fn a_section_activated_in_an_inactive_semester_stays_closed_but_keeps_its_
     );
     assert_eq!(enforced, (Some(5), Some(false)));
 }
+
+#[tokio::test]
+async fn resize_of_a_state_loaded_before_the_flags_were_kept_apart_keeps_its_meaning() {
+    let (r, section) = loaded(5, 5).await;
+    redis::cmd("HDEL")
+        .arg(r.section_keys(section).meta)
+        .arg("section_active")
+        .arg("semester_active")
+        .query_async::<()>(&mut r.conn())
+        .await
+        .unwrap();
+
+    let resized = r.resize(section, Some(6), None, None, NOW).await.unwrap();
+    let enrolled = r
+        .reserve(section, Uuid::new_v4(), NOW)
+        .await
+        .unwrap()
+        .outcome;
+
+    assert!(
+        resized.events[0].config.unwrap().active,
+        "its `active` stands for the section's flag"
+    );
+    assert_eq!(enrolled, Reserve::Enrolled { seq: 2 }, "still open");
+}
