@@ -53,9 +53,12 @@ pub enum Command {
         #[arg(long, default_value = "admin-password")]
         admin_password: String,
     },
-    /// Compare Redis with PostgreSQL per section and print any drift; exit 1
-    /// when drift remains. With --fix, rebuild drifted sections' Redis state
-    /// from PostgreSQL (only sections whose outbox is empty).
+    /// Compare Redis with PostgreSQL per section, each at a consistent point
+    /// (outbox empty, same sequence on both sides), and print any drift;
+    /// sections that never stood still are printed as pending, not drift.
+    /// Exit 1 when drift remains. With --fix, rebuild drifted sections'
+    /// Redis state from PostgreSQL, each only if it is still at the point
+    /// compared (safe under traffic).
     Reconcile {
         #[arg(long)]
         fix: bool,

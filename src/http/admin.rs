@@ -339,6 +339,13 @@ struct UpdatedSection {
 /// Capacity, waitlist limit and active flag go through `resize.lua`, so new
 /// seats reach the waitlist head first and the change is ordered with every
 /// registration in the section's outbox; PostgreSQL follows from there.
+///
+/// `is_active` is the section's own flag: PostgreSQL records it as sent,
+/// while registrations are taken only when the section AND its semester
+/// are active (Redis keeps both flags, see `lua/resize.lua`). So
+/// activating a section of an inactive semester is accepted and recorded,
+/// but register keeps answering `inactive` until the semester is active;
+/// the answer's `is_active` shows what is enforced.
 pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: Uuid) -> ApiResult {
     authenticate_admin(state, req)?;
     let u: UpdateSection = body::json(req, body, state.settings.http.max_body_bytes).await?;

@@ -27,7 +27,8 @@ use redis::{
 use uuid::Uuid;
 
 pub use scripts::{
-    is_contract_violation, Compensate, Drop, Load, Rebuild, Reserve, Resize, Scripted, Scripts,
+    is_contract_violation, Compensate, Drop, LiveState, Load, Rebuild, Reserve, Resize, Scripted,
+    Scripts, SectionState,
 };
 pub use watch::RedisWatch;
 
@@ -340,7 +341,8 @@ impl Redis {
         Ok((limit, active.map(|a| a == "1")))
     }
 
-    /// Deletes a section's state except its outbox (reconcile --fix reloads it after).
+    /// Deletes a section's state except its outbox and sequence: what a
+    /// partial loss leaves (tests use it to set that scene).
     pub async fn forget_section(&self, section: Uuid) -> RedisResult<()> {
         let keys = self.section_keys(section);
         let mut conn = self.conn();

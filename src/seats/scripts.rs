@@ -33,6 +33,7 @@ pub struct Scripts {
     pub compensate: Script,
     pub resize: Script,
     pub load: Script,
+    pub inspect: Script,
     pub idempotency: Script,
     pub rate_limit: Script,
     pub login_guard: Script,
@@ -46,6 +47,7 @@ impl Scripts {
             compensate: section_script!("compensate.lua"),
             resize: section_script!("resize.lua"),
             load: Script::new(include_str!("../../lua/load.lua")),
+            inspect: Script::new(include_str!("../../lua/inspect.lua")),
             idempotency: Script::new(include_str!("../../lua/idempotency.lua")),
             rate_limit: Script::new(include_str!("../../lua/rate_limit.lua")),
             login_guard: Script::new(include_str!("../../lua/login_guard.lua")),
@@ -53,13 +55,14 @@ impl Scripts {
     }
 
     /// Every script, for loading them all at start-up.
-    pub fn all(&self) -> [&Script; 8] {
+    pub fn all(&self) -> [&Script; 9] {
         [
             &self.reserve,
             &self.drop,
             &self.compensate,
             &self.resize,
             &self.load,
+            &self.inspect,
             &self.idempotency,
             &self.rate_limit,
             &self.login_guard,
@@ -142,7 +145,37 @@ pub enum Resize {
 pub enum Load {
     Loaded,
     AlreadyPresent,
+    /// Refused: events wait in the outbox (in [`Rebuild::Exact`], also: the
+    /// section's sequence is no longer the one compared).
     OutboxPending,
+}
+
+/// One section as `inspect.lua` read it, at one point of its history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionState {
+    /// The last sequence Redis issued (0 when it has none).
+    pub seq: i64,
+    /// Outbox entries waiting (not yet acknowledged by PostgreSQL).
+    pub outbox: u64,
+    /// None when the section has no state (no meta hash).
+    pub live: Option<LiveState>,
+}
+
+/// What the section scripts read, as stored; a field someone deleted by
+/// hand is None rather than a guess.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveState {
+    pub capacity: Option<i64>,
+    pub waitlist_limit: Option<i64>,
+    /// The flag reserve.lua enforces (the section's and the semester's).
+    pub active: Option<bool>,
+    pub registration_start_ms: Option<i64>,
+    pub registration_end_ms: Option<i64>,
+    /// The free-seat counter.
+    pub seats: Option<i64>,
+    pub enrolled: Vec<Uuid>,
+    /// Head first.
+    pub waitlisted: Vec<Uuid>,
 }
 
 /// When `load.lua` may replace a section's existing state (see its header).
@@ -154,6 +187,10 @@ pub enum Rebuild {
     Behind,
     /// Whatever Redis holds, once nothing beyond `last_seq` waits in the outbox.
     Force,
+    /// Only while Redis's sequence is exactly `last_seq` and its outbox is
+    /// empty: the point at which reconcile compared the two sides, so a
+    /// registration that slipped in since is never erased.
+    Exact,
 }
 
 impl Rebuild {
@@ -162,7 +199,17 @@ impl Rebuild {
             Rebuild::Absent => "absent",
             Rebuild::Behind => "behind",
             Rebuild::Force => "force",
+            Rebuild::Exact => "exact",
         }
+    }
+}
+
+/// A flag as the scripts store it.
+fn flag(on: bool) -> &'static str {
+    if on {
+        "1"
+    } else {
+        "0"
     }
 }
 
@@ -398,7 +445,8 @@ impl Redis {
         Ok(reply.done(outcome))
     }
 
-    /// Changes a section's capacity, waitlist limit or active flag (`resize.lua`).
+    /// Changes a section's capacity, waitlist limit or own active flag
+    /// (`resize.lua`); Redis enforces that flag together with the semester's.
     pub async fn resize(
         &self,
         section: Uuid,
@@ -414,7 +462,7 @@ impl Redis {
             .key(&keys.since)
             .arg(opt(capacity))
             .arg(opt(waitlist_limit))
-            .arg(active.map(|a| if a { "1" } else { "0" }).unwrap_or(""))
+            .arg(active.map(flag).unwrap_or(""))
             .arg(now_ms);
         let reply = self.run_gated("resize", section, call).await?;
         let outcome = match reply.code().as_str() {
@@ -449,7 +497,8 @@ impl Redis {
         call.key(&keys.core()[..])
             .arg(snapshot.capacity)
             .arg(snapshot.waitlist_limit)
-            .arg(if snapshot.active { "1" } else { "0" })
+            .arg(flag(snapshot.section_active))
+            .arg(flag(snapshot.semester_active))
             .arg(snapshot.registration_start_ms)
             .arg(snapshot.registration_end_ms)
             .arg(snapshot.last_seq)
@@ -471,6 +520,50 @@ impl Redis {
             _ => Load::OutboxPending,
         };
         Ok((outcome, dropped))
+    }
+
+    /// Everything the section scripts decide from, read in one atomic step
+    /// (`inspect.lua`): reconcile compares only a state whose sequence and
+    /// outbox say which point of the section's history it is.
+    pub async fn inspect(&self, section: Uuid) -> RedisResult<SectionState> {
+        let keys = self.section_keys(section);
+        let mut call = self.scripts().inspect.prepare_invoke();
+        call.key(&keys.core()[..]);
+        let started = Instant::now();
+        // Bulk connection: a large roster must not delay students' requests.
+        let mut conn = self.bulk().await?;
+        let raw: Vec<Value> = call.invoke_async(&mut *conn).await?;
+        metrics::histogram!(SCRIPT_DURATION, "script" => "inspect")
+            .record(started.elapsed().as_secs_f64());
+        let bad = || unexpected("inspect", &raw);
+        let seq = int(raw.get(1)).ok_or_else(bad)?;
+        let outbox = int(raw.get(2))
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(bad)?;
+        let ids = |v: Option<&Value>| -> RedisResult<Vec<Uuid>> {
+            match v {
+                Some(Value::Array(items)) => Ok(items
+                    .iter()
+                    .filter_map(|i| outbox::text(i).and_then(|t| Uuid::try_parse(&t).ok()))
+                    .collect()),
+                _ => Err(bad()),
+            }
+        };
+        let live = match text(raw.first()).as_deref() {
+            Some("absent") => None,
+            Some("present") => Some(LiveState {
+                capacity: int(raw.get(3)),
+                waitlist_limit: int(raw.get(4)),
+                active: text(raw.get(5)).map(|a| a == "1"),
+                registration_start_ms: int(raw.get(6)),
+                registration_end_ms: int(raw.get(7)),
+                seats: int(raw.get(8)),
+                enrolled: ids(raw.get(9))?,
+                waitlisted: ids(raw.get(10))?,
+            }),
+            _ => return Err(bad()),
+        };
+        Ok(SectionState { seq, outbox, live })
     }
 
     /// Loads every script into Redis's script cache (start-up and readiness).

@@ -324,7 +324,7 @@ pub async fn snapshots(
     db: &impl GenericClient,
     which: Snapshots<'_>,
 ) -> Result<Vec<SectionSnapshot>, tokio_postgres::Error> {
-    let base = "select s.id, s.total_seats, s.waitlist_limit, (s.is_active and sem.is_active), \
+    let base = "select s.id, s.total_seats, s.waitlist_limit, s.is_active, sem.is_active, \
                 sem.registration_start, sem.registration_end, s.last_seq \
                 from sections s join semesters sem on sem.id = s.semester_id";
     let rows = match which {
@@ -341,16 +341,17 @@ pub async fn snapshots(
     let mut snapshots: Vec<SectionSnapshot> = rows
         .iter()
         .map(|r| {
-            let start: DateTime<Utc> = r.get(4);
-            let end: DateTime<Utc> = r.get(5);
+            let start: DateTime<Utc> = r.get(5);
+            let end: DateTime<Utc> = r.get(6);
             SectionSnapshot {
                 section: r.get(0),
                 capacity: r.get(1),
                 waitlist_limit: r.get(2),
-                active: r.get(3),
+                section_active: r.get(3),
+                semester_active: r.get(4),
                 registration_start_ms: start.timestamp_millis(),
                 registration_end_ms: end.timestamp_millis(),
-                last_seq: r.get(6),
+                last_seq: r.get(7),
                 enrolled: Vec::new(),
                 waitlisted: Vec::new(),
             }

@@ -21,6 +21,7 @@ mod openapi;
 mod ordinary;
 mod probes;
 mod processes;
+mod reconcile;
 mod recovery;
 mod rolling;
 mod scripts;

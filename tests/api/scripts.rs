@@ -4,7 +4,7 @@
 use registrar::{
     config::{RedisSettings, Secret},
     domain::{Event, EventKind, SectionSnapshot},
-    seats::{Compensate, Drop, Load, Redis, Reserve, Resize},
+    seats::{Compensate, Drop, LiveState, Load, Rebuild, Redis, Reserve, Resize, SectionState},
 };
 use uuid::Uuid;
 
@@ -48,7 +48,8 @@ fn snapshot(section: Uuid, capacity: i32, waitlist_limit: i32) -> SectionSnapsho
         section,
         capacity,
         waitlist_limit,
-        active: true,
+        section_active: true,
+        semester_active: true,
         registration_start_ms: NOW - 1000,
         registration_end_ms: NOW + 1000,
         last_seq: 0,
@@ -204,7 +205,7 @@ async fn reserve_refuses_inactive_sections_and_closed_windows() {
     let r = redis();
     let inactive = Uuid::new_v4();
     let mut snap = snapshot(inactive, 5, 5);
-    snap.active = false;
+    snap.section_active = false;
     r.load(&snap).await.unwrap();
     let (r2, open) = loaded(5, 5).await;
 
@@ -475,4 +476,164 @@ async fn resize_promotes_the_waitlist_head_first_and_refuses_going_below_the_ros
         (cfg.capacity, cfg.waitlist_limit, cfg.active),
         (3, 0, false)
     );
+}
+
+#[tokio::test]
+async fn inspect_reads_the_sequence_the_outbox_and_every_field_in_one_step() {
+    let r = redis();
+    let section = Uuid::new_v4();
+    let absent = r.inspect(section).await.unwrap();
+    let mut snap = snapshot(section, 2, 4);
+    snap.last_seq = 7;
+    snap.enrolled = ids(1);
+    snap.waitlisted = ids(2);
+    r.load(&snap).await.unwrap();
+    let late = Uuid::new_v4();
+    r.reserve(section, late, NOW).await.unwrap();
+
+    let present = r.inspect(section).await.unwrap();
+    redis::cmd("HDEL")
+        .arg(r.section_keys(section).meta)
+        .arg("capacity")
+        .query_async::<()>(&mut r.conn())
+        .await
+        .unwrap();
+    let damaged = r.inspect(section).await.unwrap();
+
+    assert_eq!(
+        absent,
+        SectionState {
+            seq: 0,
+            outbox: 0,
+            live: None
+        }
+    );
+    let mut roster = snap.enrolled.clone();
+    roster.push(late);
+    roster.sort();
+    let mut live = present.live.clone().unwrap();
+    live.enrolled.sort();
+    assert_eq!((present.seq, present.outbox), (8, 1));
+    assert_eq!(
+        live,
+        LiveState {
+            capacity: Some(2),
+            waitlist_limit: Some(4),
+            active: Some(true),
+            registration_start_ms: Some(NOW - 1000),
+            registration_end_ms: Some(NOW + 1000),
+            seats: Some(0),
+            enrolled: roster,
+            waitlisted: snap.waitlisted.clone(),
+        }
+    );
+    assert_eq!(
+        damaged.live.unwrap().capacity,
+        None,
+        "a deleted field is not guessed"
+    );
+}
+
+#[tokio::test]
+async fn load_exact_replaces_only_at_the_compared_sequence_with_an_empty_outbox() {
+    let (r, section) = loaded(5, 5).await;
+    let student = Uuid::new_v4();
+    r.reserve(section, student, NOW).await.unwrap();
+    let mut at_one = snapshot(section, 9, 9);
+    at_one.last_seq = 1;
+    let mut at_zero = snapshot(section, 9, 9);
+    at_zero.last_seq = 0;
+
+    let while_waiting = r.rebuild(&at_one, Rebuild::Exact).await.unwrap();
+    r.ack(section, &[1]).await.unwrap();
+    let moved_on = r.rebuild(&at_zero, Rebuild::Exact).await.unwrap();
+    let unchanged_so_far = r.inspect(section).await.unwrap();
+    let at_the_point = r.rebuild(&at_one, Rebuild::Exact).await.unwrap();
+    let rebuilt = r.inspect(section).await.unwrap();
+
+    assert_eq!(while_waiting, (Load::OutboxPending, 0), "an event waits");
+    assert_eq!(moved_on, (Load::OutboxPending, 0), "Redis is past 0");
+    assert_eq!(unchanged_so_far.live.unwrap().enrolled, vec![student]);
+    assert_eq!(at_the_point, (Load::Loaded, 0));
+    assert_eq!(rebuilt.seq, 1, "the sequence stays where it was");
+    let live = rebuilt.live.unwrap();
+    assert_eq!((live.capacity, live.enrolled), (Some(9), vec![]));
+}
+
+#[tokio::test]
+async fn load_exact_builds_a_missing_state_unless_redis_is_past_the_snapshot() {
+    let (r, section) = loaded(5, 5).await;
+    r.reserve(section, Uuid::new_v4(), NOW).await.unwrap();
+    r.ack(section, &[1]).await.unwrap();
+    r.forget_section(section).await.unwrap();
+    let mut stale = snapshot(section, 5, 5);
+    stale.last_seq = 0;
+    let mut current = snapshot(section, 5, 5);
+    current.last_seq = 1;
+
+    let from_stale = r.rebuild(&stale, Rebuild::Exact).await.unwrap();
+    let from_current = r.rebuild(&current, Rebuild::Exact).await.unwrap();
+
+    assert_eq!(from_stale, (Load::OutboxPending, 0));
+    assert_eq!(from_current, (Load::Loaded, 0));
+    assert_eq!(r.inspect(section).await.unwrap().seq, 1);
+}
+
+#[tokio::test]
+async fn a_section_activated_in_an_inactive_semester_stays_closed_but_keeps_its_flag() {
+    let r = redis();
+    let section = Uuid::new_v4();
+    let mut snap = snapshot(section, 5, 5);
+    snap.section_active = false;
+    snap.semester_active = false;
+    r.load(&snap).await.unwrap();
+
+    let activated = r
+        .resize(section, None, None, Some(true), NOW)
+        .await
+        .unwrap();
+    let refused = r
+        .reserve(section, Uuid::new_v4(), NOW)
+        .await
+        .unwrap()
+        .outcome;
+    let resized = r.resize(section, Some(6), None, None, NOW).await.unwrap();
+    let enforced = r.enforced_settings(section).await.unwrap();
+
+    let own = |events: &[Event]| events[0].config.unwrap().active;
+    assert!(
+        own(&activated.events),
+        "PostgreSQL records the section's flag"
+    );
+    assert_eq!(refused, Reserve::Inactive);
+    assert!(
+        own(&resized.events),
+        "a capacity change keeps the section's flag"
+    );
+    assert_eq!(enforced, (Some(5), Some(false)));
+}
+
+#[tokio::test]
+async fn resize_of_a_state_loaded_before_the_flags_were_kept_apart_keeps_its_meaning() {
+    let (r, section) = loaded(5, 5).await;
+    redis::cmd("HDEL")
+        .arg(r.section_keys(section).meta)
+        .arg("section_active")
+        .arg("semester_active")
+        .query_async::<()>(&mut r.conn())
+        .await
+        .unwrap();
+
+    let resized = r.resize(section, Some(6), None, None, NOW).await.unwrap();
+    let enrolled = r
+        .reserve(section, Uuid::new_v4(), NOW)
+        .await
+        .unwrap()
+        .outcome;
+
+    assert!(
+        resized.events[0].config.unwrap().active,
+        "its `active` stands for the section's flag"
+    );
+    assert_eq!(enrolled, Reserve::Enrolled { seq: 2 }, "still open");
 }
