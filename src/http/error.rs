@@ -32,6 +32,10 @@ pub enum ApiError {
     /// 405, with the methods the route allows.
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    /// 408: the body did not arrive within the request deadline (shorter
+    /// than its `Content-Length`, or trickling); the connection is closed.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// 409: the request conflicts with existing state (duplicate key).
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
@@ -101,6 +105,7 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -124,6 +129,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::BodyTimeout => "body_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -168,7 +174,7 @@ impl ApiError {
             } => {
                 builder = builder.header(header::RETRY_AFTER, retry_after_secs.to_string());
             }
-            ApiError::PayloadTooLarge { .. } => {
+            ApiError::PayloadTooLarge { .. } | ApiError::BodyTimeout => {
                 builder = builder.header(header::CONNECTION, "close");
             }
             _ => {}
