@@ -90,6 +90,10 @@ pub struct SyncSettings {
     /// Period of the in-server drift check; 0 disables it.
     pub reconcile_interval_secs: u64,
     pub drain_timeout_ms: u64,
+    /// Longest a PostgreSQL round trip of the section loader may take (a
+    /// request that needs a section loaded waits for it): past it the
+    /// request is answered 503 rather than held until its own deadline.
+    pub load_timeout_ms: Millis,
 }
 
 /// A duration in milliseconds that cannot be zero: a zero connect or

@@ -20,7 +20,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{admin_database_url, eventually, spawn_app_with, TestApp},
+    helpers::{admin_database_url, assert_problem, eventually, spawn_app_with, TestApp},
     kit::{
         address_of,
         child::{DataDir, PrivateRedis},
@@ -643,4 +643,62 @@ async fn postgres_connections_reset_mid_stream_lose_nothing() {
     let broken = broken_promises(&app, &promises, &sections).await;
     assert!(broken.is_empty(), "acknowledged but missing: {broken:?}");
     assert_nothing_undone(&app, &sections).await;
+}
+
+/// Removes every key of `section` from Redis, as an eviction or a lost
+/// Redis would: its next request must load it from PostgreSQL.
+async fn forget_section(app: &TestApp, section: Uuid) {
+    let k = app.redis.section_keys(section);
+    let mut conn = app.redis.conn();
+    redis::cmd("DEL")
+        .arg(&[
+            &k.meta,
+            &k.seats,
+            &k.enrolled,
+            &k.waitlist,
+            &k.seq,
+            &k.outbox,
+            &k.reverted,
+            &k.undone,
+        ])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn with_postgres_black_holed_a_register_needing_a_load_answers_503_within_the_loader_deadline(
+) {
+    let (app, proxy) = app_behind_pg_proxy(|s| {
+        s.sync.load_timeout_ms = registrar::config::Millis::new(500);
+        s.database.connect_timeout_ms = registrar::config::Millis::new(1000);
+    })
+    .await;
+    let seeded = app.seed_sections(1, 1, 5, 5).await;
+    let section = seeded.report.section_ids[0];
+    let token = app.token_for(app.student_ids().await[0]);
+    forget_section(&app, section).await;
+    // Connections open but silent: the loader's read would hang.
+    proxy.blackhole();
+
+    let started = Instant::now();
+    let during = app.register(&token, &[section]).await;
+    let took = started.elapsed();
+
+    assert_problem(
+        during,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "section_unavailable",
+    )
+    .await;
+    let request_deadline = app.settings.http.request_timeout();
+    assert!(
+        took < request_deadline / 2,
+        "answered after {took:?}, not at the request deadline ({request_deadline:?})"
+    );
+    proxy.restore();
+    let after = app.register(&token, &[section]).await;
+    assert_eq!(after.status(), StatusCode::OK);
+    let body: Value = after.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], "enrolled", "{body}");
 }
