@@ -14,6 +14,7 @@ use crate::{
     auth::Principal,
     domain::{now_ms, Role},
     metrics::{DROPS, REGISTRATIONS},
+    registration::Registered,
     seats::{Drop, Reserve},
     state::AppState,
 };
@@ -151,7 +152,16 @@ async fn reserve_all(
     Ok(sections
         .iter()
         .zip(outcomes)
-        .map(|(s, o)| result_of(*s, o))
+        .map(|(s, o)| match o {
+            Registered::Decided(outcome) => result_of(*s, outcome),
+            Registered::Unknown => result_of(*s, Reserve::NotLoaded),
+            Registered::Undecided => SectionResult {
+                section_id: *s,
+                status: "rejected",
+                waitlist_position: None,
+                reason: Some("unavailable"),
+            },
+        })
         .collect())
 }
 

@@ -105,10 +105,10 @@ impl Loader {
     /// an earlier load's turn is not, since that load is bounded itself.
     pub async fn ensure(&self, sections: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
         let _turn = self.gate.lock().await;
-        let mut present = Vec::new();
-        let mut missing = Vec::new();
-        for section in sections {
-            if self.redis.is_loaded(*section).await? {
+        let loaded = self.redis.are_loaded(sections).await?;
+        let (mut present, mut missing) = (Vec::new(), Vec::new());
+        for (section, loaded) in sections.iter().zip(loaded) {
+            if loaded {
                 present.push(*section);
             } else {
                 missing.push(*section);

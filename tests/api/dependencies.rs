@@ -667,6 +667,47 @@ async fn forget_section(app: &TestApp, section: Uuid) {
 }
 
 #[tokio::test]
+async fn a_register_naming_a_section_that_cannot_be_loaded_changes_none_of_its_sections() {
+    let (app, proxy) = app_behind_pg_proxy(|_| {}).await;
+    let seeded = app.seed_sections(1, 2, 5, 5).await;
+    let (loaded, unloaded) = (seeded.report.section_ids[0], seeded.report.section_ids[1]);
+    let token = app.token_for(app.student_ids().await[0]);
+    forget_section(&app, unloaded).await;
+    proxy.cut();
+
+    let during = app.register(&token, &[loaded, unloaded]).await;
+
+    assert_problem(
+        during,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "section_unavailable",
+    )
+    .await;
+    let (enrolled, waiting) = app.redis_roster(loaded).await;
+    assert!(
+        enrolled.is_empty() && waiting.is_empty(),
+        "not in the loaded section"
+    );
+    assert!(app
+        .redis
+        .outbox_from(loaded, 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        !app.redis.is_loaded(unloaded).await.unwrap(),
+        "nor in the other"
+    );
+
+    proxy.restore();
+    let after = app.register(&token, &[loaded, unloaded]).await;
+    assert_eq!(after.status(), StatusCode::OK);
+    let body: Value = after.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], "enrolled", "{body}");
+    assert_eq!(body["results"][1]["status"], "enrolled", "{body}");
+}
+
+#[tokio::test]
 async fn with_postgres_black_holed_a_register_needing_a_load_answers_503_within_the_loader_deadline(
 ) {
     let (app, proxy) = app_behind_pg_proxy(|s| {
