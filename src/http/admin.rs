@@ -341,6 +341,7 @@ struct UpdatedSection {
 /// registration in the section's outbox; PostgreSQL follows from there.
 pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: Uuid) -> ApiResult {
     authenticate_admin(state, req)?;
+    super::registration::ensure_serving(state)?;
     let u: UpdateSection = body::json(req, body, state.settings.http.max_body_bytes).await?;
     if u.total_seats.is_none() && u.waitlist_limit.is_none() && u.is_active.is_none() {
         return Err(validation(

@@ -15,9 +15,26 @@ use crate::{
     domain::{now_ms, Role},
     metrics::{DROPS, REGISTRATIONS},
     registration::Registered,
-    seats::{Drop, Reserve},
-    state::AppState,
+    seats::{watch::RedisWatch, Drop, Reserve},
+    state::{AppState, NotServing},
 };
+
+/// Refuses register, drop and capacity changes until the server may act on
+/// Redis's state ([`AppState::registration_gate`], which `/ready` reports):
+/// before warm-up a section Redis holds may still be behind PostgreSQL.
+/// While Redis is revalidated the answer is the one the seat scripts give
+/// then (they refuse too), so clients see one code for it.
+pub(super) fn ensure_serving(state: &AppState) -> Result<(), ApiError> {
+    match state.registration_gate() {
+        Ok(()) => Ok(()),
+        Err(NotServing::WarmingUp) => Err(ApiError::Unavailable {
+            code: "not_ready",
+            detail: "the server is still loading its sections; retry shortly",
+            retry_after_secs: 1,
+        }),
+        Err(NotServing::Revalidating) => Err(RedisWatch::closed_error().into()),
+    }
+}
 
 /// The student a request acts for: students act for themselves (naming
 /// someone else is 403), admins for anyone they name.
@@ -91,6 +108,7 @@ fn outcome_label(r: &SectionResult) -> &'static str {
 
 pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     let principal = authenticate(state, req)?;
+    ensure_serving(state)?;
     let request: RegisterRequest =
         body::json(req, body, state.settings.http.max_body_bytes).await?;
     let student = acting_for(&principal, request.student_id)?;
@@ -184,6 +202,7 @@ struct DropResponse {
 
 pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     let principal = authenticate(state, req)?;
+    ensure_serving(state)?;
     let request: DropRequest = body::json(req, body, state.settings.http.max_body_bytes).await?;
     let student = acting_for(&principal, request.student_id)?;
     let key = idempotency::key_of(req, request.idempotency_key)?;

@@ -667,6 +667,55 @@ async fn forget_section(app: &TestApp, section: Uuid) {
 }
 
 #[tokio::test]
+async fn until_warm_up_is_done_register_drop_and_resize_answer_503_and_change_nothing() {
+    let (mut app, proxy) = app_behind_pg_proxy(|_| {}).await;
+    let seeded = app.seed_sections(1, 1, 5, 5).await;
+    let section = seeded.report.section_ids[0];
+    let token = app.token_for(app.student_ids().await[0]);
+    // A start with PostgreSQL away: warm-up cannot finish.
+    proxy.cut();
+    app.restart().await;
+
+    let register = app.register(&token, &[section]).await;
+    let drop = app.drop_from(&token, section).await;
+    let resize = app
+        .http
+        .patch(app.url(&format!("/api/v1/admin/sections/{section}")))
+        .bearer_auth(&seeded.admin_token)
+        .json(&serde_json::json!({ "total_seats": 9 }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        app.get("/ready", None).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    for refused in [register, drop, resize] {
+        assert!(refused.headers().contains_key("retry-after"));
+        assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "not_ready").await;
+    }
+    let (enrolled, waiting) = app.redis_roster(section).await;
+    assert!(
+        enrolled.is_empty() && waiting.is_empty(),
+        "nothing reserved"
+    );
+    assert_eq!(
+        app.redis.live_counts(&[section]).await.unwrap()[0]
+            .unwrap()
+            .capacity,
+        5
+    );
+
+    proxy.restore();
+    app.wait_ready().await;
+    let after = app.register(&token, &[section]).await;
+    assert_eq!(after.status(), StatusCode::OK);
+    let body: Value = after.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], "enrolled", "{body}");
+}
+
+#[tokio::test]
 async fn a_register_naming_a_section_that_cannot_be_loaded_changes_none_of_its_sections() {
     let (app, proxy) = app_behind_pg_proxy(|_| {}).await;
     let seeded = app.seed_sections(1, 2, 5, 5).await;
