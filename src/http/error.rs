@@ -29,6 +29,9 @@ pub enum ApiError {
     /// 404: unknown route or resource, or another student's resource.
     #[error("{0}")]
     NotFound(String),
+    /// 404: an admin acted for a student who has no account.
+    #[error("no student has this id")]
+    StudentNotFound,
     /// 405, with the methods the route allows.
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
@@ -103,7 +106,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::StudentNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -128,6 +131,7 @@ impl ApiError {
             | ApiError::Unavailable { code, .. } => code,
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::StudentNotFound => "student_not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::BodyTimeout => "body_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",

@@ -17,6 +17,7 @@ use crate::{
     registration::Registered,
     seats::{watch::RedisWatch, Drop, Reserve},
     state::{AppState, NotServing},
+    store,
 };
 
 /// Refuses register, drop and capacity changes until the server may act on
@@ -33,6 +34,28 @@ pub(super) fn ensure_serving(state: &AppState) -> Result<(), ApiError> {
             retry_after_secs: 1,
         }),
         Err(NotServing::Revalidating) => Err(RedisWatch::closed_error().into()),
+    }
+}
+
+/// Whether `student` may register, for a request of `principal`. A
+/// student acts for themselves and their token says it (`may_register`);
+/// an admin acting for someone else is checked against PostgreSQL, so that
+/// nothing is reserved for an account that does not exist (404
+/// `student_not_found`, nothing changed; 503 while PostgreSQL is away). An
+/// inactive student's sections are each `ineligible`, the answer the
+/// student would get acting for themselves.
+async fn may_register(
+    state: &AppState,
+    principal: &Principal,
+    student: Uuid,
+) -> Result<bool, ApiError> {
+    if student == principal.student_id {
+        return Ok(principal.role == Role::Admin || principal.may_register);
+    }
+    let db = state.db.get().await?;
+    match store::students::role_by_id(&db, student).await? {
+        Some((_, active)) => Ok(active),
+        None => Err(ApiError::StudentNotFound),
     }
 }
 
@@ -133,9 +156,8 @@ pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResul
         student.as_bytes(),
         &canonical_ids(&sections),
     ]);
-    let eligible = principal.role == Role::Admin || principal.may_register;
     idempotency::run(state, student, key, fingerprint, async {
-        let results = if eligible {
+        let results = if may_register(state, &principal, student).await? {
             reserve_all(state, student, &sections).await?
         } else {
             sections
@@ -213,6 +235,8 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         section.as_bytes(),
     ]);
     idempotency::run(state, student, key, fingerprint, async {
+        // Only existence matters: an inactive student may still leave.
+        may_register(state, &principal, student).await?;
         let outcome = state.registrar.drop(section, student, now_ms()).await?;
         let response = match outcome {
             None => return Err(ApiError::not_found("section")),

@@ -792,3 +792,32 @@ async fn with_postgres_black_holed_a_register_needing_a_load_answers_503_within_
     let body: Value = after.json().await.unwrap();
     assert_eq!(body["results"][0]["status"], "enrolled", "{body}");
 }
+
+#[tokio::test]
+async fn an_admin_registration_for_a_student_while_postgres_is_away_is_503_and_changes_nothing() {
+    let (app, proxy) = app_behind_pg_proxy(|_| {}).await;
+    let seeded = app.seed_sections(1, 1, 5, 5).await;
+    let section = seeded.report.section_ids[0];
+    let student = app.student_ids().await[0];
+    proxy.cut();
+
+    let response = app
+        .post(
+            "/api/v1/register",
+            Some(&seeded.admin_token),
+            &serde_json::json!({ "student_id": student, "section_ids": [section] }),
+        )
+        .await;
+
+    assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    )
+    .await;
+    let (enrolled, waiting) = app.redis_roster(section).await;
+    assert!(
+        enrolled.is_empty() && waiting.is_empty(),
+        "nothing reserved"
+    );
+}

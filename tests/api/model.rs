@@ -18,7 +18,8 @@
 //! waitlist-limit and active-flag changes through
 //! `PATCH /api/v1/admin/sections/{id}` (new seats promote the waitlist head;
 //! below the roster is 409; an inactive section rejects newcomers), a PostgreSQL
-//! outage of a few steps (persistence retries; registration goes on), and a
+//! outage of a few steps (persistence retries; registration goes on, except
+//! an admin's for a student, which is checked against PostgreSQL: 503), and a
 //! process restart while PostgreSQL is up (graceful stop, then a new
 //! application on the same database and namespace).
 //!
@@ -704,6 +705,21 @@ impl Live {
         self.send(Method::POST, path, token, key, body).await
     }
 
+    /// The answer `request` must get, applied to the model when it changes
+    /// anything. An admin acting for a student is checked against
+    /// PostgreSQL first: while PostgreSQL is away that is a 503 with nothing
+    /// changed.
+    fn expect(&self, model: &mut Model, request: &Request) -> Expected {
+        let as_admin = match request {
+            Request::Register { as_admin, .. } | Request::Drop { as_admin, .. } => *as_admin,
+        };
+        if as_admin && self.outage_left > 0 {
+            Expected::Problem(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+        } else {
+            model.apply(request)
+        }
+    }
+
     async fn patch(&self, model: &Model, section: usize, body: Value) -> Answer {
         let path = format!("/api/v1/admin/sections/{}", model.section_ids[section]);
         self.send(Method::PATCH, &path, &self.admin_token, None, body)
@@ -846,17 +862,18 @@ async fn run_op(live: &mut Live, model: &mut Model, op: &Op) -> String {
     match op {
         Op::Repeat { request } => {
             let answer = live.request(model, request, None).await;
-            let expected = model.apply(request);
+            let expected = live.expect(model, request);
             assert_answer(&answer, &expected);
             assert_eq!(answer.replayed, None, "no key, no replay");
             answer.summary()
         }
         Op::Send { request, key } => {
             let answer = live.request(model, request, key.as_deref()).await;
-            let expected = model.apply(request);
+            let expected = live.expect(model, request);
             assert_answer(&answer, &expected);
             assert_eq!(answer.replayed, None, "a first request is not a replay");
-            if let Some(key) = key {
+            // 5xx answers are not stored (SPEC §7): the key stays fresh.
+            if let Some(key) = key.as_ref().filter(|_| !answer.status.is_server_error()) {
                 let previous = model.records.insert(
                     (request.student(), key.clone()),
                     Record {
