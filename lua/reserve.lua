@@ -15,14 +15,21 @@
 --                   gave them their seat (enroll or promote): an undo
 --                   (compensate.lua) removes only that incarnation
 -- ARGV[1] student id
--- ARGV[2] now (unix ms)
+-- ARGV[2] now (unix ms, the calling instance's clock): the events' `at`
+--
+-- The window is judged by Redis's own clock (TIME), not by ARGV[2]: every
+-- instance then opens and closes registration at the same instant, however
+-- far their clocks drift apart. Redis 7 replicates a script's effects, not
+-- the script, so reading TIME is allowed before a write. The events keep
+-- ARGV[2] as their `at`, like every other section script's events: it says
+-- when the request was handled, as the instance that answered saw it.
 --
 -- Returns {code, events, position}; events as lua/lib/emit.lua describes:
 --   {"not_loaded", {}}                   section state absent: load it, then retry
 --   {"already_enrolled", {}}
 --   {"already_waitlisted", {}, pos}      pos = live position (1-based)
 --   {"inactive", {}}                     section or semester inactive
---   {"window_closed", {}}                now outside [reg_start, reg_end)
+--   {"window_closed", {}}                Redis TIME outside [reg_start, reg_end)
 --   {"enrolled", {enroll}}
 --   {"waitlisted", {waitlist}, pos}
 --   {"full", {}}                         no seat and the waitlist is at its limit
@@ -44,7 +51,9 @@ end
 if meta[1] ~= '1' then
   return {'inactive', events}
 end
-if now < tonumber(meta[2]) or now >= tonumber(meta[3]) then
+local time = redis.call('TIME')
+local clock = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if clock < tonumber(meta[2]) or clock >= tonumber(meta[3]) then
   return {'window_closed', events}
 end
 local seats = tonumber(redis.call('GET', KEYS[2]) or '0')

@@ -96,6 +96,10 @@ pub struct SyncSettings {
     /// How often an instance refreshes its leases; three missed refreshes
     /// and the others take them over.
     pub lease_interval_ms: u64,
+    /// Longest a PostgreSQL round trip of the section loader may take (a
+    /// request that needs a section loaded waits for it): past it the
+    /// request is answered 503 rather than held until its own deadline.
+    pub load_timeout_ms: Millis,
 }
 
 /// A duration in milliseconds that cannot be zero: a zero connect or

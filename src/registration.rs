@@ -1,12 +1,17 @@
 //! The registration service: what a register, drop or capacity change does,
 //! step by step, independent of HTTP.
 //!
-//! For each section: run its Lua script (`seats`), load the section from
-//! PostgreSQL first if Redis lacks it (`sync::warmup::Loader`) and run the
-//! script again, then hand the events the script appended to the
-//! persistence shards (`sync::Persistence`, a non-blocking `try_send`). The
-//! events come from the script's own reply, so what the shards write is
-//! exactly what the outbox holds.
+//! For each section: load it from PostgreSQL first if Redis lacks it
+//! (`sync::warmup::Loader`), run its Lua script (`seats`), then hand the
+//! events the script appended to the persistence shards
+//! (`sync::Persistence`, a non-blocking `try_send`). The events come from
+//! the script's own reply, so what the shards write is exactly what the
+//! outbox holds.
+//!
+//! A request naming several sections never answers an error after one of
+//! them changed: every load happens before the first script runs (a failed
+//! load changes nothing), and a section that cannot be decided once others
+//! have changed gets its own result ([`Registered::Undecided`]).
 
 use std::sync::Arc;
 
@@ -30,6 +35,20 @@ pub enum RegistrationError {
     Redis(#[from] redis::RedisError),
 }
 
+/// One section's part of a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// The section's script decided (never [`Reserve::NotLoaded`]).
+    Decided(Reserve),
+    /// Neither Redis nor PostgreSQL knows the section.
+    Unknown,
+    /// Not decided, and nothing changed for this section as far as this
+    /// request knows: its state was gone from Redis when its script ran
+    /// (dropped between the load and the script), or Redis failed on it
+    /// while another section of the request changed. A retry decides it.
+    Undecided,
+}
+
 /// Orchestrates seats → loader → persistence; cheap to share.
 pub struct Registrar {
     redis: Redis,
@@ -47,47 +66,60 @@ impl Registrar {
     }
 
     /// Reserves a seat (or a waitlist place) for `student` in each of
-    /// `sections`, in request order. The scripts of all sections run at once
-    /// (they pipeline on the shared connection); sections Redis lacks are
-    /// loaded and tried once more; unknown ones stay `NotLoaded`.
+    /// `sections`, in request order. Sections Redis lacks are loaded first
+    /// (an error then, with nothing changed); then the scripts of all
+    /// sections run at once (they pipeline on the shared connection).
     pub async fn register(
         &self,
         student: Uuid,
         sections: &[Uuid],
         now_ms: i64,
-    ) -> Result<Vec<Reserve>, RegistrationError> {
-        let mut outcomes: Vec<Scripted<Reserve>> = join_all(
-            sections
-                .iter()
-                .map(|s| self.redis.reserve(*s, student, now_ms)),
-        )
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    ) -> Result<Vec<Registered>, RegistrationError> {
+        let loaded = self.redis.are_loaded(sections).await?;
         let missing: Vec<Uuid> = sections
             .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| o.outcome == Reserve::NotLoaded)
+            .zip(&loaded)
+            .filter(|(_, loaded)| !**loaded)
             .map(|(s, _)| *s)
             .collect();
-        if !missing.is_empty() {
-            let known = self.ensure_loaded(&missing).await?;
-            for (section, outcome) in sections.iter().zip(outcomes.iter_mut()) {
-                if outcome.outcome == Reserve::NotLoaded && known.contains(section) {
-                    *outcome = self.redis.reserve(*section, student, now_ms).await?;
-                }
+        let known = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.ensure_loaded(&missing).await?
+        };
+        let unknown = |s: &Uuid| missing.contains(s) && !known.contains(s);
+        let attempts = join_all(sections.iter().map(|s| async move {
+            if unknown(s) {
+                return Ok(None);
             }
-        }
-        let touched: Vec<Uuid> = sections
+            self.redis.reserve(*s, student, now_ms).await.map(Some)
+        }))
+        .await;
+        let changed = attempts
             .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| !o.events.is_empty())
-            .map(|(s, _)| *s)
-            .collect();
-        let outcomes = outcomes
-            .into_iter()
-            .map(|scripted| self.persist(scripted))
-            .collect();
+            .any(|a| matches!(a, Ok(Some(scripted)) if !scripted.events.is_empty()));
+        let mut outcomes = Vec::with_capacity(sections.len());
+        let mut touched = Vec::new();
+        for (section, attempt) in sections.iter().zip(attempts) {
+            outcomes.push(match attempt {
+                Ok(None) => Registered::Unknown,
+                Ok(Some(scripted)) if scripted.outcome == Reserve::NotLoaded => {
+                    Registered::Undecided
+                }
+                Ok(Some(scripted)) => {
+                    if !scripted.events.is_empty() {
+                        touched.push(*section);
+                    }
+                    Registered::Decided(self.persist(scripted))
+                }
+                // Nothing of the request changed yet: the error is the answer.
+                Err(e) if !changed => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, %section, "section undecided after others changed");
+                    Registered::Undecided
+                }
+            });
+        }
         if let Err(e) = self.redis.remember_sections(student, &touched).await {
             // Only the student's listing index; the registration itself stands.
             tracing::warn!(error = %e, %student, "failed to index the student's sections");

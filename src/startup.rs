@@ -90,7 +90,11 @@ impl Application {
             Duration::from_millis(settings.sync.lease_interval_ms),
         );
         let backlog = Arc::new(Backlog::default());
-        let loader = Arc::new(warmup::Loader::new(sync_db.clone(), redis.clone()));
+        let loader = Arc::new(warmup::Loader::new(
+            sync_db.clone(),
+            redis.clone(),
+            settings.sync.load_timeout_ms.duration(),
+        ));
         let sweeper = Sweeper {
             loader: loader.clone(),
             db: sync_db.clone(),

@@ -23,6 +23,17 @@ use crate::{
     sync::{sweeper::Backlog, Persistence},
 };
 
+/// Why register, drop and capacity changes are not served yet: the two
+/// conditions of `/ready` that concern Redis's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotServing {
+    /// The scripts are not loaded or the warm-up has not finished: a section
+    /// Redis holds may still be behind PostgreSQL.
+    WarmingUp,
+    /// Redis may have restarted and is being checked against PostgreSQL.
+    Revalidating,
+}
+
 /// Shared by every request handler.
 pub struct AppState {
     pub settings: Settings,
@@ -62,6 +73,19 @@ impl AppState {
 
     pub fn is_warmed_up(&self) -> bool {
         self.warmed_up.load(Ordering::Relaxed)
+    }
+
+    /// The one definition of "Redis's state may be acted on": warm-up done
+    /// and Redis trusted. `/ready` reports it; register, drop and capacity
+    /// changes refuse until it holds.
+    pub fn registration_gate(&self) -> Result<(), NotServing> {
+        if !self.is_warmed_up() {
+            Err(NotServing::WarmingUp)
+        } else if !self.redis.watch().is_open() {
+            Err(NotServing::Revalidating)
+        } else {
+            Ok(())
+        }
     }
 
     pub(crate) fn warm_up_done(&self) {

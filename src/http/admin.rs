@@ -348,6 +348,7 @@ struct UpdatedSection {
 /// the answer's `is_active` shows what is enforced.
 pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: Uuid) -> ApiResult {
     authenticate_admin(state, req)?;
+    super::registration::ensure_serving(state)?;
     let u: UpdateSection = body::json(req, body, state.settings.http.max_body_bytes).await?;
     if u.total_seats.is_none() && u.waitlist_limit.is_none() && u.is_active.is_none() {
         return Err(validation(

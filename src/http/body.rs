@@ -1,5 +1,10 @@
 //! Reading request bodies and query strings: limits first, then parsing.
 
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::{body::Incoming, header, http::request::Parts};
@@ -21,6 +26,27 @@ pub async fn json<T: DeserializeOwned>(
     decode(&bytes)
 }
 
+/// Whether a request's body read began and has not finished. The router
+/// puts one in each request's extensions; when the request deadline passes
+/// while it is set, the client is the slow party (a body shorter than its
+/// `Content-Length`, or one trickling in) and the answer is 408, not the
+/// 503 of a server that was slow for its own reasons.
+#[derive(Debug, Clone, Default)]
+pub struct BodyWait(Arc<AtomicBool>);
+
+impl BodyWait {
+    /// True while a handler waits for the body's bytes, and after a wait
+    /// that was abandoned (the deadline dropped the read mid-way): what the
+    /// router asks once the deadline has passed.
+    pub fn waiting(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, waiting: bool) {
+        self.0.store(waiting, Ordering::SeqCst);
+    }
+}
+
 pub async fn read_limited(parts: &Parts, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
     if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
         return Err(ApiError::UnsupportedMediaType);
@@ -33,7 +59,11 @@ pub async fn read_limited(parts: &Parts, body: Incoming, limit: usize) -> Result
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    let wait = parts.extensions.get::<BodyWait>();
+    wait.inspect(|w| w.set(true));
+    let collected = Limited::new(body, limit).collect().await;
+    wait.inspect(|w| w.set(false));
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge { limit })

@@ -29,9 +29,16 @@ pub enum ApiError {
     /// 404: unknown route or resource, or another student's resource.
     #[error("{0}")]
     NotFound(String),
+    /// 404: an admin acted for a student who has no account.
+    #[error("no student has this id")]
+    StudentNotFound,
     /// 405, with the methods the route allows.
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    /// 408: the body did not arrive within the request deadline (shorter
+    /// than its `Content-Length`, or trickling); the connection is closed.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// 409: the request conflicts with existing state (duplicate key).
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
@@ -99,8 +106,9 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::StudentNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -123,7 +131,9 @@ impl ApiError {
             | ApiError::Unavailable { code, .. } => code,
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::StudentNotFound => "student_not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::BodyTimeout => "body_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -168,7 +178,7 @@ impl ApiError {
             } => {
                 builder = builder.header(header::RETRY_AFTER, retry_after_secs.to_string());
             }
-            ApiError::PayloadTooLarge { .. } => {
+            ApiError::PayloadTooLarge { .. } | ApiError::BodyTimeout => {
                 builder = builder.header(header::CONNECTION, "close");
             }
             _ => {}

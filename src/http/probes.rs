@@ -1,7 +1,9 @@
 //! Orchestrator probes and the Prometheus scrape endpoint.
 //!
 //! - `/live`: the process answers; no dependency is consulted.
-//! - `/ready`: Redis answers and the server is not shutting down; else 503.
+//! - `/ready`: Redis answers, warm-up is done, Redis is trusted
+//!   ([`AppState::registration_gate`], which register, drop and capacity
+//!   changes obey too) and the server is not shutting down; else 503.
 //! - `/health`: each component with its status and check latency; `degraded`
 //!   (still 200) while PostgreSQL is away, because registration runs on Redis.
 
@@ -18,7 +20,7 @@ use serde::Serialize;
 use super::{json, ApiResult};
 use crate::{
     metrics::{DB_POOL_CONNECTIONS, DEPENDENCY_LATENCY, DEPENDENCY_UP},
-    state::AppState,
+    state::{AppState, NotServing},
 };
 
 pub fn live() -> ApiResult {
@@ -95,18 +97,16 @@ pub async fn ready(state: &AppState) -> ApiResult {
             &serde_json::json!({ "status": "not_ready", "reason": format!("background task {task} stopped") }),
         );
     }
-    if !state.is_warmed_up() {
+    if let Err(why) = state.registration_gate() {
+        let reason = match why {
+            NotServing::WarmingUp => "warming up",
+            // Redis may have restarted: no reservation runs until it has
+            // been checked against PostgreSQL (src/sync/revalidate.rs).
+            NotServing::Revalidating => "revalidating redis",
+        };
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "status": "not_ready", "reason": "warming up" }),
-        );
-    }
-    if !state.redis.watch().is_open() {
-        // Redis may have restarted: no reservation runs until it has been
-        // checked against PostgreSQL (src/sync/revalidate.rs).
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "status": "not_ready", "reason": "revalidating redis" }),
+            &serde_json::json!({ "status": "not_ready", "reason": reason }),
         );
     }
     let redis = check_redis(state).await;

@@ -14,9 +14,50 @@ use crate::{
     auth::Principal,
     domain::{now_ms, Role},
     metrics::{DROPS, REGISTRATIONS},
-    seats::{Drop, Reserve},
-    state::AppState,
+    registration::Registered,
+    seats::{watch::RedisWatch, Drop, Reserve},
+    state::{AppState, NotServing},
+    store,
 };
+
+/// Refuses register, drop and capacity changes until the server may act on
+/// Redis's state ([`AppState::registration_gate`], which `/ready` reports):
+/// before warm-up a section Redis holds may still be behind PostgreSQL.
+/// While Redis is revalidated the answer is the one the seat scripts give
+/// then (they refuse too), so clients see one code for it.
+pub(super) fn ensure_serving(state: &AppState) -> Result<(), ApiError> {
+    match state.registration_gate() {
+        Ok(()) => Ok(()),
+        Err(NotServing::WarmingUp) => Err(ApiError::Unavailable {
+            code: "not_ready",
+            detail: "the server is still loading its sections; retry shortly",
+            retry_after_secs: 1,
+        }),
+        Err(NotServing::Revalidating) => Err(RedisWatch::closed_error().into()),
+    }
+}
+
+/// Whether `student` may register, for a request of `principal`. A
+/// student acts for themselves and their token says it (`may_register`);
+/// an admin acting for someone else is checked against PostgreSQL, so that
+/// nothing is reserved for an account that does not exist (404
+/// `student_not_found`, nothing changed; 503 while PostgreSQL is away). An
+/// inactive student's sections are each `ineligible`, the answer the
+/// student would get acting for themselves.
+async fn may_register(
+    state: &AppState,
+    principal: &Principal,
+    student: Uuid,
+) -> Result<bool, ApiError> {
+    if student == principal.student_id {
+        return Ok(principal.role == Role::Admin || principal.may_register);
+    }
+    let db = state.db.get().await?;
+    match store::students::role_by_id(&db, student).await? {
+        Some((_, active)) => Ok(active),
+        None => Err(ApiError::StudentNotFound),
+    }
+}
 
 /// The student a request acts for: students act for themselves (naming
 /// someone else is 403), admins for anyone they name.
@@ -90,6 +131,7 @@ fn outcome_label(r: &SectionResult) -> &'static str {
 
 pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     let principal = authenticate(state, req)?;
+    ensure_serving(state)?;
     let request: RegisterRequest =
         body::json(req, body, state.settings.http.max_body_bytes).await?;
     let student = acting_for(&principal, request.student_id)?;
@@ -114,9 +156,8 @@ pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResul
         student.as_bytes(),
         &canonical_ids(&sections),
     ]);
-    let eligible = principal.role == Role::Admin || principal.may_register;
     idempotency::run(state, student, key, fingerprint, async {
-        let results = if eligible {
+        let results = if may_register(state, &principal, student).await? {
             reserve_all(state, student, &sections).await?
         } else {
             sections
@@ -151,7 +192,16 @@ async fn reserve_all(
     Ok(sections
         .iter()
         .zip(outcomes)
-        .map(|(s, o)| result_of(*s, o))
+        .map(|(s, o)| match o {
+            Registered::Decided(outcome) => result_of(*s, outcome),
+            Registered::Unknown => result_of(*s, Reserve::NotLoaded),
+            Registered::Undecided => SectionResult {
+                section_id: *s,
+                status: "rejected",
+                waitlist_position: None,
+                reason: Some("unavailable"),
+            },
+        })
         .collect())
 }
 
@@ -174,6 +224,7 @@ struct DropResponse {
 
 pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     let principal = authenticate(state, req)?;
+    ensure_serving(state)?;
     let request: DropRequest = body::json(req, body, state.settings.http.max_body_bytes).await?;
     let student = acting_for(&principal, request.student_id)?;
     let key = idempotency::key_of(req, request.idempotency_key)?;
@@ -184,6 +235,8 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         section.as_bytes(),
     ]);
     idempotency::run(state, student, key, fingerprint, async {
+        // Only existence matters: an inactive student may still leave.
+        may_register(state, &principal, student).await?;
         let outcome = state.registrar.drop(section, student, now_ms()).await?;
         let response = match outcome {
             None => return Err(ApiError::not_found("section")),

@@ -12,7 +12,9 @@ use hyper::{body::Incoming, header::HeaderValue, http::request::Parts, Method, R
 use tracing::Instrument;
 
 use super::{
-    admin, auth, catalog,
+    admin, auth,
+    body::BodyWait,
+    catalog,
     limits::{self, Charge},
     openapi, path_id, probes, registration, students, ApiError, ApiResult, Body,
 };
@@ -280,9 +282,13 @@ pub async fn handle(
     );
     let in_flight = InFlight::enter();
     let deadline = state.settings.http.request_timeout();
+    let body_wait = BodyWait::default();
+    parts.extensions.insert(body_wait.clone());
     let result = async {
         match tokio::time::timeout(deadline, dispatch(&state, matched, &mut parts, body)).await {
             Ok(result) => result,
+            // The client did not send the body it announced in time.
+            Err(_) if body_wait.waiting() => Err(ApiError::BodyTimeout),
             Err(_) => Err(ApiError::Unavailable {
                 code: "request_timeout",
                 detail: "the request took too long; retry shortly",

@@ -326,6 +326,16 @@ impl Redis {
             .await
     }
 
+    /// Whether Redis holds state for each of `sections`, in one round trip.
+    pub async fn are_loaded(&self, sections: &[Uuid]) -> RedisResult<Vec<bool>> {
+        let mut pipe = redis::pipe();
+        for section in sections {
+            pipe.cmd("EXISTS").arg(self.section_keys(*section).meta);
+        }
+        let mut conn = self.conn();
+        pipe.query_async(&mut conn).await
+    }
+
     /// The waitlist limit and active flag `section`'s scripts enforce now
     /// (None where Redis has none).
     pub async fn enforced_settings(

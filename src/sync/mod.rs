@@ -246,8 +246,20 @@ pub(crate) async fn bounded<T, E>(
     pool: &Pool,
     query: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
 ) -> Result<T, DbError<E>> {
+    bounded_by(pool, DB_DEADLINE, query).await
+}
+
+/// [`bounded`] with the caller's own deadline, for round trips a request
+/// waits on (the section loader), which must give up well before the
+/// request's deadline. [`DbError::Late`]'s message names [`DB_DEADLINE`],
+/// so such a caller says its own deadline when it reports one.
+pub(crate) async fn bounded_by<T, E>(
+    pool: &Pool,
+    deadline: Duration,
+    query: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
+) -> Result<T, DbError<E>> {
     let mut client = pool.get().await.map_err(DbError::Unreachable)?;
-    match tokio::time::timeout(DB_DEADLINE, query(&mut client)).await {
+    match tokio::time::timeout(deadline, query(&mut client)).await {
         Ok(result) => result.map_err(DbError::Failed),
         Err(_) => {
             drop(deadpool_postgres::Object::take(client));
@@ -302,6 +314,7 @@ mod tests {
             drain_timeout_ms: 1,
             partitions: 1,
             lease_interval_ms: 1,
+            load_timeout_ms: crate::config::Millis::new(1),
         };
         for attempt in 0..40 {
             assert!(backoff(&settings, attempt) <= Duration::from_millis(100));

@@ -217,3 +217,79 @@ async fn students_get_403_on_admin_routes_and_nothing_changes() {
         .get(0);
     assert_eq!(count, 1, "only the seeded semester exists");
 }
+
+#[tokio::test]
+async fn an_admin_acting_for_a_student_who_does_not_exist_gets_404_and_changes_nothing() {
+    let app = spawn_app().await;
+    let seeded = app.seed(1, 5).await;
+    let section = seeded.report.section_ids[0];
+    let phantom = Uuid::new_v4();
+    let admin = Some(seeded.admin_token.as_str());
+
+    let register = app
+        .post(
+            "/api/v1/register",
+            admin,
+            &json!({ "student_id": phantom, "section_ids": [section] }),
+        )
+        .await;
+    let drop = app
+        .post(
+            "/api/v1/register/drop",
+            admin,
+            &json!({ "student_id": phantom, "section_id": section }),
+        )
+        .await;
+
+    assert_problem(register, StatusCode::NOT_FOUND, "student_not_found").await;
+    assert_problem(drop, StatusCode::NOT_FOUND, "student_not_found").await;
+    let (enrolled, waiting) = app.redis_roster(section).await;
+    assert!(
+        enrolled.is_empty() && waiting.is_empty(),
+        "nothing reserved"
+    );
+    assert!(app
+        .redis
+        .outbox_from(section, 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn an_admin_registering_an_inactive_student_gets_ineligible_and_changes_nothing() {
+    let app = spawn_app().await;
+    let seeded = app.seed(1, 5).await;
+    let section = seeded.report.section_ids[0];
+    let student = app.student_ids().await[0];
+    app.db
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "update students set enrollment_status = 'suspended' where id = $1",
+            &[&student],
+        )
+        .await
+        .unwrap();
+
+    let response = app
+        .post(
+            "/api/v1/register",
+            Some(&seeded.admin_token),
+            &json!({ "student_id": student, "section_ids": [section] }),
+        )
+        .await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["results"][0],
+        json!({ "section_id": section, "status": "rejected", "reason": "ineligible" })
+    );
+    let (enrolled, waiting) = app.redis_roster(section).await;
+    assert!(
+        enrolled.is_empty() && waiting.is_empty(),
+        "nothing reserved"
+    );
+}

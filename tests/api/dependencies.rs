@@ -20,7 +20,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{admin_database_url, eventually, spawn_app_with, TestApp},
+    helpers::{admin_database_url, assert_problem, eventually, spawn_app_with, TestApp},
     kit::{
         address_of,
         child::{DataDir, PrivateRedis},
@@ -643,4 +643,181 @@ async fn postgres_connections_reset_mid_stream_lose_nothing() {
     let broken = broken_promises(&app, &promises, &sections).await;
     assert!(broken.is_empty(), "acknowledged but missing: {broken:?}");
     assert_nothing_undone(&app, &sections).await;
+}
+
+/// Removes every key of `section` from Redis, as an eviction or a lost
+/// Redis would: its next request must load it from PostgreSQL.
+async fn forget_section(app: &TestApp, section: Uuid) {
+    let k = app.redis.section_keys(section);
+    let mut conn = app.redis.conn();
+    redis::cmd("DEL")
+        .arg(&[
+            &k.meta,
+            &k.seats,
+            &k.enrolled,
+            &k.waitlist,
+            &k.seq,
+            &k.outbox,
+            &k.reverted,
+            &k.undone,
+        ])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn until_warm_up_is_done_register_drop_and_resize_answer_503_and_change_nothing() {
+    let (mut app, proxy) = app_behind_pg_proxy(|_| {}).await;
+    let seeded = app.seed_sections(1, 1, 5, 5).await;
+    let section = seeded.report.section_ids[0];
+    let token = app.token_for(app.student_ids().await[0]);
+    // A start with PostgreSQL away: warm-up cannot finish.
+    proxy.cut();
+    app.restart().await;
+
+    let register = app.register(&token, &[section]).await;
+    let drop = app.drop_from(&token, section).await;
+    let resize = app
+        .http
+        .patch(app.url(&format!("/api/v1/admin/sections/{section}")))
+        .bearer_auth(&seeded.admin_token)
+        .json(&serde_json::json!({ "total_seats": 9 }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        app.get("/ready", None).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    for refused in [register, drop, resize] {
+        assert!(refused.headers().contains_key("retry-after"));
+        assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "not_ready").await;
+    }
+    let (enrolled, waiting) = app.redis_roster(section).await;
+    assert!(
+        enrolled.is_empty() && waiting.is_empty(),
+        "nothing reserved"
+    );
+    assert_eq!(
+        app.redis.live_counts(&[section]).await.unwrap()[0]
+            .unwrap()
+            .capacity,
+        5
+    );
+
+    proxy.restore();
+    app.wait_ready().await;
+    let after = app.register(&token, &[section]).await;
+    assert_eq!(after.status(), StatusCode::OK);
+    let body: Value = after.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], "enrolled", "{body}");
+}
+
+#[tokio::test]
+async fn a_register_naming_a_section_that_cannot_be_loaded_changes_none_of_its_sections() {
+    let (app, proxy) = app_behind_pg_proxy(|_| {}).await;
+    let seeded = app.seed_sections(1, 2, 5, 5).await;
+    let (loaded, unloaded) = (seeded.report.section_ids[0], seeded.report.section_ids[1]);
+    let token = app.token_for(app.student_ids().await[0]);
+    forget_section(&app, unloaded).await;
+    proxy.cut();
+
+    let during = app.register(&token, &[loaded, unloaded]).await;
+
+    assert_problem(
+        during,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "section_unavailable",
+    )
+    .await;
+    let (enrolled, waiting) = app.redis_roster(loaded).await;
+    assert!(
+        enrolled.is_empty() && waiting.is_empty(),
+        "not in the loaded section"
+    );
+    assert!(app
+        .redis
+        .outbox_from(loaded, 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        !app.redis.is_loaded(unloaded).await.unwrap(),
+        "nor in the other"
+    );
+
+    proxy.restore();
+    let after = app.register(&token, &[loaded, unloaded]).await;
+    assert_eq!(after.status(), StatusCode::OK);
+    let body: Value = after.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], "enrolled", "{body}");
+    assert_eq!(body["results"][1]["status"], "enrolled", "{body}");
+}
+
+#[tokio::test]
+async fn with_postgres_black_holed_a_register_needing_a_load_answers_503_within_the_loader_deadline(
+) {
+    let (app, proxy) = app_behind_pg_proxy(|s| {
+        s.sync.load_timeout_ms = registrar::config::Millis::new(500);
+        s.database.connect_timeout_ms = registrar::config::Millis::new(1000);
+    })
+    .await;
+    let seeded = app.seed_sections(1, 1, 5, 5).await;
+    let section = seeded.report.section_ids[0];
+    let token = app.token_for(app.student_ids().await[0]);
+    forget_section(&app, section).await;
+    // Connections open but silent: the loader's read would hang.
+    proxy.blackhole();
+
+    let started = Instant::now();
+    let during = app.register(&token, &[section]).await;
+    let took = started.elapsed();
+
+    assert_problem(
+        during,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "section_unavailable",
+    )
+    .await;
+    let request_deadline = app.settings.http.request_timeout();
+    assert!(
+        took < request_deadline / 2,
+        "answered after {took:?}, not at the request deadline ({request_deadline:?})"
+    );
+    proxy.restore();
+    let after = app.register(&token, &[section]).await;
+    assert_eq!(after.status(), StatusCode::OK);
+    let body: Value = after.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], "enrolled", "{body}");
+}
+
+#[tokio::test]
+async fn an_admin_registration_for_a_student_while_postgres_is_away_is_503_and_changes_nothing() {
+    let (app, proxy) = app_behind_pg_proxy(|_| {}).await;
+    let seeded = app.seed_sections(1, 1, 5, 5).await;
+    let section = seeded.report.section_ids[0];
+    let student = app.student_ids().await[0];
+    proxy.cut();
+
+    let response = app
+        .post(
+            "/api/v1/register",
+            Some(&seeded.admin_token),
+            &serde_json::json!({ "student_id": student, "section_ids": [section] }),
+        )
+        .await;
+
+    assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    )
+    .await;
+    let (enrolled, waiting) = app.redis_roster(section).await;
+    assert!(
+        enrolled.is_empty() && waiting.is_empty(),
+        "nothing reserved"
+    );
 }

@@ -8,7 +8,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn malformed_json_is_400() {
@@ -137,6 +137,24 @@ async fn a_chunked_body_growing_past_the_limit_is_413() {
     let answer = raw_exchange(app.addr, request.as_bytes(), Duration::from_secs(5)).await;
 
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_is_408_at_the_request_deadline() {
+    let app = spawn_app_with(|s| s.http.request_timeout_ms = 500).await;
+    app.wait_ready().await;
+    // Announces 100 bytes and sends 10: the server waits for the other 90.
+    let request = b"POST /api/v1/auth/login HTTP/1.1\r\nhost: x\r\n\
+        content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\": \"b\"}";
+
+    let answer = raw_exchange(app.addr, request, Duration::from_secs(5)).await;
+
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(answer.contains(r#""code":"body_timeout""#), "{answer}");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Ordinary traffic on one instance — registrations, waitlists, drops with
-//! promotion, capacity changes and an undone registration — must never look
+//! promotion, capacity changes and an undone registration (its student
+//! deleted before it was written) — must never look
 //! like lost Redis data to the persistence side: no sequence conflict, no
 //! section rebuilt. A conflict here would mean the events the shards write
 //! differ from those the scripts appended.
@@ -38,8 +39,10 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
 
 #[tokio::test]
 async fn ordinary_traffic_causes_no_sequence_conflict_and_no_rebuild() {
-    // Arrange: 3 sections of 4 seats and 6 waitlist places, 40 students.
-    let s = seeded(40, 3, 4, 6).await;
+    // Arrange: 3 sections of 4 seats and 6 waitlist places, 40 students and
+    // a spare one for the undone registration.
+    let s = seeded(41, 3, 4, 6).await;
+    let (crowd, spare) = (&s.students[..40], s.students[40]);
     let server = s.launch().spawn();
     server.wait_ready().await;
     let http = reqwest::Client::new();
@@ -64,8 +67,7 @@ async fn ordinary_traffic_causes_no_sequence_conflict_and_no_rebuild() {
 
     // Act 1: everyone registers for every section at once: enrolments,
     // waitlist places and refusals.
-    let tokens: Vec<(Uuid, String)> = s
-        .students
+    let tokens: Vec<(Uuid, String)> = crowd
         .iter()
         .map(|id| (*id, s.tokens.mint(*id, Role::Student, true)))
         .collect();
@@ -122,16 +124,25 @@ async fn ordinary_traffic_causes_no_sequence_conflict_and_no_rebuild() {
     }
     assert_eq!(resized, 200);
 
-    // Act 3: an admin registration for a student PostgreSQL does not have
-    // (a waitlist place: the first section's waitlist has room after the
-    // promotions): the write fails for good and is undone (compensate.lua).
-    let phantom = Uuid::new_v4();
+    // Act 3: an admin registration for the spare student while a
+    // transaction is deleting that student (a waitlist place: the first
+    // section's waitlist has room after the promotions). The admin's check
+    // still sees the student; the shard's write waits on the deletion and
+    // then fails for good (foreign key), so it is undone (compensate.lua).
+    let mut db = s.db.get().await.unwrap();
+    let deletion = db.transaction().await.unwrap();
+    deletion
+        .execute("delete from students where id = $1", &[&spare])
+        .await
+        .unwrap();
     let (status, body) = post(
         "/api/v1/register",
         admin.clone(),
-        json!({ "student_id": phantom, "section_ids": [s.sections[0]] }),
+        json!({ "student_id": spare, "section_ids": [s.sections[0]] }),
     )
     .await;
+    deletion.commit().await.unwrap();
+    drop(db);
     assert_eq!(status.as_u16(), 200, "{body}");
     assert_eq!(body["results"][0]["status"], "waitlisted", "{body}");
     let redis = s.redis();
@@ -151,7 +162,7 @@ async fn ordinary_traffic_causes_no_sequence_conflict_and_no_rebuild() {
     assert!(metric(&text, EVENTS_APPLIED, "kind=\"config\"") >= 1.0);
     assert!(
         metric(&text, COMPENSATIONS, "result=\"reverted\"") >= 1.0,
-        "the phantom student's enrolment was undone"
+        "the deleted student's waitlist place was undone"
     );
     assert_eq!(
         metric(&text, SEQUENCE_CONFLICTS, ""),

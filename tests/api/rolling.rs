@@ -96,6 +96,13 @@ async fn send(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
+        if status == 503 && value["code"] == "not_ready" {
+            // A replacement still warming up refuses before changing
+            // anything (its /ready says 503, so a load balancer would not
+            // send it traffic yet): the other one.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         return Some((status, value));
     }
     None

@@ -13,7 +13,17 @@ use crate::{
     kit::namespace::Namespace,
 };
 
+/// The `now` the tests pass (the events' `at`): any instant will do, since
+/// `reserve.lua` judges the window by Redis's clock, not by this.
 const NOW: i64 = 1_800_000_000_000;
+/// An hour in ms: windows are set this far around the real clock.
+const HOUR_MS: i64 = 3_600_000;
+
+/// A window of `[start, end)` ms relative to the real clock (Redis's TIME).
+fn window_from_now(start: i64, end: i64) -> (i64, i64) {
+    let now = registrar::domain::now_ms();
+    (now + start, now + end)
+}
 
 /// A Redis handle on a namespace of its own, whose keys go with it.
 struct Scripts {
@@ -44,14 +54,15 @@ fn redis() -> Scripts {
 }
 
 fn snapshot(section: Uuid, capacity: i32, waitlist_limit: i32) -> SectionSnapshot {
+    let (registration_start_ms, registration_end_ms) = window_from_now(-HOUR_MS, HOUR_MS);
     SectionSnapshot {
         section,
         capacity,
         waitlist_limit,
         section_active: true,
         semester_active: true,
-        registration_start_ms: NOW - 1000,
-        registration_end_ms: NOW + 1000,
+        registration_start_ms,
+        registration_end_ms,
         last_seq: 0,
         enrolled: Vec::new(),
         waitlisted: Vec::new(),
@@ -216,21 +227,47 @@ async fn reserve_refuses_inactive_sections_and_closed_windows() {
             .outcome,
         Reserve::Inactive
     );
+    let not_yet = window_section(&r2, window_from_now(HOUR_MS, 2 * HOUR_MS)).await;
     assert_eq!(
-        r2.reserve(open, Uuid::new_v4(), NOW - 5000)
+        r2.reserve(not_yet, Uuid::new_v4(), NOW)
             .await
             .unwrap()
             .outcome,
         Reserve::WindowClosed
     );
+    let over = window_section(&r2, window_from_now(-2 * HOUR_MS, -HOUR_MS)).await;
     assert_eq!(
-        r2.reserve(open, Uuid::new_v4(), NOW + 1000)
-            .await
-            .unwrap()
-            .outcome,
+        r2.reserve(over, Uuid::new_v4(), NOW).await.unwrap().outcome,
         Reserve::WindowClosed
     );
-    assert!(r2.outbox_from(open, 1, 10).await.unwrap().is_empty());
+    for section in [not_yet, over] {
+        assert!(r2.outbox_from(section, 1, 10).await.unwrap().is_empty());
+    }
+    assert!(matches!(
+        r2.reserve(open, Uuid::new_v4(), NOW).await.unwrap().outcome,
+        Reserve::Enrolled { .. }
+    ));
+}
+
+/// Loads a section whose registration window is `window` (unix ms).
+async fn window_section(r: &Redis, (start, end): (i64, i64)) -> Uuid {
+    let section = Uuid::new_v4();
+    let mut snap = snapshot(section, 5, 5);
+    (snap.registration_start_ms, snap.registration_end_ms) = (start, end);
+    assert_eq!(r.load(&snap).await.unwrap(), Load::Loaded);
+    section
+}
+
+#[tokio::test]
+async fn the_window_is_judged_by_redis_clock_not_the_callers() {
+    let (r, open) = loaded(5, 5).await;
+    let (start, end) = window_from_now(-HOUR_MS, HOUR_MS);
+
+    let early = r.reserve(open, Uuid::new_v4(), start - HOUR_MS).await;
+    let late = r.reserve(open, Uuid::new_v4(), end + HOUR_MS).await;
+
+    assert!(matches!(early.unwrap().outcome, Reserve::Enrolled { .. }));
+    assert!(matches!(late.unwrap().outcome, Reserve::Enrolled { .. }));
 }
 
 #[tokio::test]
@@ -520,8 +557,8 @@ async fn inspect_reads_the_sequence_the_outbox_and_every_field_in_one_step() {
             capacity: Some(2),
             waitlist_limit: Some(4),
             active: Some(true),
-            registration_start_ms: Some(NOW - 1000),
-            registration_end_ms: Some(NOW + 1000),
+            registration_start_ms: Some(snap.registration_start_ms),
+            registration_end_ms: Some(snap.registration_end_ms),
             seats: Some(0),
             enrolled: roster,
             waitlisted: snap.waitlisted.clone(),
