@@ -173,6 +173,64 @@ impl TestApp {
     }
 }
 
+/// A second instance of a [`TestApp`]'s application: the same settings,
+/// database and Redis namespace, its own port (several writers).
+pub struct Sibling {
+    pub base: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts a sibling instance; it is not yet ready (see [`Sibling::wait_ready`]).
+    pub async fn sibling(&self) -> Sibling {
+        let (_, addr, tx, server) = start(&self.settings).await;
+        Sibling {
+            base: format!("http://{addr}"),
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+}
+
+impl Sibling {
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/ready", self.base);
+        let ready = eventually(Duration::from_secs(15), || async {
+            reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+        assert!(ready, "the sibling instance became ready");
+    }
+
+    /// Stops it the way SIGTERM does (its leases are handed over after its
+    /// shards drained).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the sibling's task did not panic")
+                .expect("the sibling stopped cleanly");
+        }
+    }
+}
+
+impl Drop for Sibling {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {

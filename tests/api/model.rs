@@ -23,6 +23,13 @@
 //! process restart while PostgreSQL is up (graceful stop, then a new
 //! application on the same database and namespace).
 //!
+//! Two instances (issue 10): a second application runs on the same database
+//! and namespace, requests alternate between the two, and both persist
+//! through their partition leases; a handover step stops the second one
+//! gracefully (its leases go to the first) and starts it again (they are
+//! shared once more). The model is the same: which instance answers must not
+//! matter.
+//!
 //! Knobs (environment):
 //! - `MODEL_SEED=<u64>`: run exactly one case with this seed. A failure
 //!   names its seed and step; `MODEL_SEED=<seed> cargo test --test api model`
@@ -44,7 +51,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{spawn_app_with, TestApp},
+    helpers::{spawn_app_with, Sibling, TestApp},
     kit::{proxy::Proxy, via_port},
 };
 
@@ -407,6 +414,9 @@ enum Op {
         steps: usize,
     },
     Restart,
+    /// The second instance stops gracefully (its persistence leases go to
+    /// the first) and starts again (they are shared once more).
+    Handover,
 }
 
 impl Op {
@@ -434,6 +444,7 @@ impl Op {
             Op::Resize { .. } => "resize",
             Op::Outage { .. } => "outage",
             Op::Restart => "restart",
+            Op::Handover => "handover",
         }
     }
 }
@@ -577,6 +588,13 @@ impl Generator {
                         steps: 2 + self.rng.usize(..5),
                     }
                 }
+                95..=96 => {
+                    // Restarts (below) and handovers only with PostgreSQL up.
+                    if outage_active {
+                        continue;
+                    }
+                    Op::Handover
+                }
                 _ => {
                     // A server started while PostgreSQL is away refuses
                     // registration until its warm-up (503 not_ready, issue
@@ -612,6 +630,11 @@ impl Generator {
 
 struct Live {
     app: TestApp,
+    /// A second instance on the same database and namespace: requests
+    /// alternate between the two, and both persist (several writers).
+    second: Option<Sibling>,
+    /// Requests sent so far: even ones go to `app`, odd ones to `second`.
+    sent: std::cell::Cell<usize>,
     proxy: Proxy,
     admin_token: String,
     student_tokens: Vec<String>,
@@ -647,10 +670,16 @@ impl Live {
         key: Option<&str>,
         body: Value,
     ) -> Answer {
+        let turn = self.sent.get();
+        self.sent.set(turn + 1);
+        let url = match &self.second {
+            Some(second) if turn % 2 == 1 => format!("{}{path}", second.base),
+            _ => self.app.url(path),
+        };
         let mut request = self
             .app
             .http
-            .request(method, self.app.url(path))
+            .request(method, url)
             .bearer_auth(token)
             .json(&body);
         if let Some(key) = key {
@@ -772,8 +801,12 @@ async fn run_case(seed: u64, steps: usize, trace: &mut Trace) {
     let student_ids = app.student_ids().await;
     let student_tokens = student_ids.iter().map(|s| app.token_for(*s)).collect();
     let mut model = Model::new(seeded.report.section_ids.clone(), student_ids);
+    let second = app.sibling().await;
+    second.wait_ready().await;
     let mut live = Live {
         app,
+        second: Some(second),
+        sent: std::cell::Cell::new(0),
         proxy,
         admin_token: seeded.admin_token,
         student_tokens,
@@ -853,6 +886,7 @@ fn describe(model: &Model, op: &Op) -> String {
         ),
         Op::Outage { steps } => format!("cut PostgreSQL for {steps} steps"),
         Op::Restart => "restart the application".into(),
+        Op::Handover => "stop the second instance (it hands its leases over) and start it again".into(),
     }
 }
 
@@ -971,6 +1005,15 @@ async fn run_op(live: &mut Live, model: &mut Model, op: &Op) -> String {
             live.app.restart().await;
             live.app.wait_ready().await;
             "restarted".into()
+        }
+        Op::Handover => {
+            if let Some(second) = live.second.take() {
+                second.stop().await;
+            }
+            let second = live.app.sibling().await;
+            second.wait_ready().await;
+            live.second = Some(second);
+            "handed over and back".into()
         }
     }
 }
