@@ -109,6 +109,11 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
+            // The server closes a kept-alive connection idle for
+            // http.header_read_timeout_ms (1 s in config/test.toml); a client
+            // that reused one at that moment would see its request reset
+            // (a paced test did, 1 run in 3). Give idle connections up first.
+            .pool_idle_timeout(settings.http.header_read_timeout() / 2)
             .build()
             .unwrap(),
         db: store::pool(&test_settings(&url).database).unwrap(),
