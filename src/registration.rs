@@ -66,15 +66,19 @@ impl Registrar {
     }
 
     /// Reserves a seat (or a waitlist place) for `student` in each of
-    /// `sections`, in request order. Sections Redis lacks are loaded first
-    /// (an error then, with nothing changed); then the scripts of all
-    /// sections run at once (they pipeline on the shared connection).
+    /// `sections`, in request order. With several sections, those Redis
+    /// lacks are loaded first (an error then, with nothing changed); then
+    /// the scripts of all sections run at once (they pipeline on the shared
+    /// connection).
     pub async fn register(
         &self,
         student: Uuid,
         sections: &[Uuid],
         now_ms: i64,
     ) -> Result<Vec<Registered>, RegistrationError> {
+        if let [section] = sections {
+            return Ok(vec![self.register_one(student, *section, now_ms).await?]);
+        }
         let loaded = self.redis.are_loaded(sections).await?;
         let missing: Vec<Uuid> = sections
             .iter()
@@ -120,11 +124,41 @@ impl Registrar {
                 }
             });
         }
-        if let Err(e) = self.redis.remember_sections(student, &touched).await {
-            // Only the student's listing index; the registration itself stands.
+        self.index(student, &touched).await;
+        Ok(outcomes)
+    }
+
+    /// Remembers the sections `student` now holds a place in, for their
+    /// views. Only an index: a failure leaves the registration standing.
+    async fn index(&self, student: Uuid, sections: &[Uuid]) {
+        if let Err(e) = self.redis.remember_sections(student, sections).await {
             tracing::warn!(error = %e, %student, "failed to index the student's sections");
         }
-        Ok(outcomes)
+    }
+
+    /// One section, the common case: no other section can have changed, so
+    /// the script runs first and a missing section is loaded only when it
+    /// says so (no extra round trip on the hot path).
+    async fn register_one(
+        &self,
+        student: Uuid,
+        section: Uuid,
+        now_ms: i64,
+    ) -> Result<Registered, RegistrationError> {
+        let mut scripted = self.redis.reserve(section, student, now_ms).await?;
+        if scripted.outcome == Reserve::NotLoaded {
+            if self.ensure_loaded(&[section]).await?.is_empty() {
+                return Ok(Registered::Unknown);
+            }
+            scripted = self.redis.reserve(section, student, now_ms).await?;
+            if scripted.outcome == Reserve::NotLoaded {
+                return Ok(Registered::Undecided);
+            }
+        }
+        if !scripted.events.is_empty() {
+            self.index(student, &[section]).await;
+        }
+        Ok(Registered::Decided(self.persist(scripted)))
     }
 
     /// Takes `student` off `section`'s roster or waitlist (the waitlist head
