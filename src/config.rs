@@ -252,6 +252,14 @@ pub enum ConfigError {
     },
 }
 
+/// Environments in which the repository's own development key is accepted.
+const DEVELOPMENT_ENVS: [&str; 2] = ["local", "test"];
+
+/// Signing keys shipped in this repository (config/default.toml); public,
+/// so refused outside [`DEVELOPMENT_ENVS`]. A unit test keeps the list in
+/// step with the file.
+const SHIPPED_JWT_SECRETS: &[&str] = &["change-me-local-development-secret-0123456789"];
+
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting,
@@ -283,7 +291,26 @@ impl Settings {
             .build()?
             .try_deserialize()?;
         settings.validate()?;
+        settings.validate_for(env)?;
         Ok(settings)
+    }
+
+    /// Checks what depends on where the service runs: outside `local` and
+    /// `test`, a signing key shipped in this repository (public, so anyone
+    /// could forge an admin token with it) is refused.
+    pub fn validate_for(&self, env: &str) -> Result<(), ConfigError> {
+        if !DEVELOPMENT_ENVS.contains(&env)
+            && SHIPPED_JWT_SECRETS.contains(&self.auth.jwt_secret.expose())
+        {
+            return Err(invalid(
+                "auth.jwt_secret",
+                format!(
+                    "is the development key shipped in the repository; APP_ENV={env} needs its own \
+                     (set APP__AUTH__JWT_SECRET, e.g. to `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks what the types alone cannot: secret length, URL syntax, non-zero limits.
@@ -481,6 +508,42 @@ mod tests {
         s.http.max_connections = 0;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("http.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_signing_key_is_refused_outside_local_and_test() {
+        let s = valid();
+        for env in ["local", "test"] {
+            assert!(s.validate_for(env).is_ok(), "{env}");
+        }
+        let err = s.validate_for("production").unwrap_err().to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+        let mut own = valid();
+        own.auth.jwt_secret = Secret::new("a-deployment-key-of-its-own-0123456789-abcdef");
+        assert!(own.validate_for("production").is_ok());
+    }
+
+    #[test]
+    fn every_signing_key_in_the_shipped_configuration_is_known_as_shipped() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for line in text
+                .lines()
+                .filter(|l| l.trim_start().starts_with("jwt_secret"))
+            {
+                let value = line.split('"').nth(1).expect("a quoted key");
+                assert!(SHIPPED_JWT_SECRETS.contains(&value), "{line}");
+            }
+        }
+        let compose = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"),
+        )
+        .unwrap();
+        assert!(
+            compose.contains("${JWT_SECRET:?"),
+            "docker-compose.yml requires JWT_SECRET, with no fallback"
+        );
     }
 
     #[test]

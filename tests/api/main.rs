@@ -25,5 +25,6 @@ mod reconcile;
 mod recovery;
 mod rolling;
 mod scripts;
+mod security;
 mod shutdown;
 mod writers;
