@@ -18,9 +18,18 @@ pub struct Claims {
     /// login so the hot path never asks PostgreSQL; absent means yes.
     #[serde(default = "yes")]
     pub act: bool,
+    /// Issued at; a token issued in the future (beyond [`MAX_CLOCK_SKEW_SECS`])
+    /// is refused.
     pub iat: i64,
+    /// Not valid before, when present (checked, without leeway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub exp: i64,
 }
+
+/// How far in the future a token's `iat` may lie: clocks of the instances
+/// that mint and check tokens differ by at most this much.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 60;
 
 fn yes() -> bool {
     true
@@ -62,6 +71,7 @@ impl Tokens {
     pub fn new(secret: &[u8], ttl: Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -83,6 +93,7 @@ impl Tokens {
             role,
             act: active,
             iat: now,
+            nbf: None,
             exp: now + self.ttl.as_secs() as i64,
         })
     }
@@ -95,6 +106,9 @@ impl Tokens {
 
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
         match decode::<Claims>(token, &self.decoding, &self.validation) {
+            Ok(data) if data.claims.iat > chrono::Utc::now().timestamp() + MAX_CLOCK_SKEW_SECS => {
+                Err(TokenError::Invalid)
+            }
             Ok(data) => Ok(Principal {
                 student_id: data.claims.sub,
                 role: data.claims.role,
@@ -116,6 +130,34 @@ mod tests {
 
     fn tokens() -> Tokens {
         Tokens::new(SECRET, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_or_issued_in_the_future_is_refused() {
+        let now = chrono::Utc::now().timestamp();
+        let claims = |iat, nbf| Claims {
+            sub: Uuid::new_v4(),
+            role: Role::Student,
+            act: true,
+            iat,
+            nbf,
+            exp: now + 600,
+        };
+        let t = tokens();
+        assert_eq!(
+            t.verify(&t.mint_claims(&claims(now, Some(now + 300)))),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            t.verify(&t.mint_claims(&claims(now + 300, None))),
+            Err(TokenError::Invalid)
+        );
+        assert!(t
+            .verify(&t.mint_claims(&claims(now, Some(now - 1))))
+            .is_ok());
+        assert!(t
+            .verify(&t.mint_claims(&claims(now + MAX_CLOCK_SKEW_SECS - 5, None)))
+            .is_ok());
     }
 
     #[test]
@@ -142,6 +184,7 @@ mod tests {
             role: Role::Student,
             act: true,
             iat: now - 120,
+            nbf: None,
             exp: now - 1,
         });
         assert_eq!(tokens().verify(&t), Err(TokenError::Expired));

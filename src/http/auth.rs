@@ -114,14 +114,20 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         Some((id, role, active)) if ok => {
             metrics::counter!(LOGINS, "outcome" => "success").increment(1);
             guard.succeeded().await;
-            json(
+            let mut response = json(
                 StatusCode::OK,
                 &LoginResponse {
                     access_token: state.tokens.mint(id, role, active),
                     token_type: "Bearer",
                     expires_in: state.tokens.ttl().as_secs(),
                 },
-            )
+            )?;
+            // A bearer token must not be kept by any cache (RFC 6749 §5.1).
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            Ok(response)
         }
         _ => {
             metrics::counter!(LOGINS, "outcome" => "invalid").increment(1);

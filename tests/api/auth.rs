@@ -17,6 +17,11 @@ async fn login_with_the_right_password_returns_a_bearer_token_that_works() {
     let response = app.login("S0000001", PASSWORD).await;
 
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["cache-control"],
+        "no-store",
+        "no cache keeps a token"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], app.settings.auth.token_ttl_secs);
@@ -64,6 +69,7 @@ async fn an_expired_token_is_401_token_expired() {
         role: Role::Admin,
         act: true,
         iat: now - 3600,
+        nbf: None,
         exp: now - 10,
     });
 

@@ -43,6 +43,7 @@ fn bad_tokens(app: &TestApp, admin: Uuid) -> Vec<(&'static str, Option<String>)>
         role: Role::Admin,
         act: true,
         iat: now - 120,
+        nbf: None,
         exp: now - 60,
     });
     let other_key = Tokens::new(
