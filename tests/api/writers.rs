@@ -55,6 +55,18 @@ async fn post(http: &reqwest::Client, url: String, token: String, body: Value) -
     body
 }
 
+/// The undo result recorded on `section`'s dead letter at seq 1 (None
+/// while its undo is still owed).
+async fn undo_record(db: &deadpool_postgres::Object, section: Uuid) -> Option<String> {
+    db.query_one(
+        "select undo_result from dead_letters where section_id = $1 and seq = 1",
+        &[&section],
+    )
+    .await
+    .expect("the dead letter is there")
+    .get(0)
+}
+
 #[tokio::test]
 async fn a_dead_letter_whose_undo_was_interrupted_is_undone_once_by_recovery() {
     // Arrange: a persisted enrolment, then the state a crash between a dead
@@ -77,13 +89,7 @@ async fn a_dead_letter_whose_undo_was_interrupted_is_undone_once_by_recovery() {
 
     // Act: the sweeper finds the owed undo.
     let undone = eventually(std::time::Duration::from_secs(20), || async {
-        db.query_one(
-            "select undone_at is not null from dead_letters where section_id = $1 and seq = 1",
-            &[&section],
-        )
-        .await
-        .unwrap()
-        .get::<_, bool>(0)
+        undo_record(&db, section).await.is_some()
     })
     .await;
 
@@ -92,15 +98,7 @@ async fn a_dead_letter_whose_undo_was_interrupted_is_undone_once_by_recovery() {
     app.wait_persisted(&[section]).await;
     assert!(!app.redis_roster(section).await.0.contains(&student));
     assert!(!app.pg_roster(section).await.0.contains(&student));
-    let result: String = db
-        .query_one(
-            "select undo_result from dead_letters where section_id = $1 and seq = 1",
-            &[&section],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(result, "reverted");
+    assert_eq!(undo_record(&db, section).await.as_deref(), Some("reverted"));
 
     // Act again: the student enrols anew; the same record owing its undo a
     // second time (as if the mark had been lost) must not touch them.
@@ -115,14 +113,7 @@ async fn a_dead_letter_whose_undo_was_interrupted_is_undone_once_by_recovery() {
     .await
     .unwrap();
     let marked = eventually(std::time::Duration::from_secs(20), || async {
-        db.query_one(
-            "select undo_result from dead_letters where section_id = $1 and seq = 1",
-            &[&section],
-        )
-        .await
-        .unwrap()
-        .get::<_, Option<String>>(0)
-        .is_some()
+        undo_record(&db, section).await.is_some()
     })
     .await;
     assert!(marked);
