@@ -192,13 +192,21 @@ pub struct RateLimitSettings {
     /// Login attempts from one client address, on top of the address bucket.
     pub login_per_second: f64,
     pub login_burst: u32,
-    /// Failed logins of one account before each further failure locks it.
+    /// Login attempts of one account from one address before a lock: the
+    /// attempt that uses the last one starts it (`lua/login_guard.lua`).
     pub login_free_failures: u32,
-    /// First lock; each further failure doubles it, up to the maximum.
+    /// First lock; each further attempt doubles it, up to the maximum.
     pub login_backoff_base_ms: u64,
     pub login_backoff_max_ms: u64,
-    /// Failures are forgotten after this long without another one.
+    /// A pair's attempts are forgotten after this long without another one.
     pub login_failure_window_secs: u64,
+    /// Login attempts of one account across all addresses (known addresses
+    /// exempt): a bucket refilled at this many per hour...
+    pub login_account_per_hour: f64,
+    /// ...holding at most this many.
+    pub login_account_burst: u32,
+    /// How long an address stays "known" to an account after a login from it.
+    pub login_known_address_days: u64,
     /// Header carrying the client address when behind a trusted reverse
     /// proxy (its last entry is used); empty = the TCP peer address.
     pub client_ip_header: String,
@@ -428,9 +436,24 @@ impl RateLimitSettings {
                 "rate_limit.login_failure_window_secs",
                 self.login_failure_window_secs,
             ),
+            (
+                "rate_limit.login_account_burst",
+                self.login_account_burst as u64,
+            ),
+            (
+                "rate_limit.login_known_address_days",
+                self.login_known_address_days,
+            ),
         ];
         if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(name, "must be greater than zero"));
+        }
+        let per_hour = self.login_account_per_hour;
+        if !(per_hour.is_finite() && (1.0..=3_600_000.0).contains(&per_hour)) {
+            return Err(invalid(
+                "rate_limit.login_account_per_hour",
+                "must be between 1 and 3600000",
+            ));
         }
         if self.login_backoff_max_ms < self.login_backoff_base_ms {
             return Err(invalid(

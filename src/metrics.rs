@@ -182,7 +182,7 @@ fn describe() {
     );
     describe_counter!(
         RATE_LIMITED,
-        "Requests answered 429, by the limit that refused them (student, address, login, account)."
+        "Requests answered 429, by the limit that refused them (student, address, login, account_address: one account from one address, account: one account from all addresses)."
     );
     describe_counter!(
         RATE_LIMIT_ERRORS,
@@ -190,7 +190,7 @@ fn describe() {
     );
     describe_counter!(
         LOGIN_LOCKS,
-        "Failed logins that locked their account for a back-off period."
+        "Login attempts that locked their account for their address for a back-off period."
     );
     describe_counter!(
         IDEMPOTENT_REPLAYS,

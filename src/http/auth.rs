@@ -3,13 +3,18 @@
 use hyper::{body::Incoming, header, http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
-use super::{body, error, json, ApiError, ApiResult};
+use super::{body, error, json, limits::client_key, ApiError, ApiResult};
 use crate::{
     auth::{Principal, TokenError},
     domain::Role,
     metrics::{LOGINS, LOGIN_LOCKS, RATE_LIMITED, RATE_LIMIT_ERRORS},
+    seats::limits::{ClientKey, LoginAttempt, LoginGate},
     state::AppState,
     store,
 };
@@ -92,16 +97,19 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         return Err(invalid_credentials());
     }
     let student_number = login.student_number.trim();
-    let guard = LoginGuard::new(state, student_number);
-    if let Some(wait) = guard.locked().await {
-        metrics::counter!(RATE_LIMITED, "scope" => "account").increment(1);
-        metrics::counter!(LOGINS, "outcome" => "locked").increment(1);
-        return Err(ApiError::TooManyRequests {
-            code: "login_backoff",
-            detail: "too many failed logins for this account; retry after the number of seconds in Retry-After",
-            retry_after_secs: error::retry_after_secs(wait),
-        });
-    }
+    let guard = LoginGuard::new(state, req, student_number);
+    // Counted before the password is checked: parallel guesses all count.
+    let attempt = match guard.begin().await {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            metrics::counter!(LOGINS, "outcome" => "locked").increment(1);
+            return Err(ApiError::TooManyRequests {
+                code: "login_backoff",
+                detail: "too many login attempts for this account; retry after the number of seconds in Retry-After",
+                retry_after_secs: error::retry_after_secs(wait),
+            });
+        }
+    };
     let db = state.db.get().await?;
     let account = store::students::credentials(&db, student_number).await?;
     drop(db);
@@ -113,7 +121,7 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     match identity {
         Some((id, role, active)) if ok => {
             metrics::counter!(LOGINS, "outcome" => "success").increment(1);
-            guard.succeeded().await;
+            guard.succeeded(attempt).await;
             let mut response = json(
                 StatusCode::OK,
                 &LoginResponse {
@@ -131,53 +139,74 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         }
         _ => {
             metrics::counter!(LOGINS, "outcome" => "invalid").increment(1);
-            guard.failed().await;
             Err(invalid_credentials())
         }
     }
 }
 
-/// The failed-login back-off of one account, when rate limits are on. Redis
-/// trouble lets the attempt through (logged and counted): the Argon2 cost and
-/// the login bucket of the address still bound a guesser.
+/// The failed-login throttling of one account seen from one address, when
+/// rate limits are on ([`crate::seats::limits::Limiter::login_begin`]).
+/// Redis trouble lets the attempt through (logged and counted): the Argon2
+/// cost and `auth.max_concurrent_hashes` still bound a guesser.
 struct LoginGuard<'a> {
     state: &'a AppState,
     student_number: &'a str,
+    client: ClientKey,
 }
 
 impl<'a> LoginGuard<'a> {
-    fn new(state: &'a AppState, student_number: &'a str) -> Self {
+    fn new(state: &'a AppState, req: &Parts, student_number: &'a str) -> Self {
         Self {
             state,
             student_number,
+            client: client_key(state, req)
+                .unwrap_or_else(|| ClientKey::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
         }
     }
 
-    async fn locked(&self) -> Option<Duration> {
+    /// Counts the attempt; `Err(wait)` when this account is closed to this
+    /// address for now.
+    async fn begin(&self) -> Result<LoginAttempt, Duration> {
         let limiter = &self.state.limiter;
-        self.ask(limiter.login_locked(&self.state.redis, self.student_number))
-            .await
-            .flatten()
-    }
-
-    async fn failed(&self) {
-        let limiter = &self.state.limiter;
-        let lock = self
-            .ask(limiter.login_failed(&self.state.redis, self.student_number))
+        let gate = self
+            .ask(limiter.login_begin(&self.state.redis, self.student_number, &self.client))
             .await;
-        if let Some(Some(lock)) = lock {
-            metrics::counter!(LOGIN_LOCKS).increment(1);
-            tracing::info!(
-                lock_ms = lock.as_millis() as u64,
-                "account locked after failed logins"
-            );
+        match gate {
+            None => Ok(LoginAttempt::default()),
+            Some(LoginGate::Go(attempt)) => {
+                if let Some(lock) = attempt.started_lock {
+                    metrics::counter!(LOGIN_LOCKS).increment(1);
+                    tracing::info!(
+                        lock_ms = lock.as_millis() as u64,
+                        "login attempts of an account from one address locked"
+                    );
+                }
+                Ok(attempt)
+            }
+            Some(LoginGate::PairLocked(wait)) => {
+                metrics::counter!(RATE_LIMITED, "scope" => "account_address").increment(1);
+                Err(wait)
+            }
+            Some(LoginGate::AccountClosed(wait)) => {
+                metrics::counter!(RATE_LIMITED, "scope" => "account").increment(1);
+                tracing::warn!(
+                    wait_ms = wait.as_millis() as u64,
+                    "an account's login attempts across all addresses are spent"
+                );
+                Err(wait)
+            }
         }
     }
 
-    async fn succeeded(&self) {
+    async fn succeeded(&self, attempt: LoginAttempt) {
         let limiter = &self.state.limiter;
-        self.ask(limiter.login_succeeded(&self.state.redis, self.student_number))
-            .await;
+        self.ask(limiter.login_succeeded(
+            &self.state.redis,
+            self.student_number,
+            &self.client,
+            attempt,
+        ))
+        .await;
     }
 
     /// Runs `call` (a future does nothing until awaited) when the limits
@@ -189,7 +218,7 @@ impl<'a> LoginGuard<'a> {
         call.await
             .map_err(|e| {
                 metrics::counter!(RATE_LIMIT_ERRORS).increment(1);
-                tracing::warn!(error = %e, "failed-login back-off could not be checked");
+                tracing::warn!(error = %e, "failed-login throttling could not be checked");
             })
             .ok()
     }

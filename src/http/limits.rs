@@ -75,7 +75,7 @@ pub async fn admit(state: &AppState, req: &mut Parts, charge: Charge) -> Result<
 
 /// The client's address: the last entry of the configured proxy header (the
 /// address the trusted proxy saw), else the TCP peer.
-fn client_key(state: &AppState, req: &Parts) -> Option<ClientKey> {
+pub(super) fn client_key(state: &AppState, req: &Parts) -> Option<ClientKey> {
     let header = &state.settings.rate_limit.client_ip_header;
     if !header.is_empty() {
         let forwarded = req

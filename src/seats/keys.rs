@@ -76,12 +76,30 @@ pub fn address_login(namespace: &str, address: &str) -> String {
     format!("{namespace}:{{a:{address}}}:login")
 }
 
-/// The key of one account's failed-login record. The student number is
-/// hashed: it is caller-chosen text (braces in it would move the hash slot)
-/// and unknown numbers must be tracked exactly like known ones.
-pub fn login_account(namespace: &str, student_number: &str) -> String {
-    let digest = Sha256::digest(student_number.trim().as_bytes());
-    format!("{namespace}:{{l:{}}}:login", hex(&digest[..16]))
+/// The keys of one account's login throttling (`lua/login_guard.lua`), seen
+/// from one client address. The student number is hashed: it is
+/// caller-chosen text (braces in it would move the hash slot) and unknown
+/// numbers must be tracked exactly like known ones. All three share the
+/// account's slot.
+pub struct LoginKeys {
+    /// Attempts and lock of this (account, address) pair.
+    pub pair: String,
+    /// The account's bucket across all addresses.
+    pub account: String,
+    /// Set while this address is one the account logged in from.
+    pub known: String,
+}
+
+impl LoginKeys {
+    pub fn new(namespace: &str, student_number: &str, address: &str) -> Self {
+        let digest = Sha256::digest(student_number.trim().as_bytes());
+        let tag = format!("{namespace}:{{l:{}}}", hex(&digest[..16]));
+        Self {
+            pair: format!("{tag}:login:{address}"),
+            account: format!("{tag}:login"),
+            known: format!("{tag}:known:{address}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,9 +129,20 @@ mod tests {
 
     #[test]
     fn account_keys_hide_the_student_number_and_keep_one_slot() {
-        let key = login_account("reg", "S{0000001}");
-        assert!(!key.contains("S{0000001}"));
-        assert_eq!(key.matches('{').count(), 1);
-        assert_eq!(key, login_account("reg", " S{0000001} "));
+        let keys = LoginKeys::new("reg", "S{0000001}", "192.0.2.7");
+        let tag = keys.account.clone();
+        for key in [&keys.pair, &keys.account, &keys.known] {
+            assert!(!key.contains("S{0000001}"), "{key}");
+            assert_eq!(key.matches('{').count(), 1, "{key}");
+            assert!(key.starts_with(&tag[..tag.find('}').unwrap() + 1]), "{key}");
+        }
+        assert_eq!(
+            keys.pair,
+            LoginKeys::new("reg", " S{0000001} ", "192.0.2.7").pair
+        );
+        assert_ne!(
+            keys.pair,
+            LoginKeys::new("reg", "S{0000001}", "192.0.2.8").pair
+        );
     }
 }

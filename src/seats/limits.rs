@@ -203,51 +203,97 @@ impl Limiter {
         refused.insert(key.to_string(), until);
     }
 
-    /// Before verifying a password: how long the account is still locked, if it is.
-    pub async fn login_locked(
+    /// Before verifying a password: counts the attempt, or says how long
+    /// this account is closed to this address.
+    pub async fn login_begin(
         &self,
         redis: &Redis,
         student_number: &str,
-    ) -> RedisResult<Option<Duration>> {
-        let (go, wait_ms) = self.login_op(redis, student_number, "check").await?;
-        Ok((go == 0).then(|| Duration::from_millis(wait_ms.max(1) as u64)))
-    }
-
-    /// After a wrong password: counts it; returns the lock it caused, if any.
-    pub async fn login_failed(
-        &self,
-        redis: &Redis,
-        student_number: &str,
-    ) -> RedisResult<Option<Duration>> {
-        let (_, lock_ms) = self.login_op(redis, student_number, "fail").await?;
-        Ok((lock_ms > 0).then(|| Duration::from_millis(lock_ms as u64)))
-    }
-
-    /// After a right password: forgets earlier failures.
-    pub async fn login_succeeded(&self, redis: &Redis, student_number: &str) -> RedisResult<()> {
-        self.login_op(redis, student_number, "success").await?;
-        Ok(())
-    }
-
-    async fn login_op(
-        &self,
-        redis: &Redis,
-        student_number: &str,
-        op: &str,
-    ) -> RedisResult<(i64, i64)> {
+        client: &ClientKey,
+    ) -> RedisResult<LoginGate> {
         let s = &self.settings;
-        redis
+        let (go, ms, detail): (i64, i64, i64) = redis
             .scripts()
             .login_guard
-            .key(keys::login_account(&self.namespace, student_number))
-            .arg(op)
+            .key(self.login_keys(student_number, client).as_slice())
+            .arg("begin")
             .arg(s.login_free_failures)
             .arg(s.login_backoff_base_ms)
             .arg(s.login_backoff_max_ms)
             .arg(s.login_failure_window_secs.saturating_mul(1000))
+            .arg(self.account_interval_ms())
+            .arg(s.login_account_burst)
             .invoke_async(&mut redis.conn())
-            .await
+            .await?;
+        let wait = Duration::from_millis(ms.max(1) as u64);
+        Ok(match (go, detail) {
+            (0, 2) => LoginGate::AccountClosed(wait),
+            (0, _) => LoginGate::PairLocked(wait),
+            _ => LoginGate::Go(LoginAttempt {
+                started_lock: (ms > 0).then(|| Duration::from_millis(ms as u64)),
+                charged_account: detail == 1,
+            }),
+        })
     }
+
+    /// After a right password: clears this address's attempts, remembers
+    /// the address as the account's, and gives back the account bucket's
+    /// charge.
+    pub async fn login_succeeded(
+        &self,
+        redis: &Redis,
+        student_number: &str,
+        client: &ClientKey,
+        attempt: LoginAttempt,
+    ) -> RedisResult<()> {
+        let known_ms = self
+            .settings
+            .login_known_address_days
+            .saturating_mul(86_400_000);
+        let _: (i64, i64, i64) = redis
+            .scripts()
+            .login_guard
+            .key(self.login_keys(student_number, client).as_slice())
+            .arg("success")
+            .arg(u8::from(attempt.charged_account))
+            .arg(self.account_interval_ms())
+            .arg(known_ms)
+            .invoke_async(&mut redis.conn())
+            .await?;
+        Ok(())
+    }
+
+    fn login_keys(&self, student_number: &str, client: &ClientKey) -> [String; 3] {
+        let keys = keys::LoginKeys::new(&self.namespace, student_number, &client.0);
+        [keys.pair, keys.account, keys.known]
+    }
+
+    /// The account bucket's refill interval (validated: 1..=3.6M per hour).
+    fn account_interval_ms(&self) -> u64 {
+        (3_600_000.0 / self.settings.login_account_per_hour)
+            .round()
+            .max(1.0) as u64
+    }
+}
+
+/// What `lua/login_guard.lua` decided before a password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginGate {
+    /// Verify the password; the attempt is already counted.
+    Go(LoginAttempt),
+    /// This (account, address) pair is locked for the duration.
+    PairLocked(Duration),
+    /// The account's attempts across all addresses are spent for the duration.
+    AccountClosed(Duration),
+}
+
+/// An admitted login attempt, as [`Limiter::login_succeeded`] needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoginAttempt {
+    /// The lock this attempt started (it used the pair's last free attempt).
+    pub started_lock: Option<Duration>,
+    /// Whether it took from the account's bucket (known addresses do not).
+    pub charged_account: bool,
 }
 
 /// The client address as a bucket name: IPv4 as is, IPv6 by its /64 prefix
@@ -275,6 +321,84 @@ impl ClientKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{cmp::Reverse, collections::BinaryHeap};
+
+    /// `lua/login_guard.lua`'s policy replayed on a virtual clock: an
+    /// attacker guessing one account's password from `addresses` addresses,
+    /// each trying again the moment it is allowed (refused attempts cost
+    /// nothing and count nothing). Returns the attempts evaluated in each of
+    /// the first `hours` hours. The integration tests in tests/api/limits.rs
+    /// check the script against the same rules on Redis's clock.
+    fn guesses_per_hour(s: &RateLimitSettings, addresses: usize, hours: u64) -> Vec<u64> {
+        const HOUR: u64 = 3_600_000;
+        let interval = (3_600_000.0 / s.login_account_per_hour).round() as u64;
+        let burst = u64::from(s.login_account_burst);
+        let free = u64::from(s.login_free_failures);
+        let mut per_hour = vec![0; hours as usize];
+        // Per address: attempts made and the end of its lock.
+        let mut fails = vec![0u64; addresses];
+        let mut locked_until = vec![0u64; addresses];
+        let mut account_tat = 0u64;
+        let mut next: BinaryHeap<Reverse<(u64, usize)>> =
+            (0..addresses).map(|a| Reverse((0, a))).collect();
+        while let Some(Reverse((now, a))) = next.pop() {
+            if now >= hours * HOUR {
+                break;
+            }
+            if locked_until[a] > now {
+                next.push(Reverse((locked_until[a], a)));
+                continue;
+            }
+            let new_tat = account_tat.max(now) + interval;
+            let allowed_at = new_tat.saturating_sub(interval * burst);
+            if allowed_at > now {
+                next.push(Reverse((allowed_at, a)));
+                continue;
+            }
+            account_tat = new_tat;
+            per_hour[(now / HOUR) as usize] += 1;
+            fails[a] += 1;
+            if fails[a] >= free {
+                let doublings = (fails[a] - free).min(40) as u32;
+                let lock = s
+                    .login_backoff_base_ms
+                    .saturating_mul(1 << doublings)
+                    .min(s.login_backoff_max_ms);
+                locked_until[a] = now + lock;
+            }
+            next.push(Reverse((now, a)));
+        }
+        per_hour
+    }
+
+    /// The figures README.md's security section gives, for the shipped
+    /// settings: `cargo test --lib guesses_per_hour -- --nocapture` prints them.
+    #[test]
+    fn guesses_per_hour_against_one_account_with_the_shipped_settings() {
+        let config = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config"));
+        let settings = crate::config::Settings::load_from(config, "local")
+            .expect("config/default.toml loads")
+            .rate_limit;
+        let mut table = Vec::new();
+        for addresses in [1, 10, 1000] {
+            let hours = guesses_per_hour(&settings, addresses, 24);
+            println!(
+                "{addresses:>5} addresses: {:>4} guesses in the first hour, {:>3} in the 24th, {:>5} in 24 h",
+                hours[0],
+                hours[23],
+                hours.iter().sum::<u64>()
+            );
+            table.push((hours[0], hours[23], hours.iter().sum::<u64>()));
+        }
+        // One address: the pair's doubling locks (4 an hour once at 15 min).
+        // From ten addresses on, the account bucket binds: its 100, then 20
+        // an hour, however many addresses take part.
+        assert_eq!(
+            table,
+            vec![(17, 4, 109), (119, 20, 579), (119, 20, 579)],
+            "README.md's security section quotes these figures"
+        );
+    }
 
     #[test]
     fn ipv6_clients_are_grouped_by_their_64_bit_prefix() {

@@ -240,7 +240,8 @@ async fn logins_from_one_address_have_their_own_stricter_bucket() {
 }
 
 #[tokio::test]
-async fn failed_logins_lock_the_account_with_growing_waits_and_a_success_clears_them() {
+async fn login_attempts_lock_the_account_for_the_address_with_growing_waits_and_a_success_clears_them(
+) {
     let app = ready_app(|s| {
         small_limits(s);
         s.rate_limit.login_free_failures = 2;
@@ -251,7 +252,7 @@ async fn failed_logins_lock_the_account_with_growing_waits_and_a_success_clears_
     app.seed_sections(2, 1, 5, 0).await;
     let number = registrar::seed::student_number(1);
 
-    for _ in 0..3 {
+    for _ in 0..2 {
         assert_problem(
             app.login(&number, "wrong password").await,
             StatusCode::UNAUTHORIZED,
@@ -259,8 +260,8 @@ async fn failed_logins_lock_the_account_with_growing_waits_and_a_success_clears_
         )
         .await;
     }
-    // The third failure locked the account for one second: even the right
-    // password is not checked until then.
+    // The second attempt used the last free one and locked the account for
+    // this address for one second: even the right password is not checked.
     let wait = limited(app.login(&number, PASSWORD).await, "login_backoff").await;
     assert_eq!(wait, 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -282,15 +283,13 @@ async fn failed_logins_lock_the_account_with_growing_waits_and_a_success_clears_
 
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(app.login(&number, PASSWORD).await.status(), StatusCode::OK);
-    // The success cleared the count: two more failures are free again.
-    for _ in 0..2 {
-        assert_problem(
-            app.login(&number, "wrong password").await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-        )
-        .await;
-    }
+    // The success cleared the count: the first attempt is free again.
+    assert_problem(
+        app.login(&number, "wrong password").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
     assert_eq!(app.login(&number, PASSWORD).await.status(), StatusCode::OK);
 }
 
@@ -298,7 +297,7 @@ async fn failed_logins_lock_the_account_with_growing_waits_and_a_success_clears_
 async fn unknown_accounts_are_locked_exactly_like_known_ones() {
     let app = ready_app(|s| {
         small_limits(s);
-        s.rate_limit.login_free_failures = 1;
+        s.rate_limit.login_free_failures = 2;
         s.rate_limit.login_backoff_base_ms = 30_000;
     })
     .await;
@@ -325,6 +324,130 @@ async fn unknown_accounts_are_locked_exactly_like_known_ones() {
         answers[0], answers[1],
         "the answers do not tell a known account from an unknown one"
     );
+}
+
+/// A login from `client`, as the trusted proxy reports it.
+async fn login_from(app: &TestApp, client: &str, number: &str, password: &str) -> Response {
+    app.http
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", client)
+        .json(&serde_json::json!({ "student_number": number, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn parallel_guesses_released_at_once_get_only_the_free_attempts_evaluated() {
+    const FREE: u32 = 5;
+    const GUESSES: usize = 20;
+    let app = ready_app(|s| {
+        small_limits(s);
+        s.rate_limit.login_free_failures = FREE;
+        s.rate_limit.login_backoff_base_ms = 60_000;
+        // Enough hashing slots that no guess waits for another to finish.
+        s.auth.max_concurrent_hashes = GUESSES;
+    })
+    .await;
+    app.seed_sections(1, 1, 5, 0).await;
+    let number = registrar::seed::student_number(1);
+    // One connection per guess, opened before the barrier, so all of them
+    // reach the server within the same moment.
+    let clients: Vec<reqwest::Client> = (0..GUESSES).map(|_| reqwest::Client::new()).collect();
+    for client in &clients {
+        let live = client.get(app.url("/live")).send().await.unwrap();
+        assert_eq!(live.status(), StatusCode::OK);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(GUESSES));
+    let guesses = clients.into_iter().enumerate().map(|(i, client)| {
+        let barrier = barrier.clone();
+        let url = app.url("/api/v1/auth/login");
+        let body =
+            serde_json::json!({ "student_number": number, "password": format!("guess {i}") });
+        tokio::spawn(async move {
+            barrier.wait().await;
+            client.post(url).json(&body).send().await.unwrap().status()
+        })
+    });
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let evaluated = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        (evaluated, refused),
+        (FREE as usize, GUESSES - FREE as usize),
+        "only the free attempts had their password checked: {statuses:?}"
+    );
+    // The lock the fifth one started holds for the right password too.
+    limited(app.login(&number, PASSWORD).await, "login_backoff").await;
+}
+
+#[tokio::test]
+async fn an_attacker_cannot_lock_the_owner_out_and_many_addresses_meet_the_account_ceiling() {
+    let app = ready_app(|s| {
+        small_limits(s);
+        s.rate_limit.client_ip_header = "x-forwarded-for".into();
+        s.rate_limit.login_free_failures = 2;
+        s.rate_limit.login_backoff_base_ms = 60_000;
+        s.rate_limit.login_account_burst = 6;
+        s.rate_limit.login_account_per_hour = 1.0;
+    })
+    .await;
+    app.seed_sections(2, 1, 5, 0).await;
+    let number = registrar::seed::student_number(1);
+    let (owner, attacker) = ("198.51.100.10", "203.0.113.1");
+
+    // The owner has logged in from their address before.
+    let first = login_from(&app, owner, &number, PASSWORD).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    for _ in 0..2 {
+        assert_problem(
+            login_from(&app, attacker, &number, "guess").await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    limited(
+        login_from(&app, attacker, &number, PASSWORD).await,
+        "login_backoff",
+    )
+    .await;
+    // The lock is the attacker's address's only.
+    let owner_login = login_from(&app, owner, &number, PASSWORD).await;
+    assert_eq!(owner_login.status(), StatusCode::OK);
+
+    // More addresses: the account's ceiling (6 attempts; the owner's
+    // successes from a known address took none) closes the account to
+    // every address it has not been used from.
+    for i in 2..=5 {
+        let answer = login_from(&app, &format!("203.0.113.{i}"), &number, "guess").await;
+        assert_problem(answer, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    }
+    let closed = login_from(&app, "203.0.113.6", &number, PASSWORD).await;
+    let wait = limited(closed, "login_backoff").await;
+    assert!(wait > 60, "one attempt an hour refills ({wait} s)");
+    // ...but not to the owner's known address.
+    let owner_login = login_from(&app, owner, &number, PASSWORD).await;
+    assert_eq!(owner_login.status(), StatusCode::OK);
+    // Another account is untouched.
+    let other = login_from(
+        &app,
+        "203.0.113.7",
+        &registrar::seed::student_number(2),
+        PASSWORD,
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::OK);
 }
 
 #[tokio::test]
