@@ -135,18 +135,21 @@ fn results(n: usize) -> RegisterResponse {
                     status: "enrolled",
                     waitlist_position: None,
                     reason: None,
+                    hold: None,
                 },
                 1 => SectionResult {
                     section_id,
                     status: "waitlisted",
                     waitlist_position: Some(i as i64 + 1),
                     reason: None,
+                    hold: None,
                 },
                 _ => SectionResult {
                     section_id,
                     status: "rejected",
                     waitlist_position: None,
                     reason: Some("full"),
+                    hold: None,
                 },
             }
         })

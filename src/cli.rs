@@ -186,15 +186,15 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             } else {
                 student_number
             };
-            let (id, role, active) = match (number, student_id) {
+            let (id, standing) = match (number, student_id) {
                 (Some(number), _) => store::students::id_by_number(&db, &number)
                     .await?
                     .with_context(|| format!("no student with number {number}"))?,
                 (None, Some(id)) => {
-                    let (role, active) = store::students::role_by_id(&db, id)
+                    let standing = store::students::standing(&db, id)
                         .await?
                         .with_context(|| format!("no student with id {id}"))?;
-                    (id, role, active)
+                    (id, standing)
                 }
                 (None, None) => {
                     anyhow::bail!("name a student: --student-number, --student-id or --admin")
@@ -202,7 +202,10 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             };
             let ttl = Duration::from_secs(ttl_secs.unwrap_or(settings.auth.token_ttl_secs));
             let tokens = Tokens::new(settings.auth.jwt_secret.expose().as_bytes(), ttl);
-            println!("{}", tokens.mint(id, role, active));
+            println!(
+                "{}",
+                tokens.mint_at(id, standing.role, standing.active, standing.access.epoch)
+            );
             Ok(())
         }
     }

@@ -42,6 +42,7 @@
 //! them to PostgreSQL (`sync::shard` → `store::engine`) → errors leave as
 //! `application/problem+json` (`http::error`).
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod catalog;

@@ -37,6 +37,9 @@ pub const IDEMPOTENT_REPLAYS: &str = "idempotent_replays_total";
 pub const RATE_LIMITED: &str = "rate_limited_total";
 pub const RATE_LIMIT_ERRORS: &str = "rate_limit_errors_total";
 pub const LOGIN_LOCKS: &str = "auth_login_locks_total";
+pub const ACCESS_REFRESHES: &str = "auth_access_refreshes_total";
+pub const TOKENS_REVOKED: &str = "auth_tokens_refused_total";
+pub const ACCESS_UNCHECKED: &str = "auth_access_unchecked_total";
 pub const TASK_FAILURES: &str = "background_task_failures_total";
 pub const QUEUE_CLOSED: &str = "persistence_queue_closed_total";
 pub const PARTITIONS_OWNED: &str = "persistence_partitions_owned";
@@ -187,6 +190,18 @@ fn describe() {
     describe_counter!(
         RATE_LIMIT_ERRORS,
         "Rate-limit checks that could not reach Redis; the request was let through."
+    );
+    describe_counter!(
+        ACCESS_REFRESHES,
+        "Access records reread from PostgreSQL after it announced an account change."
+    );
+    describe_counter!(
+        ACCESS_UNCHECKED,
+        "Tokens accepted on their signature alone: no copy of the account in Redis and PostgreSQL unreachable."
+    );
+    describe_counter!(
+        TOKENS_REVOKED,
+        "Requests refused because their token's account changed or is gone since login."
     );
     describe_counter!(
         LOGIN_LOCKS,

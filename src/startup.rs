@@ -113,6 +113,7 @@ impl Application {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             warmed_up: AtomicBool::new(false),
+            access_copied: AtomicBool::new(false),
             registrar: Registrar::new(redis.clone(), loader.clone(), persistence.clone()),
             supervisor,
             persistence,
@@ -164,6 +165,8 @@ impl Application {
             metrics::upkeep(self.state.metrics.clone()),
         );
         let sweeper = supervisor.spawn("sweeper", self.sweeper.run(self.stop.subscribe()));
+        // Account changes made anywhere reach every server's Redis copy.
+        let access = supervisor.spawn("access-listener", crate::access::listen(self.state.clone()));
         // Pauses registration after a possible Redis restart until Redis is
         // checked against PostgreSQL (src/sync/revalidate.rs).
         let revalidator = supervisor.spawn(
@@ -189,6 +192,7 @@ impl Application {
         supervisor.stopping();
         warm.abort();
         upkeep.abort();
+        access.abort();
         let _ = self.stop.send(true);
         revalidator.abort();
         let deadline = Duration::from_millis(self.state.settings.sync.drain_timeout_ms);
@@ -222,6 +226,12 @@ async fn warm_up(state: Arc<AppState>, loader: Arc<warmup::Loader>) {
         };
         match attempt.await {
             Ok(warmed) => {
+                // The first request of each student then finds their
+                // access record in Redis (src/access.rs): no PostgreSQL
+                // round trip on the hot path.
+                while !state.is_access_copied() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 tracing::info!(
                     loaded = warmed.loaded,
                     present = warmed.present,

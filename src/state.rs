@@ -60,6 +60,9 @@ pub struct AppState {
     pub(crate) shutting_down: AtomicBool,
     /// Set once the scripts are loaded and warm-up finished: `/ready` needs it.
     pub(crate) warmed_up: AtomicBool,
+    /// Set once every account's access record has been copied to Redis
+    /// ([`crate::access::listen`]); warm-up waits for it.
+    pub(crate) access_copied: AtomicBool,
 }
 
 impl AppState {
@@ -69,6 +72,14 @@ impl AppState {
 
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_access_copied(&self) -> bool {
+        self.access_copied.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn access_copy_done(&self) {
+        self.access_copied.store(true, Ordering::Release);
     }
 
     pub fn is_warmed_up(&self) -> bool {

@@ -18,6 +18,10 @@ pub struct Claims {
     /// login so the hot path never asks PostgreSQL; absent means yes.
     #[serde(default = "yes")]
     pub act: bool,
+    /// The account's token epoch at login (sql/0006_student_access.sql): a
+    /// token of an older epoch than the account's is refused. Absent is 0.
+    #[serde(default)]
+    pub ep: i64,
     /// Issued at; a token issued in the future (beyond [`MAX_CLOCK_SKEW_SECS`])
     /// is refused.
     pub iat: i64,
@@ -42,6 +46,8 @@ pub struct Principal {
     pub role: Role,
     /// The account may register (see [`Claims::act`]).
     pub may_register: bool,
+    /// The token epoch it was minted with (see [`Claims::ep`]).
+    pub epoch: i64,
 }
 
 impl Principal {
@@ -85,13 +91,21 @@ impl Tokens {
         self.ttl
     }
 
-    /// A token for `student_id` valid for the configured lifetime.
+    /// A token for an account whose tokens were never revoked (epoch 0):
+    /// tests and benchmarks of fresh accounts use it.
     pub fn mint(&self, student_id: Uuid, role: Role, active: bool) -> String {
+        self.mint_at(student_id, role, active, 0)
+    }
+
+    /// A token for `student_id` at token epoch `epoch`, valid for the
+    /// configured lifetime.
+    pub fn mint_at(&self, student_id: Uuid, role: Role, active: bool, epoch: i64) -> String {
         let now = chrono::Utc::now().timestamp();
         self.mint_claims(&Claims {
             sub: student_id,
             role,
             act: active,
+            ep: epoch,
             iat: now,
             nbf: None,
             exp: now + self.ttl.as_secs() as i64,
@@ -113,6 +127,7 @@ impl Tokens {
                 student_id: data.claims.sub,
                 role: data.claims.role,
                 may_register: data.claims.act,
+                epoch: data.claims.ep,
             }),
             Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                 Err(TokenError::Expired)
@@ -139,6 +154,7 @@ mod tests {
             sub: Uuid::new_v4(),
             role: Role::Student,
             act: true,
+            ep: 0,
             iat,
             nbf,
             exp: now + 600,
@@ -171,7 +187,8 @@ mod tests {
             Principal {
                 student_id: id,
                 role: Role::Admin,
-                may_register: true
+                may_register: true,
+                epoch: 0,
             }
         );
     }
@@ -183,6 +200,7 @@ mod tests {
             sub: Uuid::new_v4(),
             role: Role::Student,
             act: true,
+            ep: 0,
             iat: now - 120,
             nbf: None,
             exp: now - 1,

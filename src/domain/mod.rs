@@ -1,10 +1,12 @@
 //! Values that are valid by construction: parsing happens once, at the edge.
 
+mod access;
 mod event;
 mod section;
 
 use std::fmt;
 
+pub use access::{AccessRecord, GONE_VERSION};
 pub use event::{Event, EventKind, SectionConfig};
 pub use section::SectionSnapshot;
 

@@ -19,13 +19,28 @@ use crate::{
     store,
 };
 
-/// The caller named by the `Authorization: Bearer` header, or 401. The
-/// rate limiter may have verified the token already and left the principal
-/// in the request's extensions.
+/// The caller named by the `Authorization: Bearer` header, or 401. Every
+/// route that calls this is charged by [`super::limits::admit`], which
+/// verified the token, checked it against its account and left the
+/// principal in the request's extensions; without one, the token is
+/// missing, invalid or expired, and this says which.
 pub fn authenticate(state: &AppState, req: &Parts) -> Result<Principal, ApiError> {
     if let Some(principal) = req.extensions.get::<Principal>() {
         return Ok(*principal);
     }
+    verify(state, req)?;
+    // A valid signature that admit did not stamp: the route's table entry
+    // charges nothing, so its token was never checked against the account.
+    Err(ApiError::Internal(anyhow::anyhow!(
+        "{} {}: a route that authenticates must be charged (router.rs)",
+        req.method,
+        req.uri.path()
+    )))
+}
+
+/// The token's signature and lifetime only (its account is checked by
+/// [`super::limits::admit`]).
+pub(super) fn verify(state: &AppState, req: &Parts) -> Result<Principal, ApiError> {
     let value = req
         .headers
         .get(header::AUTHORIZATION)
@@ -114,18 +129,25 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
     let account = store::students::credentials(&db, student_number).await?;
     drop(db);
     let (hash, identity) = match account {
-        Some(c) => (Some(c.password_hash), Some((c.id, c.role, c.active))),
+        Some(c) => (
+            Some(c.password_hash),
+            Some((c.id, c.role, c.active, c.access)),
+        ),
         None => (None, None),
     };
     let ok = state.passwords.verify(hash, login.password).await?;
     match identity {
-        Some((id, role, active)) if ok => {
+        Some((id, role, active, access)) if ok => {
             metrics::counter!(LOGINS, "outcome" => "success").increment(1);
             guard.succeeded(attempt).await;
+            // The copy the first request checks, so it finds one in Redis.
+            if let Err(e) = crate::access::store(state, id, &access).await {
+                tracing::warn!(error = %e, "access record could not be stored at login");
+            }
             let mut response = json(
                 StatusCode::OK,
                 &LoginResponse {
-                    access_token: state.tokens.mint(id, role, active),
+                    access_token: state.tokens.mint_at(id, role, active, access.epoch),
                     token_type: "Bearer",
                     expires_in: state.tokens.ttl().as_secs(),
                 },

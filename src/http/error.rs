@@ -206,6 +206,15 @@ impl From<deadpool_postgres::PoolError> for ApiError {
     }
 }
 
+impl From<crate::access::LoadError> for ApiError {
+    fn from(e: crate::access::LoadError) -> Self {
+        match e {
+            crate::access::LoadError::Pool(e) => e.into(),
+            crate::access::LoadError::Query(e) => e.into(),
+        }
+    }
+}
+
 impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> Self {
         if crate::seats::is_contract_violation(&e) {

@@ -7,6 +7,7 @@
 //! authenticates ([`auth::authenticate`]), reads the body ([`body`]) and
 //! calls the store or Redis → errors become problem+json ([`error`]).
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -44,6 +45,14 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> ApiResult {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("static headers are valid"))
+}
+
+/// A response without a body (204).
+pub fn empty(status: StatusCode) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()))
+        .expect("a status alone is a valid response")
 }
 
 /// Parses a path segment as a UUID, or answers 400.

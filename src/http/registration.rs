@@ -9,7 +9,7 @@ use hyper::{body::Incoming, http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{auth::authenticate, body, idempotency, json, ApiError, ApiResult};
+use super::{auth::authenticate, body, idempotency, json, limits::CallerHold, ApiError, ApiResult};
 use crate::{
     auth::Principal,
     domain::{now_ms, Role},
@@ -37,25 +37,49 @@ pub(super) fn ensure_serving(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
+/// Whether `student` may register now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Eligibility {
+    Eligible,
+    /// Not an active student: each section is `ineligible`.
+    Inactive,
+    /// A registration-blocking hold (its code): each section is `hold`.
+    Hold(String),
+}
+
 /// Whether `student` may register, for a request of `principal`. A
-/// student acts for themselves and their token says it (`may_register`);
-/// an admin acting for someone else is checked against PostgreSQL, so that
-/// nothing is reserved for an account that does not exist (404
-/// `student_not_found`, nothing changed; 503 while PostgreSQL is away). An
-/// inactive student's sections are each `ineligible`, the answer the
-/// student would get acting for themselves.
-async fn may_register(
+/// student acts for themselves: their token says whether they are active
+/// (a change of status revokes it), and the access check of this request
+/// found their holds ([`CallerHold`]). An admin acting for someone else is
+/// checked against PostgreSQL, so that nothing is reserved for an account
+/// that does not exist (404 `student_not_found`, nothing changed; 503 while
+/// PostgreSQL is away). The answers are the ones the student would get
+/// acting for themselves.
+async fn eligibility(
     state: &AppState,
+    req: &Parts,
     principal: &Principal,
     student: Uuid,
-) -> Result<bool, ApiError> {
+) -> Result<Eligibility, ApiError> {
     if student == principal.student_id {
-        return Ok(principal.role == Role::Admin || principal.may_register);
+        if let Some(CallerHold(hold)) = req.extensions.get::<CallerHold>() {
+            return Ok(Eligibility::Hold(hold.clone()));
+        }
+        let may = principal.role == Role::Admin || principal.may_register;
+        return Ok(if may {
+            Eligibility::Eligible
+        } else {
+            Eligibility::Inactive
+        });
     }
     let db = state.db.get().await?;
-    match store::students::role_by_id(&db, student).await? {
-        Some((_, active)) => Ok(active),
+    match store::students::standing(&db, student).await? {
         None => Err(ApiError::StudentNotFound),
+        Some(standing) => Ok(match standing.access.hold {
+            Some(hold) => Eligibility::Hold(hold),
+            None if !standing.active => Eligibility::Inactive,
+            None => Eligibility::Eligible,
+        }),
     }
 }
 
@@ -96,6 +120,9 @@ pub struct SectionResult {
     pub waitlist_position: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// With reason `hold`: which hold (its code) blocks the registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -119,6 +146,7 @@ fn result_of(section: Uuid, outcome: Reserve) -> SectionResult {
         status,
         waitlist_position: position,
         reason,
+        hold: None,
     }
 }
 
@@ -157,18 +185,22 @@ pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResul
         &canonical_ids(&sections),
     ]);
     idempotency::run(state, student, key, fingerprint, async {
-        let results = if may_register(state, &principal, student).await? {
-            reserve_all(state, student, &sections).await?
-        } else {
+        let refused = |reason, hold: Option<&String>| {
             sections
                 .iter()
                 .map(|s| SectionResult {
                     section_id: *s,
                     status: "rejected",
                     waitlist_position: None,
-                    reason: Some("ineligible"),
+                    reason: Some(reason),
+                    hold: hold.cloned(),
                 })
                 .collect()
+        };
+        let results = match eligibility(state, req, &principal, student).await? {
+            Eligibility::Eligible => reserve_all(state, student, &sections).await?,
+            Eligibility::Inactive => refused("ineligible", None),
+            Eligibility::Hold(hold) => refused("hold", Some(&hold)),
         };
         for r in &results {
             metrics::counter!(REGISTRATIONS, "outcome" => outcome_label(r)).increment(1);
@@ -200,6 +232,7 @@ async fn reserve_all(
                 status: "rejected",
                 waitlist_position: None,
                 reason: Some("unavailable"),
+                hold: None,
             },
         })
         .collect())
@@ -235,8 +268,9 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         section.as_bytes(),
     ]);
     idempotency::run(state, student, key, fingerprint, async {
-        // Only existence matters: an inactive student may still leave.
-        may_register(state, &principal, student).await?;
+        // Only existence matters: an inactive student, or one with a hold,
+        // may still leave.
+        eligibility(state, req, &principal, student).await?;
         let outcome = state.registrar.drop(section, student, now_ms()).await?;
         let response = match outcome {
             None => return Err(ApiError::not_found("section")),
@@ -280,6 +314,7 @@ mod tests {
             student_id: Uuid::from_u128(1),
             role,
             may_register: true,
+            epoch: 0,
         }
     }
 

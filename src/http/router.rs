@@ -12,7 +12,7 @@ use hyper::{body::Incoming, header::HeaderValue, http::request::Parts, Method, R
 use tracing::Instrument;
 
 use super::{
-    admin, auth,
+    accounts, admin, auth,
     body::BodyWait,
     catalog,
     limits::{self, Charge},
@@ -93,6 +93,10 @@ routes! {
     AdminSections        POST  "/api/v1/admin/sections"              Api   => admin::create_section(state, req, body).await,
     AdminSection         PATCH "/api/v1/admin/sections/{id}"         Api   => admin::update_section(state, req, body, path_id(id)?).await,
     AdminStudents        POST  "/api/v1/admin/students"              Api   => admin::create_students(state, req, body).await,
+    AdminStudent         GET   "/api/v1/admin/students/{id}"         Api   => accounts::get(state, req, path_id(id)?).await,
+    AdminStudentChange   PATCH "/api/v1/admin/students/{id}"         Api   => accounts::patch(state, req, body, path_id(id)?).await,
+    AdminStudentDelete   DELETE "/api/v1/admin/students/{id}"        Api   => accounts::delete(state, req, path_id(id)?).await,
+    AdminStudentRevoke   POST  "/api/v1/admin/students/{id}/revoke-tokens" Api => accounts::revoke_tokens(state, req, path_id(id)?).await,
 }
 
 /// One method of one route, as declared in the table.

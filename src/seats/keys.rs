@@ -66,6 +66,11 @@ pub fn student_rate(namespace: &str, student: Uuid) -> String {
     format!("{namespace}:{{u:{student}}}:rate")
 }
 
+/// What a student's tokens vouch for now (`lua/access.lua`).
+pub fn student_access(namespace: &str, student: Uuid) -> String {
+    format!("{namespace}:{{u:{student}}}:access")
+}
+
 /// A client address's rate-limit bucket (every API request from it).
 pub fn address_rate(namespace: &str, address: &str) -> String {
     format!("{namespace}:{{a:{address}}}:rate")

@@ -18,7 +18,7 @@ use std::{
 use redis::RedisResult;
 use uuid::Uuid;
 
-use super::{keys, Redis};
+use super::{access::Access, keys, Redis};
 use crate::config::RateLimitSettings;
 
 /// Which limit refused a request (the label of `rate_limited_total`).
@@ -46,6 +46,17 @@ pub struct Bucket {
     key: String,
     interval_us: u64,
     burst: u32,
+}
+
+/// A token to check against its student's access record, with the
+/// student's bucket to charge in the same call (none for admins, or with
+/// the limits off).
+#[derive(Debug, Clone)]
+pub struct AccessCheck {
+    pub student: Uuid,
+    /// The epoch the token was minted with.
+    pub epoch: i64,
+    pub bucket: Option<Bucket>,
 }
 
 /// What charging a request's buckets decided.
@@ -133,44 +144,89 @@ impl Limiter {
         }
     }
 
-    /// Charges every bucket once, in one round trip. The first refusing
-    /// bucket (in the given order) decides the answer; buckets that allowed
-    /// the request stay charged, as the request did reach the service.
-    pub async fn charge(&self, redis: &Redis, buckets: &[Bucket]) -> RedisResult<Verdict> {
-        if buckets.is_empty() {
-            return Ok(Verdict::Allowed);
+    /// Charges every bucket once and checks the token in `access` (whose
+    /// own bucket, if any, is charged first), in one round trip. The first
+    /// refusing bucket (in that order) decides the verdict; buckets that
+    /// allowed the request stay charged, as the request did reach the
+    /// service. A bucket remembered as refused answers without Redis, and
+    /// then the token is not checked (`None`): the request is refused anyway.
+    pub async fn charge(
+        &self,
+        redis: &Redis,
+        access: Option<&AccessCheck>,
+        buckets: &[Bucket],
+    ) -> RedisResult<(Verdict, Option<Access>)> {
+        let own = access.and_then(|a| a.bucket.as_ref());
+        if access.is_none() && buckets.is_empty() {
+            return Ok((Verdict::Allowed, None));
         }
-        if let Some(verdict) = self.remembered_refusal(buckets) {
-            return Ok(verdict);
+        if let Some(verdict) = self.remembered_refusal(own.into_iter().chain(buckets)) {
+            return Ok((verdict, None));
         }
         let scripts = redis.scripts();
-        let invocations: Vec<_> = buckets
-            .iter()
-            .map(|bucket| {
-                let mut call = scripts.rate_limit.prepare_invoke();
+        let mut invocations = Vec::with_capacity(buckets.len() + 1);
+        if let Some(check) = access {
+            let mut call = scripts.access.prepare_invoke();
+            call.key(keys::student_access(&self.namespace, check.student))
+                .arg(check.epoch);
+            if let Some(bucket) = own {
                 call.key(&bucket.key)
                     .arg(bucket.interval_us)
                     .arg(bucket.burst);
-                call
-            })
-            .collect();
-        let replies: Vec<(i64, i64)> = redis.pipelined(&invocations).await?;
-        let Some((bucket, (_, wait_ms))) = buckets
-            .iter()
-            .zip(replies)
-            .find(|(_, (allowed, _))| *allowed == 0)
-        else {
-            return Ok(Verdict::Allowed);
+            }
+            invocations.push(call);
+        }
+        for bucket in buckets {
+            let mut call = scripts.rate_limit.prepare_invoke();
+            call.key(&bucket.key)
+                .arg(bucket.interval_us)
+                .arg(bucket.burst);
+            invocations.push(call);
+        }
+        let mut replies = redis
+            .pipelined::<redis::Value>(&invocations)
+            .await?
+            .into_iter();
+        let mut refusal = None;
+        let mut checked = None;
+        if access.is_some() {
+            let reply = replies.next().unwrap_or(redis::Value::Nil);
+            let (verdict, wait_ms, hold): (i64, i64, String) = redis::from_redis_value(reply)?;
+            checked = Some(match verdict {
+                -1 => Access::Revoked,
+                -2 => Access::Unknown,
+                _ => Access::Stands {
+                    hold: (!hold.is_empty()).then_some(hold),
+                },
+            });
+            if let (0, Some(bucket)) = (verdict, own) {
+                refusal = Some((bucket, wait_ms));
+            }
+        }
+        for (bucket, reply) in buckets.iter().zip(replies) {
+            let (allowed, wait_ms): (i64, i64) = redis::from_redis_value(reply)?;
+            if allowed == 0 && refusal.is_none() {
+                refusal = Some((bucket, wait_ms));
+            }
+        }
+        let Some((bucket, wait_ms)) = refusal else {
+            return Ok((Verdict::Allowed, checked));
         };
         let retry_after = Duration::from_millis(wait_ms.max(1) as u64);
         self.remember_refusal(&bucket.key, Instant::now() + retry_after);
-        Ok(Verdict::Limited {
-            scope: bucket.scope,
-            retry_after,
-        })
+        Ok((
+            Verdict::Limited {
+                scope: bucket.scope,
+                retry_after,
+            },
+            checked,
+        ))
     }
 
-    fn remembered_refusal(&self, buckets: &[Bucket]) -> Option<Verdict> {
+    fn remembered_refusal<'b>(
+        &self,
+        mut buckets: impl Iterator<Item = &'b Bucket>,
+    ) -> Option<Verdict> {
         let refused = self
             .refused
             .lock()
@@ -179,7 +235,7 @@ impl Limiter {
             return None;
         }
         let now = Instant::now();
-        buckets.iter().find_map(|bucket| {
+        buckets.find_map(|bucket| {
             let until = *refused.get(&bucket.key)?;
             (until > now).then(|| Verdict::Limited {
                 scope: bucket.scope,

@@ -9,6 +9,7 @@
 //!   reply or argument list never sits in front of a student's request on
 //!   the shared socket.
 
+pub mod access;
 pub mod idempotency;
 pub mod keys;
 pub mod limits;

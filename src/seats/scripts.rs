@@ -26,6 +26,16 @@ macro_rules! section_script {
     };
 }
 
+/// A script charging token buckets: `lua/lib/gcra.lua`, then its own body.
+macro_rules! bucket_script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("../../lua/lib/gcra.lua"),
+            include_str!(concat!("../../lua/", $file))
+        ))
+    };
+}
+
 /// The compiled scripts, shared by every call.
 pub struct Scripts {
     pub reserve: Script,
@@ -37,6 +47,8 @@ pub struct Scripts {
     pub idempotency: Script,
     pub rate_limit: Script,
     pub login_guard: Script,
+    pub access: Script,
+    pub access_set: Script,
 }
 
 impl Scripts {
@@ -49,13 +61,15 @@ impl Scripts {
             load: Script::new(include_str!("../../lua/load.lua")),
             inspect: Script::new(include_str!("../../lua/inspect.lua")),
             idempotency: Script::new(include_str!("../../lua/idempotency.lua")),
-            rate_limit: Script::new(include_str!("../../lua/rate_limit.lua")),
+            rate_limit: bucket_script!("rate_limit.lua"),
             login_guard: Script::new(include_str!("../../lua/login_guard.lua")),
+            access: bucket_script!("access.lua"),
+            access_set: Script::new(include_str!("../../lua/access_set.lua")),
         }
     }
 
     /// Every script, for loading them all at start-up.
-    pub fn all(&self) -> [&Script; 9] {
+    pub fn all(&self) -> [&Script; 11] {
         [
             &self.reserve,
             &self.drop,
@@ -66,6 +80,8 @@ impl Scripts {
             &self.idempotency,
             &self.rate_limit,
             &self.login_guard,
+            &self.access,
+            &self.access_set,
         ]
     }
 }

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_persistence_leases.sql",
         sql: include_str!("../../sql/0005_persistence_leases.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_student_access.sql",
+        sql: include_str!("../../sql/0006_student_access.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).

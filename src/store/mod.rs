@@ -7,6 +7,7 @@ pub mod engine;
 pub mod journal;
 pub mod leases;
 pub mod migrate;
+pub mod notify;
 pub mod students;
 
 use std::str::FromStr;

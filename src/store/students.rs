@@ -5,7 +5,7 @@ use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::{EnrollmentStatus, Role};
+use crate::domain::{AccessRecord, EnrollmentStatus, Role};
 
 /// What login needs of an account.
 #[derive(Debug, Clone)]
@@ -15,6 +15,22 @@ pub struct Credentials {
     pub role: Role,
     /// enrollment_status is active: the student may register.
     pub active: bool,
+    /// What its tokens vouch for; the token carries `access.epoch`.
+    pub access: AccessRecord,
+}
+
+/// The columns of an account's access record, after `from students s`.
+const ACCESS_COLUMNS: &str = "s.access_version, s.token_epoch, \
+     (select h.code from student_holds h where h.student_id = s.id \
+       order by h.placed_at, h.code limit 1)";
+
+fn access_of(row: &tokio_postgres::Row, first: usize) -> AccessRecord {
+    AccessRecord {
+        version: row.get(first),
+        epoch: row.get(first + 1),
+        hold: row.get(first + 2),
+        gone: false,
+    }
 }
 
 pub async fn credentials(
@@ -22,10 +38,10 @@ pub async fn credentials(
     student_number: &str,
 ) -> Result<Option<Credentials>, tokio_postgres::Error> {
     let stmt = db
-        .prepare_cached(
-            "select id, password_hash, role, enrollment_status = 'active' \
-             from students where student_number = $1",
-        )
+        .prepare_cached(&format!(
+            "select s.id, s.password_hash, s.role, s.enrollment_status = 'active', {ACCESS_COLUMNS} \
+               from students s where s.student_number = $1"
+        ))
         .await?;
     Ok(db.query_opt(&stmt, &[&student_number]).await?.map(|row| {
         let role: String = row.get(2);
@@ -35,36 +51,240 @@ pub async fn credentials(
             // The column's CHECK constraint admits only the two known roles.
             role: Role::parse(&role).unwrap_or(Role::Student),
             active: row.get(3),
+            access: access_of(&row, 4),
         }
     }))
 }
 
-/// The role of the student with this id, and whether they may register.
-pub async fn role_by_id(
+/// Who a student is now, as a token would say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    pub role: Role,
+    /// enrollment_status is active.
+    pub active: bool,
+    pub access: AccessRecord,
+}
+
+/// The standing of the student with this id.
+pub async fn standing(
     db: &impl GenericClient,
     id: Uuid,
-) -> Result<Option<(Role, bool)>, tokio_postgres::Error> {
-    let row = db
-        .query_opt(
-            "select role, enrollment_status = 'active' from students where id = $1",
-            &[&id],
-        )
+) -> Result<Option<Standing>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(&format!(
+            "select s.role, s.enrollment_status = 'active', {ACCESS_COLUMNS} \
+               from students s where s.id = $1"
+        ))
         .await?;
-    Ok(row.map(|row| {
+    Ok(db.query_opt(&stmt, &[&id]).await?.map(|row| {
         let role: String = row.get(0);
-        // The column's CHECK constraint admits only the two known roles.
-        (Role::parse(&role).unwrap_or(Role::Student), row.get(1))
+        Standing {
+            // The column's CHECK constraint admits only the two known roles.
+            role: Role::parse(&role).unwrap_or(Role::Student),
+            active: row.get(1),
+            access: access_of(&row, 2),
+        }
     }))
 }
 
-/// The id of the student with this number.
+/// The access record of the student with this id; a gone one if there is none.
+pub async fn access(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<AccessRecord, tokio_postgres::Error> {
+    Ok(standing(db, id)
+        .await?
+        .map_or_else(AccessRecord::gone, |s| s.access))
+}
+
+/// The access records of `ids` (a gone one for each id without an account).
+pub async fn access_many(
+    db: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, AccessRecord)>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(&format!(
+            "select s.id, {ACCESS_COLUMNS} from students s where s.id = any($1)"
+        ))
+        .await?;
+    let found: std::collections::HashMap<Uuid, AccessRecord> = db
+        .query(&stmt, &[&ids])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), access_of(row, 1)))
+        .collect();
+    Ok(ids
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                found.get(id).cloned().unwrap_or_else(AccessRecord::gone),
+            )
+        })
+        .collect())
+}
+
+/// A page of every account's access record, by id after `after`.
+pub async fn access_page(
+    db: &impl GenericClient,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<(Uuid, AccessRecord)>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(&format!(
+            "select s.id, {ACCESS_COLUMNS} from students s where s.id > $1 order by s.id limit $2"
+        ))
+        .await?;
+    Ok(db
+        .query(&stmt, &[&after, &limit])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), access_of(row, 1)))
+        .collect())
+}
+
+/// The id of the student with this number, and their standing.
 pub async fn id_by_number(
     db: &impl GenericClient,
     student_number: &str,
-) -> Result<Option<(Uuid, Role, bool)>, tokio_postgres::Error> {
-    Ok(credentials(db, student_number)
+) -> Result<Option<(Uuid, Standing)>, tokio_postgres::Error> {
+    Ok(credentials(db, student_number).await?.map(|c| {
+        (
+            c.id,
+            Standing {
+                role: c.role,
+                active: c.active,
+                access: c.access,
+            },
+        )
+    }))
+}
+
+/// One account as an admin sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    pub id: Uuid,
+    pub student_number: String,
+    pub name: String,
+    pub email: String,
+    pub enrollment_status: String,
+    pub role: String,
+    /// Holds placed on the account (each blocks registration), oldest first.
+    pub holds: Vec<String>,
+    /// Moves on whenever the account's tokens are revoked.
+    pub token_epoch: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn account(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<Account>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(
+            "select s.id, s.student_number, s.name, s.email, s.enrollment_status, s.role, \
+                    coalesce((select array_agg(h.code order by h.placed_at, h.code) \
+                                from student_holds h where h.student_id = s.id), '{}'), \
+                    s.token_epoch, s.created_at, s.updated_at \
+               from students s where s.id = $1",
+        )
+        .await?;
+    Ok(db.query_opt(&stmt, &[&id]).await?.map(|row| Account {
+        id: row.get(0),
+        student_number: row.get(1),
+        name: row.get(2),
+        email: row.get(3),
+        enrollment_status: row.get(4),
+        role: row.get(5),
+        holds: row.get(6),
+        token_epoch: row.get(7),
+        created_at: row.get(8),
+        updated_at: row.get(9),
+    }))
+}
+
+/// Changes to one account; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountChange<'a> {
+    pub enrollment_status: Option<EnrollmentStatus>,
+    pub role: Option<Role>,
+    /// The whole set of holds afterwards.
+    pub holds: Option<&'a [String]>,
+    /// Refuse every token minted so far.
+    pub revoke_tokens: bool,
+}
+
+/// Applies `change` in one transaction (the triggers of
+/// sql/0006_student_access.sql move the epoch and version on). Returns the
+/// account's access record afterwards, or `None` if there is no such
+/// account.
+pub async fn change_account(
+    db: &mut deadpool_postgres::Object,
+    id: Uuid,
+    change: &AccountChange<'_>,
+) -> Result<Option<AccessRecord>, tokio_postgres::Error> {
+    let tx = db.transaction().await?;
+    let updated = tx
+        .execute(
+            "update students set \
+                 enrollment_status = coalesce($2, enrollment_status), \
+                 role = coalesce($3, role), \
+                 token_epoch = token_epoch + $4::int \
+               where id = $1",
+            &[
+                &id,
+                &change.enrollment_status.map(EnrollmentStatus::as_str),
+                &change.role.map(Role::as_str),
+                &i32::from(change.revoke_tokens),
+            ],
+        )
+        .await?;
+    if updated == 0 {
+        return Ok(None);
+    }
+    if let Some(holds) = change.holds {
+        // Only what differs is written, so an unchanged set moves no version.
+        tx.execute(
+            "delete from student_holds where student_id = $1 and not (code = any($2))",
+            &[&id, &holds],
+        )
+        .await?;
+        tx.execute(
+            "insert into student_holds (student_id, code) \
+             select $1, code from unnest($2::text[]) code on conflict do nothing",
+            &[&id, &holds],
+        )
+        .await?;
+    }
+    let record = access(&tx, id).await?;
+    tx.commit().await?;
+    Ok(Some(record))
+}
+
+/// Accounts changed at or after `since` (by `updated_at`, which every
+/// change of an access record moves): what a listener may have missed.
+pub async fn changed_since(
+    db: &impl GenericClient,
+    since: DateTime<Utc>,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = db
+        .query("select id from students where updated_at >= $1", &[&since])
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Deletes an account that holds nothing: a student with registrations or
+/// waitlist entries (even dropped ones, which are history) is kept and the
+/// foreign-key violation returned. Whether a row was deleted.
+pub async fn delete_account(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(db
+        .execute("delete from students where id = $1", &[&id])
         .await?
-        .map(|c| (c.id, c.role, c.active)))
+        == 1)
 }
 
 /// A new account with its password already hashed.

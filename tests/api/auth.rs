@@ -68,6 +68,7 @@ async fn an_expired_token_is_401_token_expired() {
         sub: seeded.report.semester_id,
         role: Role::Admin,
         act: true,
+        ep: 0,
         iat: now - 3600,
         nbf: None,
         exp: now - 10,

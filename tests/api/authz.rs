@@ -42,6 +42,7 @@ fn bad_tokens(app: &TestApp, admin: Uuid) -> Vec<(&'static str, Option<String>)>
         sub: admin,
         role: Role::Admin,
         act: true,
+        ep: 0,
         iat: now - 120,
         nbf: None,
         exp: now - 60,

@@ -304,6 +304,7 @@ impl TestApp {
             .ensure_loaded(&report.section_ids)
             .await
             .expect("seeded sections load into Redis");
+        wait_access_copied(&self.db, &self.state.redis).await;
         let admin_token = self.login_ok(seed::ADMIN_NUMBER, ADMIN_PASSWORD).await;
         Seeded {
             report,
@@ -337,7 +338,7 @@ impl TestApp {
         let number = seed::student_number(i);
         let token = self.login_ok(&number, PASSWORD).await;
         let db = self.db.get().await.unwrap();
-        let (id, _, _) = store::students::id_by_number(&db, &number)
+        let (id, _) = store::students::id_by_number(&db, &number)
             .await
             .unwrap()
             .expect("seeded student exists");
@@ -554,6 +555,29 @@ pub async fn assert_converged(db: &Pool, redis: &Redis, section: Uuid) {
     let counts = redis.live_counts(&[section]).await.unwrap()[0].unwrap();
     assert_eq!(counts.capacity, i64::from(total));
     assert_eq!(counts.seats_available, i64::from(total - count));
+}
+
+/// Waits until Redis holds the access record of every account of `db`:
+/// the server copies new accounts as PostgreSQL announces them
+/// (src/access.rs), so a student's first request (here usually with a
+/// token minted without logging in) finds theirs and needs no PostgreSQL.
+pub async fn wait_access_copied(db: &Pool, redis: &Redis) {
+    let rows = db
+        .get()
+        .await
+        .unwrap()
+        .query("select id from students", &[])
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    let copied = eventually(Duration::from_secs(20), || async {
+        redis
+            .has_access_copies(&ids)
+            .await
+            .is_ok_and(|present| present.iter().all(|p| *p))
+    })
+    .await;
+    assert!(copied, "every account's access record reaches Redis");
 }
 
 /// Ids of the students (not the admin) of a database, in student-number order.

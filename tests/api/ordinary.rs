@@ -46,7 +46,7 @@ async fn ordinary_traffic_causes_no_sequence_conflict_and_no_rebuild() {
     let server = s.launch().spawn();
     server.wait_ready().await;
     let http = reqwest::Client::new();
-    let admin = s.tokens.mint(Uuid::new_v4(), Role::Admin, true);
+    let admin = s.tokens.mint(s.admin, Role::Admin, true);
     let post = |path: &'static str, token: String, body: Value| {
         let (http, url) = (http.clone(), server.url(path));
         async move {

@@ -26,6 +26,8 @@ pub struct Seeded {
     pub tokens: Tokens,
     pub sections: Vec<Uuid>,
     pub students: Vec<Uuid>,
+    /// The seeded admin account (a token must name a real account).
+    pub admin: Uuid,
 }
 
 impl Seeded {
@@ -80,7 +82,16 @@ pub async fn seeded(students: usize, sections: usize, seats: i32, waitlist: i32)
     )
     .await
     .unwrap();
+    let admin = db
+        .get()
+        .await
+        .unwrap()
+        .query_one("select id from students where role = 'admin'", &[])
+        .await
+        .unwrap()
+        .get(0);
     Seeded {
+        admin,
         students: student_ids(&db).await,
         namespace: Namespace::named(
             settings.redis.namespace.clone(),

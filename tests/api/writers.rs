@@ -363,7 +363,7 @@ async fn a_two_instance_storm_with_postgres_cuts_undoes_nothing_and_keeps_every_
         server.wait_ready().await;
     }
     let urls: Vec<String> = servers.iter().map(|s| s.url("")).collect();
-    let admin = s.tokens.mint(Uuid::new_v4(), Role::Admin, true);
+    let admin = s.tokens.mint(s.admin, Role::Admin, true);
     let http = reqwest::Client::new();
     const OPS_PER_STUDENT: usize = 30;
 

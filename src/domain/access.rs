@@ -1,0 +1,38 @@
+//! What a student's tokens vouch for: the copy each server checks is in
+//! Redis (`seats::access`), the truth in PostgreSQL (sql/0006_student_access.sql).
+
+/// The version a gone account's record carries: above any real version
+/// (they count changes of one account), and exact in Lua's doubles.
+pub const GONE_VERSION: i64 = (1 << 53) - 1;
+
+/// One student's access record, as PostgreSQL has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// `students.access_version`: grows with every change of the record.
+    pub version: i64,
+    /// Tokens minted with an older epoch are refused.
+    pub epoch: i64,
+    /// A hold that blocks registration, if any.
+    pub hold: Option<String>,
+    /// The account does not exist (deleted, or never did).
+    pub gone: bool,
+}
+
+impl AccessRecord {
+    /// The record of an account PostgreSQL does not have.
+    pub fn gone() -> Self {
+        Self {
+            version: GONE_VERSION,
+            epoch: GONE_VERSION,
+            hold: None,
+            gone: true,
+        }
+    }
+}
+
+impl AccessRecord {
+    /// Whether a token minted with `epoch` still stands against this record.
+    pub fn admits(&self, epoch: i64) -> bool {
+        !self.gone && epoch >= self.epoch
+    }
+}
