@@ -55,6 +55,9 @@ pub struct HttpSettings {
     pub request_timeout_ms: u64,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// How long `/health`'s Redis and PostgreSQL checks are reused: a flood
+    /// of `/health` costs one check per interval, not one per request.
+    pub health_cache_ms: Millis,
 }
 
 #[derive(Debug, Clone, Deserialize)]

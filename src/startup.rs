@@ -16,6 +16,7 @@ use crate::{
     auth::{Passwords, Tokens},
     catalog::CatalogCache,
     config::Settings,
+    health::DependencyChecks,
     http, metrics,
     registration::Registrar,
     seats::{limits::Limiter, Redis},
@@ -121,6 +122,11 @@ impl Application {
             catalog_cache: CatalogCache::new(
                 Duration::from_millis(settings.api.catalog_cache_ms),
                 Duration::from_millis(settings.api.live_counts_cache_ms),
+            ),
+            dependency_checks: DependencyChecks::new(
+                settings.http.health_cache_ms.duration(),
+                settings.redis.response_timeout_ms.duration(),
+                settings.database.connect_timeout_ms.duration(),
             ),
             db,
             sync_db,
