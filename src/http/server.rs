@@ -1,6 +1,7 @@
 //! The hyper 1.x accept loop: connection limit, per-connection HTTP/1.1
 //! settings, and graceful shutdown (modelled on hyper-util's
-//! `server_graceful` example).
+//! `server_graceful` example). The public listener and the metrics listener
+//! (`http.metrics_port`) each run one, with what they serve as an argument.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -11,22 +12,37 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use super::{limits::Peer, router};
+use super::{
+    limits::Peer,
+    router::{self, Serves},
+};
 use crate::{metrics::HTTP_CONNECTIONS, state::AppState};
 
 /// Pause after a failed `accept` (typically EMFILE: out of file descriptors)
 /// so the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Connections the metrics listener holds at once. Its clients are a
+/// Prometheus or two and an orchestrator's probes, a handful of connections;
+/// the bound keeps a mistakenly exposed port from costing more than this
+/// (beyond it, connections wait in the kernel backlog, and the header read
+/// timeout frees idle ones). No per-address cap there: its few clients are
+/// the operator's own.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
 /// Serves connections from `listener` until `shutdown` resolves, then stops
 /// accepting and lets in-flight requests finish within the shutdown grace.
+/// `serves` is what this listener answers; at most `max_connections` are
+/// open at once.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    serves: Serves,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
     let settings = &state.settings.http;
-    let connection_slots = Arc::new(Semaphore::new(settings.max_connections));
+    let connection_slots = Arc::new(Semaphore::new(max_connections));
     let mut http = http1::Builder::new();
     // hyper (1.4 and later) arms the header read timeout whenever it waits
     // for a request head, on a fresh connection and on a kept-alive one
@@ -64,7 +80,7 @@ pub async fn serve(
         let state = state.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(Peer(peer));
-            router::handle(state.clone(), req)
+            router::handle(state.clone(), serves, req)
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -77,11 +93,11 @@ pub async fn serve(
         });
     }
 
-    state.begin_shutdown();
     drop(listener);
     let grace = settings.shutdown_grace();
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
+        ?serves,
         "stopped accepting; finishing in-flight requests"
     );
     tokio::select! {

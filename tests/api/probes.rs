@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::{
-    helpers::{eventually, spawn_app, spawn_app_with},
+    helpers::{assert_problem, eventually, spawn_app, spawn_app_with},
     kit::{child::PrivateRedis, free_port, proxy::Proxy, via_port},
 };
 
@@ -175,4 +175,76 @@ async fn health_reports_a_dependency_failure_once_its_cached_check_expires() {
         "a fresh check after the interval sees PostgreSQL away"
     );
     assert!(app.state.dependency_checks.runs() > checks_while_cached);
+}
+
+#[tokio::test]
+async fn with_a_metrics_port_metrics_and_health_are_served_there_and_not_on_the_public_port() {
+    let app = spawn_app_with(|s| s.http.metrics_port = Some(0)).await;
+    app.wait_ready().await;
+    let metrics_addr = app.metrics_addr.expect("a metrics listener");
+    assert_ne!(metrics_addr.port(), app.addr.port());
+    assert!(
+        metrics_addr.ip().is_loopback(),
+        "http.metrics_host's default"
+    );
+
+    let metrics = app
+        .http
+        .get(app.metrics_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("# HELP http_requests_total"));
+    let health = app
+        .http
+        .get(app.metrics_url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["components"]["postgres"]["status"], "up");
+    for path in ["/live", "/ready"] {
+        let on_metrics = app.http.get(app.metrics_url(path)).send().await.unwrap();
+        assert_eq!(
+            on_metrics.status(),
+            StatusCode::OK,
+            "{path} on the metrics port"
+        );
+        assert_eq!(
+            app.get(path, None).await.status(),
+            StatusCode::OK,
+            "{path} on the public port"
+        );
+    }
+
+    for path in ["/metrics", "/health"] {
+        assert_problem(
+            app.get(path, None).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+        let head = app.http.head(app.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::NOT_FOUND, "HEAD {path}");
+        let post = app.http.post(app.url(path)).send().await.unwrap();
+        assert_eq!(
+            post.status(),
+            StatusCode::NOT_FOUND,
+            "POST {path}: no route, not 405"
+        );
+    }
+    // The API is not reachable through the metrics listener either.
+    let api = app
+        .http
+        .get(app.metrics_url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(api, StatusCode::NOT_FOUND, "not_found").await;
 }
