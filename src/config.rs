@@ -51,6 +51,9 @@ pub struct HttpSettings {
     pub max_uri_bytes: usize,
     /// Concurrently open client connections.
     pub max_connections: usize,
+    /// Concurrently open connections from one client address (an IPv6 /64
+    /// counts as one); more are refused at once with a 429.
+    pub max_connections_per_address: usize,
     /// Deadline for reading the body and producing the answer.
     pub request_timeout_ms: u64,
     /// How long in-flight requests may run after SIGTERM.

@@ -227,7 +227,10 @@ impl Application {
             self.state.begin_shutdown();
             let _ = stop_http.send(true);
         };
-        let max_connections = self.state.settings.http.max_connections;
+        let public_limits = http::server::ConnectionLimits {
+            total: self.state.settings.http.max_connections,
+            per_address: Some(self.state.settings.http.max_connections_per_address),
+        };
         let (public_serves, metrics) = match self.metrics_listener {
             Some(listener) => (
                 http::router::Serves::Api,
@@ -235,7 +238,7 @@ impl Application {
                     listener,
                     self.state.clone(),
                     http::router::Serves::Metrics,
-                    http::server::METRICS_MAX_CONNECTIONS,
+                    http::server::METRICS_LISTENER_LIMITS,
                     stopped(http_stop.clone()),
                 )),
             ),
@@ -245,7 +248,7 @@ impl Application {
             self.listener,
             self.state.clone(),
             public_serves,
-            max_connections,
+            public_limits,
             stopped(http_stop),
         );
         tokio::join!(begin_shutdown, public, async {
