@@ -428,6 +428,12 @@ async fn dispatch(
     if target > limit {
         return Err(ApiError::UriTooLong { limit });
     }
+    // hyper parses more lines than this (`server::parser_max_headers`), so
+    // that the answer is ours and carries a problem body.
+    let limit = state.settings.http.max_headers;
+    if req.headers.len() > limit {
+        return Err(ApiError::TooManyHeaders { limit });
+    }
     let Some(Matched { route, id }) = matched else {
         return Err(ApiError::NotFound("no such route".into()));
     };

@@ -27,6 +27,18 @@ use crate::{
 /// so the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Header lines hyper parses unless told otherwise.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// hyper's own limit on header lines, above `http.max_headers`. hyper
+/// answers a request over its limit with a bare 431 that no hook can give a
+/// body; under it the request reaches the router, which answers one over
+/// `http.max_headers` with 431 problem+json itself. Twice ours (at least
+/// hyper's default) keeps the bare answer for heads far beyond any client's.
+pub fn parser_max_headers(max_headers: usize) -> usize {
+    max_headers.saturating_mul(2).max(HYPER_DEFAULT_MAX_HEADERS)
+}
+
 /// Refused connections being answered at once (each for at most
 /// [`connections::REFUSAL_DEADLINE`]). A flood beyond it is closed without
 /// an answer: refusing must stay cheaper than serving.
@@ -75,7 +87,7 @@ pub async fn serve(
     // (tests/api/connections.rs).
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout())
-        .max_headers(settings.max_headers)
+        .max_headers(parser_max_headers(settings.max_headers))
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
