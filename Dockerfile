@@ -43,12 +43,17 @@ COPY --from=builder /usr/local/bin/registrar /usr/local/bin/registrar
 # APP__<SECTION>__<KEY> environment variables. Owned by root: read-only to the app.
 COPY config/ /app/config/
 
-# production.toml: listen on 0.0.0.0, JSON logs. Secrets (database URL,
-# APP__AUTH__JWT_SECRET) must come from the environment.
+# production.toml: listen on 0.0.0.0, JSON logs, /metrics and /health on
+# port 9091 (the API port answers 404 for them) bound to loopback unless
+# APP__HTTP__METRICS_HOST opens it (docker-compose.yml does, on its own
+# network). Secrets (database URL, APP__AUTH__JWT_SECRET) must come from the
+# environment.
 ENV APP_ENV=production
 
 USER 10001:10001
-EXPOSE 8080
+# 8080: the API, /live and /ready. 9091: /metrics, /health, /live, /ready,
+# for the scraper and the orchestrator only.
+EXPOSE 8080 9091
 
 # registrar is PID 1 and handles SIGTERM itself: it stops accepting, drains
 # in-flight requests for up to http.shutdown_grace_ms (15 s), then exits.

@@ -51,10 +51,23 @@ pub struct HttpSettings {
     pub max_uri_bytes: usize,
     /// Concurrently open client connections.
     pub max_connections: usize,
+    /// Concurrently open connections from one client address (an IPv6 /64
+    /// counts as one); more are refused at once with a 429.
+    pub max_connections_per_address: usize,
     /// Deadline for reading the body and producing the answer.
     pub request_timeout_ms: u64,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// How long `/health`'s Redis and PostgreSQL checks are reused: a flood
+    /// of `/health` costs one check per interval, not one per request.
+    pub health_cache_ms: Millis,
+    /// Port of the metrics listener (`/metrics`, `/health`, `/live`,
+    /// `/ready`); the public port then answers 404 for `/metrics` and
+    /// `/health`. Absent: everything on the public port. 0 picks a free port.
+    #[serde(default)]
+    pub metrics_port: Option<u16>,
+    /// Address of the metrics listener.
+    pub metrics_host: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -396,6 +409,13 @@ impl Settings {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(name, "must be greater than zero"));
         }
+        if self
+            .http
+            .metrics_port
+            .is_some_and(|p| p != 0 && p == self.http.port)
+        {
+            return Err(invalid("http.metrics_port", "must differ from http.port"));
+        }
         self.rate_limit.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
@@ -531,6 +551,37 @@ mod tests {
         s.http.max_connections = 0;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("http.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn a_metrics_port_equal_to_the_public_port_is_rejected_naming_the_setting() {
+        let mut s = valid();
+        s.http.metrics_port = Some(s.http.port);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("http.metrics_port"), "{err}");
+        s.http.port = 0;
+        s.http.metrics_port = Some(0);
+        s.validate().expect("two free ports are two ports");
+    }
+
+    #[test]
+    fn production_serves_metrics_and_health_on_a_loopback_port_of_their_own() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let read = |name: &str| std::fs::read_to_string(shipped.join(name)).unwrap();
+        let default = read("default.toml").replace(
+            SHIPPED_JWT_SECRETS[0],
+            "a-deployment-key-of-its-own-0123456789-abcdef",
+        );
+        let dir = tempdir_with(&[
+            ("default.toml", &default),
+            ("production.toml", &read("production.toml")),
+        ]);
+        let loaded = Settings::load_from(&dir, "production");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let http = loaded.expect("the production configuration is valid").http;
+        assert!(http.metrics_port.is_some_and(|p| p != 0 && p != http.port));
+        assert_eq!(http.metrics_host, "127.0.0.1");
+        assert_eq!(valid().http.metrics_port, None, "local keeps one port");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //!   so the system of record never depends on the cache's types.
 //! - [`auth`]: HS256 tokens and Argon2id passwords (hashed off the async threads).
 //! - [`supervise`]: background tasks watched; one that dies stops the process.
+//! - [`health`]: the dependency checks `/health` reports, shared for a moment.
 //! - [`audit`]: the promises of SPEC §2 checked against both stores.
 //! - [`config`], [`telemetry`], [`metrics`], [`seed`].
 //!
@@ -49,6 +50,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod registration;

@@ -10,6 +10,7 @@ pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_IN_FLIGHT: &str = "http_requests_in_flight";
 pub const HTTP_CONNECTIONS: &str = "http_open_connections";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
 pub const DEPENDENCY_UP: &str = "dependency_up";
 pub const DEPENDENCY_LATENCY: &str = "dependency_check_duration_seconds";
 pub const LOGINS: &str = "auth_logins_total";
@@ -97,6 +98,10 @@ fn describe() {
     );
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being handled right now.");
     describe_gauge!(HTTP_CONNECTIONS, "Client connections open right now.");
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "Connections refused at accept because their client address (an IPv6 /64 counts as one) already held http.max_connections_per_address."
+    );
     describe_gauge!(
         DEPENDENCY_UP,
         "1 when the last check of the dependency (redis, postgres) succeeded, else 0."

@@ -16,6 +16,7 @@ use crate::{
     auth::{Passwords, Tokens},
     catalog::CatalogCache,
     config::Settings,
+    health::DependencyChecks,
     http, metrics,
     registration::Registrar,
     seats::{limits::Limiter, Redis},
@@ -35,6 +36,9 @@ const WARMUP_RETRY: Duration = Duration::from_secs(1);
 /// A bound, wired, not yet serving application.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics`, `/health` and the probes apart from the API, when
+    /// `http.metrics_port` is set.
+    metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     workers: Workers,
     sweeper: Sweeper,
@@ -72,6 +76,16 @@ impl Application {
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("failed to bind {addr} (http.host, http.port)"))?;
+        let metrics_listener = match settings.http.metrics_port {
+            Some(port) => {
+                let addr = format!("{}:{port}", settings.http.metrics_host);
+                let listener = TcpListener::bind(&addr).await.with_context(|| {
+                    format!("failed to bind {addr} (http.metrics_host, http.metrics_port)")
+                })?;
+                Some(listener)
+            }
+            None => None,
+        };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let supervisor = Supervisor::new();
         let leases = Leases::new(settings.sync.partitions);
@@ -123,6 +137,11 @@ impl Application {
                 Duration::from_millis(settings.api.catalog_cache_ms),
                 Duration::from_millis(settings.api.live_counts_cache_ms),
             ),
+            dependency_checks: DependencyChecks::new(
+                settings.http.health_cache_ms.duration(),
+                settings.redis.response_timeout_ms.duration(),
+                settings.database.connect_timeout_ms.duration(),
+            ),
             db,
             sync_db,
             redis,
@@ -130,6 +149,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            metrics_listener,
             state: Arc::new(state),
             workers,
             sweeper,
@@ -145,6 +165,15 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The metrics listener's address, when `http.metrics_port` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
+    }
+
     pub fn state(&self) -> Arc<AppState> {
         self.state.clone()
     }
@@ -153,7 +182,10 @@ impl Application {
     /// in-flight requests, lets the shards drain into PostgreSQL (bounded by
     /// `sync.drain_timeout_ms`; the rest stays in the outbox) and closes the pools.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "listening");
+        match self.metrics_addr() {
+            Some(metrics) => tracing::info!(addr = %self.local_addr(), %metrics, "listening"),
+            None => tracing::info!(addr = %self.local_addr(), "listening"),
+        }
         let warm = tokio::spawn(warm_up(self.state.clone(), self.loader.clone()));
         let supervisor = self.state.supervisor.clone();
         // The leases outlive the shards: they must still be held while the
@@ -188,7 +220,45 @@ impl Application {
                 }
             }
         };
-        http::server::serve(self.listener, self.state.clone(), stop_when).await;
+        // Both listeners stop together, when shutdown begins.
+        let (stop_http, http_stop) = tokio::sync::watch::channel(false);
+        let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        let begin_shutdown = async {
+            stop_when.await;
+            self.state.begin_shutdown();
+            let _ = stop_http.send(true);
+        };
+        let public_limits = http::server::ConnectionLimits {
+            total: self.state.settings.http.max_connections,
+            per_address: Some(self.state.settings.http.max_connections_per_address),
+        };
+        let (public_serves, metrics) = match self.metrics_listener {
+            Some(listener) => (
+                http::router::Serves::Api,
+                Some(http::server::serve(
+                    listener,
+                    self.state.clone(),
+                    http::router::Serves::Metrics,
+                    http::server::METRICS_LISTENER_LIMITS,
+                    stopped(http_stop.clone()),
+                )),
+            ),
+            None => (http::router::Serves::Everything, None),
+        };
+        let public = http::server::serve(
+            self.listener,
+            self.state.clone(),
+            public_serves,
+            public_limits,
+            stopped(http_stop),
+        );
+        tokio::join!(begin_shutdown, public, async {
+            if let Some(metrics) = metrics {
+                metrics.await;
+            }
+        });
         supervisor.stopping();
         warm.abort();
         upkeep.abort();

@@ -17,6 +17,7 @@ use crate::{
     auth::{Passwords, Tokens},
     catalog::CatalogCache,
     config::Settings,
+    health::DependencyChecks,
     registration::Registrar,
     seats::{limits::Limiter, Redis},
     supervise::Supervisor,
@@ -53,6 +54,8 @@ pub struct AppState {
     pub registrar: Registrar,
     /// Rate limits and the failed-login back-off.
     pub limiter: Limiter,
+    /// `/health`'s Redis and PostgreSQL checks, shared for a moment.
+    pub dependency_checks: DependencyChecks,
     /// Watches the background tasks; `/ready` fails once one has died.
     pub supervisor: Supervisor,
     pub started: Instant,

@@ -117,6 +117,10 @@ impl System {
             )
             .env("APP__SYNC__SHARDS", shards.to_string())
             .env("APP__LOG__LEVEL", "warn")
+            // Every client of the tool is one loopback address, and --faults
+            // keeps up to --max-in-flight connections open: lift the
+            // per-address cap (the default allows 1000).
+            .env("APP__HTTP__MAX_CONNECTIONS_PER_ADDRESS", "100000")
             .patience(READY_WITHIN);
             for (key, value) in rate_limit_env(rate_limits) {
                 launch = launch.env(key, value);

@@ -45,6 +45,9 @@ pub enum ApiError {
     /// 414: request target longer than `http.max_uri_bytes`.
     #[error("the request target exceeds {limit} bytes")]
     UriTooLong { limit: usize },
+    /// 431: more header lines than `http.max_headers`.
+    #[error("the request has more than {limit} header lines")]
+    TooManyHeaders { limit: usize },
     /// 413: body over the configured limit, refused before parsing.
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -112,6 +115,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ApiError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -136,6 +140,7 @@ impl ApiError {
             ApiError::BodyTimeout => "body_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UriTooLong { .. } => "uri_too_long",
+            ApiError::TooManyHeaders { .. } => "too_many_headers",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Internal(_) => "internal",
         }

@@ -1,6 +1,7 @@
 //! The HTTP side: accept loop, routing, handlers by area, errors, body limits.
 //!
-//! A request's way: [`server`] accepts the connection (connection limit,
+//! A request's way: [`server`] accepts the connection (connection limits,
+//! in total and per client address: [`connections`],
 //! header timeout) → [`router::handle`] names the route, checks the method,
 //! applies the request deadline and records metrics → [`limits`] charges the
 //! rate limits → a handler module
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod catalog;
+pub mod connections;
 pub mod error;
 pub mod idempotency;
 pub mod limits;

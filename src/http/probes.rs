@@ -6,11 +6,10 @@
 //!   changes obey too) and the server is not shutting down; else 503.
 //! - `/health`: each component with its status and check latency; `degraded`
 //!   (still 200) while PostgreSQL is away, because registration runs on Redis.
+//!   The component checks are shared for `http.health_cache_ms`
+//!   ([`crate::health::DependencyChecks`]).
 
-use std::{
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,69 +18,13 @@ use serde::Serialize;
 
 use super::{json, ApiResult};
 use crate::{
-    metrics::{DB_POOL_CONNECTIONS, DEPENDENCY_LATENCY, DEPENDENCY_UP},
+    health::{self, Components},
+    metrics::DB_POOL_CONNECTIONS,
     state::{AppState, NotServing},
 };
 
 pub fn live() -> ApiResult {
     json(StatusCode::OK, &serde_json::json!({ "status": "live" }))
-}
-
-#[derive(Serialize)]
-struct Check {
-    status: &'static str,
-    latency_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-impl Check {
-    fn up(&self) -> bool {
-        self.status == "up"
-    }
-}
-
-async fn timed<F, E>(name: &'static str, deadline: Duration, check: F) -> Check
-where
-    F: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(deadline, check).await;
-    let elapsed = started.elapsed();
-    let error = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some(format!("no answer within {} ms", deadline.as_millis())),
-    };
-    metrics::histogram!(DEPENDENCY_LATENCY, "dependency" => name).record(elapsed.as_secs_f64());
-    metrics::gauge!(DEPENDENCY_UP, "dependency" => name).set(if error.is_none() {
-        1.0
-    } else {
-        0.0
-    });
-    Check {
-        status: if error.is_none() { "up" } else { "down" },
-        latency_ms: (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-        error,
-    }
-}
-
-async fn check_redis(state: &AppState) -> Check {
-    let deadline = state.settings.redis.response_timeout_ms.duration();
-    timed("redis", deadline, state.redis.ping()).await
-}
-
-async fn check_postgres(state: &AppState) -> Check {
-    let deadline = state.settings.database.connect_timeout_ms.duration();
-    timed("postgres", deadline, async {
-        let db = state.db.get().await.map_err(|e| e.to_string())?;
-        db.simple_query("select 1")
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<(), String>(())
-    })
-    .await
 }
 
 pub async fn ready(state: &AppState) -> ApiResult {
@@ -109,7 +52,11 @@ pub async fn ready(state: &AppState) -> ApiResult {
             &serde_json::json!({ "status": "not_ready", "reason": reason }),
         );
     }
-    let redis = check_redis(state).await;
+    let redis = health::redis(
+        &state.redis,
+        state.settings.redis.response_timeout_ms.duration(),
+    )
+    .await;
     if redis.up() {
         json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
     } else {
@@ -118,12 +65,6 @@ pub async fn ready(state: &AppState) -> ApiResult {
             &serde_json::json!({ "status": "not_ready", "reason": "redis unreachable", "redis": redis }),
         )
     }
-}
-
-#[derive(Serialize)]
-struct Components {
-    redis: Check,
-    postgres: Check,
 }
 
 #[derive(Serialize)]
@@ -144,20 +85,25 @@ struct Outbox {
 }
 
 #[derive(Serialize)]
-struct Health {
+struct Health<'a> {
     status: &'static str,
     version: &'static str,
     uptime_seconds: u64,
     shutting_down: bool,
     warmed_up: bool,
-    components: Components,
+    components: &'a Components,
     queues: Queues,
     outbox: Outbox,
 }
 
 pub async fn health(state: &AppState) -> ApiResult {
-    let (redis, postgres) = tokio::join!(check_redis(state), check_postgres(state));
-    let (status, code) = match (redis.up(), postgres.up()) {
+    // Shared for http.health_cache_ms: a flood costs no query each. The
+    // queue and outbox figures below are in memory, read fresh every time.
+    let components = state
+        .dependency_checks
+        .components(&state.db, &state.redis)
+        .await;
+    let (status, code) = match (components.redis.up(), components.postgres.up()) {
         (true, true) => ("ok", StatusCode::OK),
         (true, false) => ("degraded", StatusCode::OK),
         (false, _) => ("down", StatusCode::SERVICE_UNAVAILABLE),
@@ -175,7 +121,7 @@ pub async fn health(state: &AppState) -> ApiResult {
             uptime_seconds: state.started.elapsed().as_secs(),
             shutting_down: state.is_shutting_down(),
             warmed_up: state.is_warmed_up(),
-            components: Components { redis, postgres },
+            components: &components,
             queues: Queues {
                 total: depths.iter().sum(),
                 depths,

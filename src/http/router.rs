@@ -70,7 +70,8 @@ macro_rules! routes {
 }
 
 // Probes and metrics are free: orchestrators and Prometheus poll them, from
-// inside the network. A GET also answers HEAD.
+// inside the network (which listener answers which route: `audience`). A GET
+// also answers HEAD.
 routes! {
     |state, req, body, id|
     Live                 GET   "/live"                               Free  => probes::live(),
@@ -99,6 +100,48 @@ routes! {
     AdminStudentRevoke   POST  "/api/v1/admin/students/{id}/revoke-tokens" Api => accounts::revoke_tokens(state, req, path_id(id)?).await,
 }
 
+/// Who a route is for, which decides the listeners that answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// The API's clients: the public listener.
+    Clients,
+    /// Orchestrators' cheap probes (`/live`, `/ready`): every listener.
+    Probes,
+    /// Operators (`/metrics`, the detailed `/health`): unauthenticated and
+    /// costly, so the metrics listener alone when there is one.
+    Operators,
+}
+
+/// The audience of a handler. A route not named here is the clients'.
+fn audience(handler: Handler) -> Audience {
+    match handler {
+        Handler::Live | Handler::Ready => Audience::Probes,
+        Handler::Health | Handler::Metrics => Audience::Operators,
+        _ => Audience::Clients,
+    }
+}
+
+/// What a listener answers: a route of another audience is not found there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// Every route: the public listener when `http.metrics_port` is unset.
+    Everything,
+    /// The API and the probes: the public listener beside a metrics listener.
+    Api,
+    /// `/metrics`, `/health` and the probes: the metrics listener.
+    Metrics,
+}
+
+impl Serves {
+    fn reaches(self, audience: Audience) -> bool {
+        match self {
+            Serves::Everything => true,
+            Serves::Api => audience != Audience::Operators,
+            Serves::Metrics => audience != Audience::Clients,
+        }
+    }
+}
+
 /// One method of one route, as declared in the table.
 struct Endpoint {
     handler: Handler,
@@ -111,6 +154,8 @@ struct Endpoint {
 /// A template with every method it answers.
 struct Route {
     template: &'static str,
+    /// The same for all its methods.
+    audience: Audience,
     endpoints: Vec<&'static Endpoint>,
     /// The `Allow` of its 405s: its methods in declaration order, HEAD after
     /// GET (GET's handler answers it).
@@ -162,10 +207,16 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
                     endpoint.method,
                     endpoint.template
                 );
+                assert!(
+                    route.audience == audience(endpoint.handler),
+                    "{}: every method of a route has the same audience",
+                    endpoint.template
+                );
                 route.endpoints.push(endpoint);
             }
             None => routes.push(Route {
                 template: endpoint.template,
+                audience: audience(endpoint.handler),
                 endpoints: vec![endpoint],
                 allow: String::new(),
             }),
@@ -264,9 +315,11 @@ fn request_id(parts: &Parts) -> HeaderValue {
         })
 }
 
-/// The service function: never fails, every error is an HTTP answer.
+/// The service function: never fails, every error is an HTTP answer. A
+/// route this listener does not serve is answered as no route at all.
 pub async fn handle(
     state: Arc<AppState>,
+    serves: Serves,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -276,7 +329,7 @@ pub async fn handle(
     // The route borrows the path; the limiter may add to the request's
     // extensions, so the route is resolved from a (reference-counted) copy.
     let uri = parts.uri.clone();
-    let matched = resolve(uri.path());
+    let matched = resolve(uri.path()).filter(|m| serves.reaches(m.route.audience));
     let template = matched.map_or("unmatched", |m| m.route.template);
     let span = tracing::info_span!(
         "request",
@@ -379,6 +432,12 @@ async fn dispatch(
     if target > limit {
         return Err(ApiError::UriTooLong { limit });
     }
+    // hyper parses more lines than this (`server::parser_max_headers`), so
+    // that the answer is ours and carries a problem body.
+    let limit = state.settings.http.max_headers;
+    if req.headers.len() > limit {
+        return Err(ApiError::TooManyHeaders { limit });
+    }
     let Some(Matched { route, id }) = matched else {
         return Err(ApiError::NotFound("no such route".into()));
     };
@@ -479,6 +538,25 @@ mod tests {
         assert_eq!(unique.len(), templates.len(), "{templates:?}");
         assert!(route_templates().contains(&("/api/v1/openapi.json", "GET, HEAD")));
         assert!(route_templates().contains(&("/api/v1/admin/sections/{id}", "PATCH")));
+    }
+
+    #[test]
+    fn operators_routes_leave_the_public_listener_only_when_a_metrics_listener_serves_them() {
+        let audience_of = |path: &str| resolve(path).unwrap().route.audience;
+        for path in ["/metrics", "/health"] {
+            assert!(Serves::Everything.reaches(audience_of(path)), "{path}");
+            assert!(!Serves::Api.reaches(audience_of(path)), "{path}");
+            assert!(Serves::Metrics.reaches(audience_of(path)), "{path}");
+        }
+        for path in ["/live", "/ready"] {
+            for serves in [Serves::Everything, Serves::Api, Serves::Metrics] {
+                assert!(serves.reaches(audience_of(path)), "{path} {serves:?}");
+            }
+        }
+        for path in ["/api/v1/register", "/api/v1/openapi.json"] {
+            assert!(Serves::Api.reaches(audience_of(path)), "{path}");
+            assert!(!Serves::Metrics.reaches(audience_of(path)), "{path}");
+        }
     }
 
     /// The gauge's value as the recorder would export it.

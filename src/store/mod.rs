@@ -18,6 +18,13 @@ use tokio_postgres::NoTls;
 
 use crate::config::DatabaseSettings;
 
+/// One round trip on a pooled connection of `db` (the health check, which
+/// reports the error as it is).
+pub async fn ping(db: &Pool) -> anyhow::Result<()> {
+    db.get().await?.simple_query("select 1").await?;
+    Ok(())
+}
+
 /// Builds the pool the API's reads and writes use (`database.pool_size`).
 /// Connections are made lazily, so this succeeds while PostgreSQL is down;
 /// each connection gets the configured statement timeout.

@@ -1,18 +1,23 @@
 //! Many connections against the real binary: thousands held idle cost
 //! bounded memory and stop nobody else; connections beyond
-//! `http.max_connections` wait in the kernel backlog instead of failing; and
-//! an idle keep-alive connection cannot hold a slot forever.
+//! `http.max_connections` wait in the kernel backlog instead of failing; an
+//! idle keep-alive connection cannot hold a slot forever; and one address
+//! cannot hold them all (`http.max_connections_per_address`).
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
+use futures_util::future::join_all;
 use registrar::domain::Role;
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
-use crate::{helpers::eventually, processes::seeded};
+use crate::{
+    helpers::{eventually, spawn_app_with},
+    processes::seeded,
+};
 
 /// Open file descriptors of a process (its sockets among them).
 fn open_fds(pid: u32) -> usize {
@@ -116,6 +121,8 @@ async fn thousands_of_idle_connections_cost_bounded_memory_and_the_server_still_
     let server = s
         .launch()
         .env("APP__HTTP__HEADER_READ_TIMEOUT_MS", "120000")
+        // All of them come from 127.0.0.1: lift the per-address cap.
+        .env("APP__HTTP__MAX_CONNECTIONS_PER_ADDRESS", "10000")
         .spawn();
     server.wait_ready().await;
     let pid = server.pid();
@@ -296,4 +303,119 @@ async fn idle_keep_alive_connections_are_closed_so_they_cannot_hold_slots() {
             "closed, not answered: {read:?}"
         );
     }
+}
+
+/// A connection to `server` from the loopback address `from` (all of
+/// 127.0.0.0/8 is loopback on Linux, so each is another client address).
+async fn connect_from(from: [u8; 4], server: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("a loopback address to connect from");
+    socket.connect(server).await.unwrap()
+}
+
+/// Everything the server sends on `stream` until it closes it, or None if
+/// it sends nothing and keeps it open for `within`.
+async fn answer_or_silence(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut answer)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) if answer.is_empty() => None,
+        Err(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+    }
+}
+
+/// The value of `http_connections_refused_total` on a /metrics page.
+fn refused_total(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("http_connections_refused_total "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection_and_its_excess_is_refused_at_once() {
+    const PER_ADDRESS: usize = 4;
+    const MAX: usize = 16;
+    // More than every slot: without the per-address cap this address alone
+    // would hold all of them, and the others would wait in the backlog.
+    const GREEDY: usize = MAX + 8;
+    let app = spawn_app_with(|s| {
+        s.http.max_connections = MAX;
+        s.http.max_connections_per_address = PER_ADDRESS;
+        // Idle connections are not closed for the length of the test, so
+        // only the cap can make room.
+        s.http.header_read_timeout_ms = 120_000;
+    })
+    .await;
+    app.wait_ready().await;
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    let refused_before = refused_total(&metrics);
+
+    // 127.0.0.1 opens many connections and sends nothing on them.
+    let mut greedy = Vec::with_capacity(GREEDY);
+    for _ in 0..GREEDY {
+        greedy.push(connect_from([127, 0, 0, 1], app.addr).await);
+    }
+    let outcomes = join_all(
+        greedy
+            .iter_mut()
+            .map(|stream| answer_or_silence(stream, Duration::from_secs(3))),
+    )
+    .await;
+    let held = outcomes.iter().filter(|o| o.is_none()).count();
+    let refusals: Vec<&String> = outcomes.iter().flatten().collect();
+
+    // At most the cap is held (the test client's own kept-alive connection
+    // from 127.0.0.1 may be one of them); every other one got the refusal
+    // and was closed.
+    assert!(held <= PER_ADDRESS, "{held} connections held");
+    assert!(refusals.len() >= GREEDY - PER_ADDRESS, "{}", refusals.len());
+    for answer in &refusals {
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+        assert!(head.starts_with("HTTP/1.1 429 "), "{answer}");
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.contains("content-type: application/problem+json"),
+            "{head}"
+        );
+        assert!(head.contains("retry-after: "), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        let problem: Value = serde_json::from_str(body).expect("a problem+json body");
+        assert_eq!(problem["code"], "too_many_connections", "{problem}");
+    }
+
+    // Another address is answered promptly while 127.0.0.1 holds its share.
+    let mut other = connect_from([127, 0, 0, 2], app.addr).await;
+    other.write_all(LIVE).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut other))
+        .await
+        .expect("another address is not starved");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Once 127.0.0.1 lets its connections go, it is served again.
+    drop(greedy);
+    let served_again = eventually(Duration::from_secs(10), || async {
+        let mut stream = connect_from([127, 0, 0, 1], app.addr).await;
+        if stream
+            .write_all(b"GET /live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let answer = answer_or_silence(&mut stream, Duration::from_secs(2)).await;
+        answer.is_some_and(|a| a.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    assert!(
+        served_again,
+        "the address's count fell when its connections closed"
+    );
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        refused_total(&metrics) >= refused_before + refusals.len() as u64,
+        "every refusal is counted"
+    );
 }

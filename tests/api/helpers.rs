@@ -74,6 +74,8 @@ pub struct TestApp {
     pub redis: Redis,
     pub addr: SocketAddr,
     pub base: String,
+    /// The metrics listener's address, when `http.metrics_port` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub http: reqwest::Client,
     pub settings: Settings,
     pub db: Pool,
@@ -100,12 +102,19 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let url = database.url.clone();
     let mut settings = test_settings(&url);
     customize(&mut settings);
-    let (state, addr, tx, server) = start(&settings).await;
+    let Started {
+        state,
+        addr,
+        metrics_addr,
+        shutdown,
+        server,
+    } = start(&settings).await;
     TestApp {
         state,
         redis: Redis::new(&settings.redis).unwrap(),
         addr,
         base: format!("http://{addr}"),
+        metrics_addr,
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
@@ -123,19 +132,21 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         ),
         settings,
         database: Some(database),
-        shutdown: Some(tx),
+        shutdown: Some(shutdown),
         server: Some(server),
     }
 }
 
-/// What a started application hands its `TestApp`: its state, its address,
-/// the trigger of its graceful shutdown, and the task serving it.
-type Started = (
-    std::sync::Arc<registrar::state::AppState>,
-    SocketAddr,
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-);
+/// What a started application hands its `TestApp`.
+struct Started {
+    state: std::sync::Arc<registrar::state::AppState>,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    /// Triggers its graceful shutdown.
+    shutdown: oneshot::Sender<()>,
+    /// The task serving it.
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
 
 /// Builds the application from `settings` and serves it until the returned
 /// sender fires (or is dropped).
@@ -144,12 +155,19 @@ async fn start(settings: &Settings) -> Started {
         .await
         .expect("the application builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let state = app.state();
-    let (tx, rx) = oneshot::channel::<()>();
+    let (shutdown, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    (state, addr, tx, server)
+    Started {
+        state,
+        addr,
+        metrics_addr,
+        shutdown,
+        server,
+    }
 }
 
 impl TestApp {
@@ -169,12 +187,13 @@ impl TestApp {
                 .expect("the server task did not panic")
                 .expect("the server stopped cleanly");
         }
-        let (state, addr, tx, server) = start(&self.settings).await;
-        self.state = state;
-        self.addr = addr;
-        self.base = format!("http://{addr}");
-        self.shutdown = Some(tx);
-        self.server = Some(server);
+        let started = start(&self.settings).await;
+        self.state = started.state;
+        self.addr = started.addr;
+        self.base = format!("http://{}", started.addr);
+        self.metrics_addr = started.metrics_addr;
+        self.shutdown = Some(started.shutdown);
+        self.server = Some(started.server);
     }
 }
 
@@ -189,11 +208,11 @@ pub struct Sibling {
 impl TestApp {
     /// Starts a sibling instance; it is not yet ready (see [`Sibling::wait_ready`]).
     pub async fn sibling(&self) -> Sibling {
-        let (_, addr, tx, server) = start(&self.settings).await;
+        let started = start(&self.settings).await;
         Sibling {
-            base: format!("http://{addr}"),
-            shutdown: Some(tx),
-            server: Some(server),
+            base: format!("http://{}", started.addr),
+            shutdown: Some(started.shutdown),
+            server: Some(started.server),
         }
     }
 }
@@ -267,6 +286,14 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// `path` on the metrics listener (the app must have one).
+    pub fn metrics_url(&self, path: &str) -> String {
+        let addr = self
+            .metrics_addr
+            .expect("the app has a metrics listener (http.metrics_port)");
+        format!("http://{addr}{path}")
     }
 
     /// Seeds `students` students and 2 courses × 2 sections of `seats` seats.

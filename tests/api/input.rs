@@ -8,6 +8,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use registrar::http::server::parser_max_headers;
+
 use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
 
 #[tokio::test]
@@ -174,8 +176,10 @@ async fn a_client_too_slow_to_send_its_headers_is_disconnected() {
         read.is_ok(),
         "the server closed the connection within its header timeout"
     );
+    // hyper closes it without an answer (README, "Answers without a
+    // problem body").
     let answer = String::from_utf8_lossy(&answer);
-    assert!(!answer.contains("200 OK"), "{answer}");
+    assert_eq!(answer, "", "closed without an answer");
 }
 
 #[tokio::test]
@@ -191,16 +195,143 @@ async fn an_overlong_url_is_414() {
     assert_problem(response, StatusCode::URI_TOO_LONG, "uri_too_long").await;
 }
 
-#[tokio::test]
-async fn too_many_headers_are_refused() {
-    let app = spawn_app().await;
+/// A request for /live with `lines` header lines in all.
+fn with_header_lines(lines: usize) -> Vec<u8> {
     let mut request = String::from("GET /live HTTP/1.1\r\nhost: x\r\n");
-    for i in 0..(app.settings.http.max_headers + 10) {
+    for i in 1..lines {
         request.push_str(&format!("x-h{i}: v\r\n"));
     }
     request.push_str("\r\n");
+    request.into_bytes()
+}
 
-    let answer = raw_exchange(app.addr, request.as_bytes(), Duration::from_secs(5)).await;
+#[tokio::test]
+async fn more_header_lines_than_max_headers_are_431_problem_json() {
+    let app = spawn_app().await;
+    let limit = app.settings.http.max_headers;
 
-    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let at_limit = raw_exchange(app.addr, &with_header_lines(limit), Duration::from_secs(1)).await;
+    let over = raw_exchange(
+        app.addr,
+        &with_header_lines(limit + 1),
+        Duration::from_secs(1),
+    )
+    .await;
+
+    assert!(at_limit.starts_with("HTTP/1.1 200"), "{at_limit}");
+    let (head, body) = over.split_once("\r\n\r\n").expect("a whole answer");
+    assert!(head.starts_with("HTTP/1.1 431"), "{over}");
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    let problem: serde_json::Value = serde_json::from_str(body).expect("a problem body");
+    assert_eq!(problem["status"], 431);
+    assert_eq!(problem["code"], "too_many_headers");
+}
+
+/// What hyper answers itself, before any request reaches the router: these
+/// cannot carry a problem body (README, "Answers without a problem body").
+/// hyper 1.x writes a bare status line with `content-length: 0` and
+/// `connection: close` and closes; a test, so that a change shows.
+#[tokio::test]
+async fn what_hyper_answers_itself_is_a_bare_status_and_a_closed_connection() {
+    let app = spawn_app().await;
+    let parser_limit = parser_max_headers(app.settings.http.max_headers);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a malformed request line",
+            b"GET /live HTTP/1.1 extra\r\nhost: x\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "a method that is no token",
+            b"G(T /live HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "an unknown HTTP version",
+            b"GET /live HTTP/9.9\r\nhost: x\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "a malformed header line",
+            b"GET /live HTTP/1.1\r\nho st: x\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "a Content-Length that is no number",
+            b"POST /api/v1/auth/login HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "a TLS ClientHello (https to the plain port)",
+            vec![
+                0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+            ],
+            "400",
+        ),
+        (
+            "bytes that are not HTTP",
+            b"\x00\x01hello\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "more header lines than hyper parses",
+            with_header_lines(parser_limit + 1),
+            "431",
+        ),
+        (
+            "a head larger than hyper's read buffer",
+            format!(
+                "GET /live HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+                "a".repeat(500_000)
+            )
+            .into_bytes(),
+            "431",
+        ),
+        (
+            "a request target longer than hyper accepts",
+            format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            "414",
+        ),
+    ];
+    for (case, request, status) in cases {
+        let answer = raw_exchange(app.addr, &request, Duration::from_secs(5)).await;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{case}: a whole answer, got {answer:?}"));
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{case}: {head}"
+        );
+        assert!(head.contains("content-length: 0"), "{case}: {head}");
+        assert!(head.contains("connection: close"), "{case}: {head}");
+        assert!(
+            body.is_empty(),
+            "{case}: closed after the head, got {body:?}"
+        );
+    }
+
+    // An HTTP/2 preface (h2c with prior knowledge; this server speaks
+    // HTTP/1.1 only) is closed without any answer.
+    let h2 = raw_exchange(
+        app.addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(h2, "");
+
+    // Just under hyper's limits the answers are the router's, with a body.
+    let long_target = format!("/live?{}", "a".repeat(10_000));
+    let ours = app.get(&long_target, None).await;
+    assert_problem(ours, StatusCode::URI_TOO_LONG, "uri_too_long").await;
+    let ours = raw_exchange(
+        app.addr,
+        &with_header_lines(parser_limit),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(ours.contains(r#""code":"too_many_headers""#), "{ours}");
 }

@@ -10,7 +10,7 @@ use tokio::{
 
 use crate::{
     helpers::{create_database, redis_url, test_settings, PASSWORD},
-    kit::{child::Launch, namespace::Namespace},
+    kit::{child::Launch, free_port, namespace::Namespace},
 };
 
 #[tokio::test]
@@ -39,8 +39,15 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     )
     .await
     .unwrap();
-    let server = Launch::new("test", &url, &redis_url(), &settings.redis.namespace).spawn();
+    let metrics_port = free_port();
+    let server = Launch::new("test", &url, &redis_url(), &settings.redis.namespace)
+        .env("APP__HTTP__METRICS_PORT", metrics_port.to_string())
+        .spawn();
     server.wait_live().await;
+    let metrics_live = reqwest::get(format!("http://127.0.0.1:{metrics_port}/live"))
+        .await
+        .expect("the metrics listener answers");
+    assert_eq!(metrics_live.status(), reqwest::StatusCode::OK);
 
     // A login whose body is only half sent: the request is in flight.
     let body = format!(r#"{{"student_number":"S0000001","password":"{PASSWORD}"}}"#);
@@ -59,10 +66,9 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     server.sigterm();
     let mut refused = false;
     for _ in 0..100 {
-        if TcpStream::connect(("127.0.0.1", server.port))
-            .await
-            .is_err()
-        {
+        let public = TcpStream::connect(("127.0.0.1", server.port)).await;
+        let metrics = TcpStream::connect(("127.0.0.1", metrics_port)).await;
+        if public.is_err() && metrics.is_err() {
             refused = true;
             break;
         }
@@ -76,7 +82,10 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
         .unwrap();
     let status = server.wait_exit().await;
 
-    assert!(refused, "new connections are refused once shutdown began");
+    assert!(
+        refused,
+        "new connections are refused on both listeners once shutdown began"
+    );
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("access_token"), "{answer}");
