@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use super::{body, error, json, limits::client_key, ApiError, ApiResult};
+use super::{body, client::client_key, error, json, ApiError, ApiResult};
 use crate::{
     auth::{Principal, TokenError},
     domain::Role,

@@ -2,26 +2,19 @@
 //! and the 429 it gets when one is empty. The buckets themselves are in
 //! [`crate::seats::limits`].
 
-use std::net::{IpAddr, SocketAddr};
-
 use hyper::http::request::Parts;
 
-use super::{auth, error::retry_after_secs, ApiError};
+use super::{auth, client::client_key, error::retry_after_secs, ApiError};
 use crate::{
     access,
     domain::Role,
     metrics::{ACCESS_UNCHECKED, RATE_LIMITED, RATE_LIMIT_ERRORS, TOKENS_REVOKED},
     seats::{
         access::Access,
-        limits::{AccessCheck, ClientKey, Verdict},
+        limits::{AccessCheck, Verdict},
     },
     state::AppState,
 };
-
-/// The connection's peer address; the accept loop puts it into every
-/// request's extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
 
 /// What a route costs in limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,26 +117,4 @@ pub async fn admit(state: &AppState, req: &mut Parts, charge: Charge) -> Result<
             })
         }
     }
-}
-
-/// The client's address: the last entry of the configured proxy header (the
-/// address the trusted proxy saw), else the TCP peer.
-pub(super) fn client_key(state: &AppState, req: &Parts) -> Option<ClientKey> {
-    let header = &state.settings.rate_limit.client_ip_header;
-    if !header.is_empty() {
-        let forwarded = req
-            .headers
-            .get_all(header.as_str())
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .next_back()
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
-        if let Some(addr) = forwarded {
-            return Some(ClientKey::new(addr));
-        }
-    }
-    req.extensions
-        .get::<Peer>()
-        .map(|peer| ClientKey::new(peer.0.ip()))
 }

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod catalog;
+pub mod client;
 pub mod connections;
 pub mod error;
 pub mod idempotency;

@@ -14,8 +14,8 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{
+    client::Peer,
     connections::{self, AddressCounts},
-    limits::Peer,
     router::{self, Serves},
 };
 use crate::{

@@ -23,6 +23,7 @@ mod probes;
 mod processes;
 mod reconcile;
 mod recovery;
+mod revocation;
 mod rolling;
 mod scripts;
 mod security;
