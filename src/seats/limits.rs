@@ -360,17 +360,23 @@ pub struct ClientKey(String);
 
 impl ClientKey {
     pub fn new(addr: IpAddr) -> Self {
-        let addr = match addr {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let s = v6.segments();
-                    IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-                }
-            },
-            v4 => v4,
-        };
-        Self(addr.to_string())
+        Self(address_group(addr).to_string())
+    }
+}
+
+/// The client an address belongs to: an IPv6 address by its /64 prefix, an
+/// IPv4-mapped one as its IPv4 address. Buckets and the per-address
+/// connection cap both count clients this way.
+pub fn address_group(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
