@@ -90,8 +90,20 @@ pub async fn get(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     json(StatusCode::OK, &account_of(state, id).await?)
 }
 
+/// An admin may not take their own rights away, revoke their own tokens or
+/// delete themselves: a slip would lock the last admin out. Another admin can.
+fn not_own_account(admin: Uuid, id: Uuid) -> Result<(), ApiError> {
+    if admin == id {
+        return Err(ApiError::Conflict {
+            code: "own_account",
+            detail: "an admin cannot change their own role or status, revoke their own tokens or delete themselves; another admin can".into(),
+        });
+    }
+    Ok(())
+}
+
 pub async fn patch(state: &AppState, req: &Parts, body: Incoming, id: Uuid) -> ApiResult {
-    authenticate_admin(state, req)?;
+    let admin = authenticate_admin(state, req)?;
     let patch: AccountPatch = body::json(req, body, state.settings.http.max_body_bytes).await?;
     if patch.enrollment_status.is_none() && patch.role.is_none() && patch.holds.is_none() {
         return Err(validation(
@@ -100,6 +112,9 @@ pub async fn patch(state: &AppState, req: &Parts, body: Incoming, id: Uuid) -> A
     }
     if let Some(holds) = &patch.holds {
         check_holds(holds)?;
+    }
+    if patch.enrollment_status.is_some() || patch.role.is_some() {
+        not_own_account(admin.student_id, id)?;
     }
     let change = students::AccountChange {
         enrollment_status: patch.enrollment_status,
@@ -111,7 +126,8 @@ pub async fn patch(state: &AppState, req: &Parts, body: Incoming, id: Uuid) -> A
 }
 
 pub async fn revoke_tokens(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
-    authenticate_admin(state, req)?;
+    let admin = authenticate_admin(state, req)?;
+    not_own_account(admin.student_id, id)?;
     let change = students::AccountChange {
         revoke_tokens: true,
         ..Default::default()
@@ -147,7 +163,8 @@ async fn change_and_answer(
 /// is kept otherwise: 409 `has_records`; set its status instead). Its
 /// tokens are refused from the next request on.
 pub async fn delete(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
-    authenticate_admin(state, req)?;
+    let admin = authenticate_admin(state, req)?;
+    not_own_account(admin.student_id, id)?;
     let deleted = {
         let db = state.db.get().await?;
         students::delete_account(&db, id).await.map_err(|e| {

@@ -19,6 +19,11 @@ use crate::{
     store,
 };
 
+/// Set by [`super::limits::admit`] when the request's token no longer
+/// stands: its account changed or is gone since the token was issued.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRevoked;
+
 /// The caller named by the `Authorization: Bearer` header, or 401. Every
 /// route that calls this is charged by [`super::limits::admit`], which
 /// verified the token, checked it against its account and left the
@@ -27,6 +32,12 @@ use crate::{
 pub fn authenticate(state: &AppState, req: &Parts) -> Result<Principal, ApiError> {
     if let Some(principal) = req.extensions.get::<Principal>() {
         return Ok(*principal);
+    }
+    if req.extensions.get::<TokenRevoked>().is_some() {
+        return Err(ApiError::Unauthorized {
+            code: "token_revoked",
+            detail: "this token no longer stands: the account changed or was removed since it was issued; log in again",
+        });
     }
     verify(state, req)?;
     // A valid signature that admit did not stamp: the route's table entry

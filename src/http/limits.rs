@@ -31,9 +31,9 @@ pub enum Charge {
 pub struct CallerHold(pub String);
 
 /// Charges the request's buckets (429 when one is empty) and checks a valid
-/// token against its account's access record ([`crate::access`]; 401
-/// `token_revoked` when the account changed or is gone since login), all in
-/// one Redis round trip. A token that stands leaves its principal in the
+/// token against its account's access record ([`crate::access`]), all in
+/// one Redis round trip. A revoked token is marked ([`auth::TokenRevoked`]) for
+/// [`auth::authenticate`] to answer 401 `token_revoked`. A token that stands leaves its principal in the
 /// request's extensions, where [`auth::authenticate`] finds it; a missing or
 /// invalid one is left for the handler to refuse (routes that need no token
 /// answer anyway).
@@ -110,11 +110,11 @@ pub async fn admit(state: &AppState, req: &mut Parts, charge: Charge) -> Result<
             Ok(())
         }
         Err(()) => {
+            // Refused by the routes that need a token (auth::authenticate);
+            // the others (the OpenAPI document) answer as without one.
             metrics::counter!(TOKENS_REVOKED).increment(1);
-            Err(ApiError::Unauthorized {
-                code: "token_revoked",
-                detail: "this token no longer stands: the account changed or was removed since it was issued; log in again",
-            })
+            req.extensions.insert(auth::TokenRevoked);
+            Ok(())
         }
     }
 }

@@ -380,3 +380,67 @@ async fn without_its_redis_copy_an_account_is_checked_against_postgresql() {
     let restored = app.redis.has_access_copies(&[student]).await.unwrap();
     assert_eq!(restored, vec![true], "the copy is stored again");
 }
+
+#[tokio::test]
+async fn an_admin_cannot_demote_revoke_or_delete_themselves_and_a_revoked_token_still_reads_the_openapi_document(
+) {
+    let app = ready_app().await;
+    let seeded = app.seed_sections(1, 1, 5, 0).await;
+    let db = app.db.get().await.unwrap();
+    let (admin, _) = registrar::store::students::id_by_number(&db, registrar::seed::ADMIN_NUMBER)
+        .await
+        .unwrap()
+        .expect("the seeded admin exists");
+    drop(db);
+    assert_problem(
+        patch_student(
+            &app,
+            &seeded.admin_token,
+            admin,
+            json!({ "role": "student" }),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "own_account",
+    )
+    .await;
+    assert_problem(
+        delete_student(&app, &seeded.admin_token, admin).await,
+        StatusCode::CONFLICT,
+        "own_account",
+    )
+    .await;
+    let own_revoke = app
+        .http
+        .post(app.url(&format!("/api/v1/admin/students/{admin}/revoke-tokens")))
+        .bearer_auth(&seeded.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(own_revoke, StatusCode::CONFLICT, "own_account").await;
+    // Holds on oneself are allowed (and change nothing of the token).
+    let holds = patch_student(
+        &app,
+        &seeded.admin_token,
+        admin,
+        json!({ "holds": ["advising"] }),
+    )
+    .await;
+    assert_eq!(holds.status(), StatusCode::OK);
+
+    // A revoked token does not spoil a route that needs none.
+    let (token, student) = app.student(1).await;
+    let revoke = app
+        .http
+        .post(app.url(&format!("/api/v1/admin/students/{student}/revoke-tokens")))
+        .bearer_auth(&seeded.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/api/v1/openapi.json", Some(&token)).await.status(),
+        StatusCode::OK
+    );
+    revoked(my_registrations(&app, &token, student).await).await;
+}
