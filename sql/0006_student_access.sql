@@ -42,9 +42,17 @@ $$;
 create trigger students_access_epoch before update on students
     for each row execute function students_access_epoch();
 
+-- Deleted accounts, so that a server that was not listening when one was
+-- deleted still learns of it (src/access.rs rereads what changed since).
+create table deleted_students (
+    id         uuid primary key,
+    deleted_at timestamptz not null default now()
+);
+
 create function students_access_notify() returns trigger language plpgsql as $$
 begin
     if tg_op = 'DELETE' then
+        insert into deleted_students (id) values (old.id) on conflict (id) do update set deleted_at = now();
         perform pg_notify('student_access', old.id::text);
         return old;
     end if;

@@ -262,14 +262,19 @@ pub async fn change_account(
     Ok(Some(record))
 }
 
-/// Accounts changed at or after `since` (by `updated_at`, which every
-/// change of an access record moves): what a listener may have missed.
+/// Accounts changed or deleted at or after `since` (by `updated_at`, which
+/// every change of an access record moves, and the deletions' tombstones):
+/// what a listener may have missed.
 pub async fn changed_since(
     db: &impl GenericClient,
     since: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = db
-        .query("select id from students where updated_at >= $1", &[&since])
+        .query(
+            "select id from students where updated_at >= $1 \
+             union select id from deleted_students where deleted_at >= $1",
+            &[&since],
+        )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }

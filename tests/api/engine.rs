@@ -374,13 +374,6 @@ async fn a_permanent_write_failure_is_undone_once_and_the_seat_goes_to_the_waitl
     let students = app.student_ids().await;
     let (ghost, next) = (students[0], students[1]);
     let ghost_token = app.token_for(ghost);
-    app.db
-        .get()
-        .await
-        .unwrap()
-        .execute("delete from students where id = $1", &[&ghost])
-        .await
-        .unwrap();
 
     // Hold persistence back so both decisions are made before the failure.
     proxy.cut();
@@ -394,6 +387,15 @@ async fn a_permanent_write_failure_is_undone_once_and_the_seat_goes_to_the_waitl
         .register(&app.token_for(next), &[section])
         .await
         .json()
+        .await
+        .unwrap();
+    // The account goes after its seat was granted and before it is written
+    // (a token of a deleted account is refused: tests/api/revocation.rs).
+    app.db
+        .get()
+        .await
+        .unwrap()
+        .execute("delete from students where id = $1", &[&ghost])
         .await
         .unwrap();
     proxy.restore();
@@ -427,7 +429,7 @@ async fn a_permanent_write_failure_is_undone_once_and_the_seat_goes_to_the_waitl
     let view: Value = app
         .get(
             &format!("/api/v1/students/{ghost}/registrations"),
-            Some(&ghost_token),
+            Some(&seeded.admin_token),
         )
         .await
         .json()
@@ -454,11 +456,17 @@ async fn a_permanent_write_failure_is_undone_once_and_the_seat_goes_to_the_waitl
 
 #[tokio::test]
 async fn a_permanent_write_failure_with_nobody_waiting_gives_the_seat_back() {
-    let app = spawn_app().await;
+    let (app, proxy) = app_behind_proxy().await;
     let seeded = app.seed_sections(1, 1, 3, 0).await;
     let section = seeded.report.section_ids[0];
     let ghost = app.student_ids().await[0];
     let token = app.token_for(ghost);
+
+    // Granted while persistence is held back; the account goes before the
+    // seat is written, so the write fails for good.
+    proxy.cut();
+    let granted: Value = app.register(&token, &[section]).await.json().await.unwrap();
+    assert_eq!(granted["results"][0]["status"], "enrolled");
     app.db
         .get()
         .await
@@ -466,8 +474,7 @@ async fn a_permanent_write_failure_with_nobody_waiting_gives_the_seat_back() {
         .execute("delete from students where id = $1", &[&ghost])
         .await
         .unwrap();
-
-    app.register(&token, &[section]).await;
+    proxy.restore();
     app.wait_persisted(&[section]).await;
 
     let counts = app.redis.live_counts(&[section]).await.unwrap()[0].unwrap();

@@ -444,3 +444,43 @@ async fn an_admin_cannot_demote_revoke_or_delete_themselves_and_a_revoked_token_
     );
     revoked(my_registrations(&app, &token, student).await).await;
 }
+
+#[tokio::test]
+async fn an_account_deleted_while_the_server_could_not_listen_is_refused_once_it_listens_again() {
+    let proxy = crate::kit::proxy::Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let port = proxy.port;
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.database.url =
+            registrar::config::Secret::new(crate::kit::via_port(s.database.url.expose(), port));
+        s.database.connect_timeout_ms = registrar::config::Millis::new(500);
+    })
+    .await;
+    app.wait_ready().await;
+    app.seed_sections(1, 1, 5, 0).await;
+    let student = app.student_ids().await[0];
+    let token = app.token_for(student);
+    assert_eq!(
+        my_registrations(&app, &token, student).await.status(),
+        StatusCode::OK
+    );
+
+    // The server's connections to PostgreSQL (its listener's among them)
+    // are cut while the account is deleted: no announcement reaches it.
+    proxy.cut();
+    app.db
+        .get()
+        .await
+        .unwrap()
+        .execute("delete from students where id = $1", &[&student])
+        .await
+        .unwrap();
+    proxy.restore();
+    let refused = eventually(Duration::from_secs(10), || async {
+        my_registrations(&app, &token, student).await.status() == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        refused,
+        "the listener's catch-up finds the deletion (deleted_students)"
+    );
+}
