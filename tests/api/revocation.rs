@@ -35,6 +35,15 @@ async fn delete_student(app: &TestApp, admin: &str, student: Uuid) -> Response {
         .unwrap()
 }
 
+async fn revoke_tokens(app: &TestApp, admin: &str, student: Uuid) -> Response {
+    app.http
+        .post(app.url(&format!("/api/v1/admin/students/{student}/revoke-tokens")))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn revoked(response: Response) {
     assert_problem(response, StatusCode::UNAUTHORIZED, "token_revoked").await;
 }
@@ -225,13 +234,7 @@ async fn revoking_refuses_every_earlier_token_of_the_account_only() {
     let second = app.login_ok(&number, PASSWORD).await;
     let (other, other_id) = app.student(2).await;
 
-    let revoke = app
-        .http
-        .post(app.url(&format!("/api/v1/admin/students/{student}/revoke-tokens")))
-        .bearer_auth(&seeded.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let revoke = revoke_tokens(&app, &seeded.admin_token, student).await;
     assert_eq!(revoke.status(), StatusCode::OK);
     for token in [&first, &second] {
         revoked(my_registrations(&app, token, student).await).await;
@@ -410,13 +413,7 @@ async fn an_admin_cannot_demote_revoke_or_delete_themselves_and_a_revoked_token_
         "own_account",
     )
     .await;
-    let own_revoke = app
-        .http
-        .post(app.url(&format!("/api/v1/admin/students/{admin}/revoke-tokens")))
-        .bearer_auth(&seeded.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let own_revoke = revoke_tokens(&app, &seeded.admin_token, admin).await;
     assert_problem(own_revoke, StatusCode::CONFLICT, "own_account").await;
     // Holds on oneself are allowed (and change nothing of the token).
     let holds = patch_student(
@@ -430,13 +427,7 @@ async fn an_admin_cannot_demote_revoke_or_delete_themselves_and_a_revoked_token_
 
     // A revoked token does not spoil a route that needs none.
     let (token, student) = app.student(1).await;
-    let revoke = app
-        .http
-        .post(app.url(&format!("/api/v1/admin/students/{student}/revoke-tokens")))
-        .bearer_auth(&seeded.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let revoke = revoke_tokens(&app, &seeded.admin_token, student).await;
     assert_eq!(revoke.status(), StatusCode::OK);
     assert_eq!(
         app.get("/api/v1/openapi.json", Some(&token)).await.status(),
