@@ -262,6 +262,8 @@ async fn connect(url: &str) -> anyhow::Result<Vec<(&'static str, Access)>> {
         namespace: "bench".into(),
         connect_timeout_ms: registrar::config::Millis::new(2_000),
         response_timeout_ms: registrar::config::Millis::new(2_000),
+        wait_replicas: 0,
+        wait_timeout_ms: registrar::config::Millis::new(500),
     })?;
     let mut ways = vec![
         ("multiplexed", Access::Multiplexed(multiplexed)),

@@ -178,6 +178,11 @@ pub struct RedisSettings {
     pub namespace: String,
     pub connect_timeout_ms: Millis,
     pub response_timeout_ms: Millis,
+    /// Replicas that must hold a seat change before it is answered (WAIT);
+    /// 0 answers at once (a failed primary may lose its last writes).
+    pub wait_replicas: u32,
+    /// Longest WAIT; fewer confirmations by then answer 503.
+    pub wait_timeout_ms: Millis,
 }
 
 #[derive(Debug, Clone, Deserialize)]

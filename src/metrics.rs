@@ -45,6 +45,7 @@ pub const TASK_FAILURES: &str = "background_task_failures_total";
 pub const QUEUE_CLOSED: &str = "persistence_queue_closed_total";
 pub const PARTITIONS_OWNED: &str = "persistence_partitions_owned";
 pub const UNOWNED_SKIPPED: &str = "persistence_unowned_events_total";
+pub const REPLICATION_UNCONFIRMED: &str = "redis_replication_unconfirmed_total";
 
 /// Latency buckets from 100 µs to 10 s: the hot path answers in well under a
 /// millisecond, the slow tail (timeouts) is seconds.
@@ -167,6 +168,10 @@ fn describe() {
         "Events undone in Redis after a permanent write failure, by result."
     );
     describe_counter!(DEAD_LETTERS, "Events written to the dead_letters table.");
+    describe_counter!(
+        REPLICATION_UNCONFIRMED,
+        "Seat changes answered 503 because fewer than redis.wait_replicas replicas confirmed them in time."
+    );
     describe_gauge!(
         OUTBOX_BACKLOG,
         "Outbox entries not yet persisted, over all sections."

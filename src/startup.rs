@@ -46,6 +46,8 @@ pub struct Application {
     loader: Arc<warmup::Loader>,
     /// Holds this instance's persistence leases (`sync::lease`).
     lease_keeper: LeaseKeeper,
+    /// Which partitions those are: only their owner rebuilds their sections.
+    leases: Leases,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -99,7 +101,7 @@ impl Application {
         );
         let lease_keeper = LeaseKeeper::new(
             store::lease_pool(&settings.database)?,
-            leases,
+            leases.clone(),
             &settings.redis.namespace,
             Duration::from_millis(settings.sync.lease_interval_ms),
         );
@@ -155,6 +157,7 @@ impl Application {
             sweeper,
             loader,
             lease_keeper,
+            leases,
             stop,
         })
     }
@@ -207,6 +210,7 @@ impl Application {
                 db: self.state.sync_db.clone(),
                 redis: self.state.redis.clone(),
                 persistence: self.state.persistence.clone(),
+                leases: self.leases.clone(),
             }
             .run(self.stop.subscribe()),
         );

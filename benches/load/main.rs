@@ -331,19 +331,19 @@ async fn measure(
 /// Redis's CPU seconds so far (INFO cpu) and EVALSHA's total µs (INFO
 /// commandstats; a script's time includes the commands it runs).
 async fn redis_usec(redis: &registrar::seats::Redis) -> anyhow::Result<(f64, u64)> {
-    let info: String = redis::cmd("INFO")
-        .arg("all")
-        .query_async(&mut redis.conn())
-        .await?;
-    let value = |key: &str| -> Option<&str> { info.lines().find_map(|l| l.strip_prefix(key)) };
-    let cpu = ["used_cpu_user:", "used_cpu_sys:"]
-        .iter()
-        .filter_map(|k| value(k).and_then(|v| v.trim().parse::<f64>().ok()))
-        .sum();
-    let eval_usec = value("cmdstat_evalsha:")
-        .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("usec=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    // Summed over every primary of a cluster.
+    let (mut cpu, mut eval_usec) = (0.0, 0);
+    for info in redis.info_per_primary("all").await? {
+        let value = |key: &str| -> Option<&str> { info.lines().find_map(|l| l.strip_prefix(key)) };
+        cpu += ["used_cpu_user:", "used_cpu_sys:"]
+            .iter()
+            .filter_map(|k| value(k).and_then(|v| v.trim().parse::<f64>().ok()))
+            .sum::<f64>();
+        eval_usec += value("cmdstat_evalsha:")
+            .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("usec=")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
     Ok((cpu, eval_usec))
 }
 

@@ -206,6 +206,8 @@ pub fn redis_handle(url: &str, namespace: &str) -> anyhow::Result<Redis> {
         namespace: namespace.into(),
         connect_timeout_ms: registrar::config::Millis::new(1000),
         response_timeout_ms: registrar::config::Millis::new(5000),
+        wait_replicas: 0,
+        wait_timeout_ms: registrar::config::Millis::new(500),
     })
 }
 

@@ -706,31 +706,33 @@ fn phase_of(name: &str, connections: usize, recorder: &Recorder, elapsed: f64) -
 
 /// EVALSHA calls and µs (INFO commandstats) and Redis CPU seconds (INFO cpu).
 async fn evalsha_stats(redis: &registrar::seats::Redis) -> anyhow::Result<(u64, u64, f64)> {
-    let info: String = redis::cmd("INFO")
-        .arg("all")
-        .query_async(&mut redis.conn())
-        .await?;
-    let line = info
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .unwrap_or("");
-    let field = |name: &str| -> u64 {
-        line.split([':', ','])
-            .find_map(|kv| {
-                kv.strip_prefix(&format!("{name}="))
-                    .and_then(|v| v.parse().ok())
+    // Summed over every primary of a cluster.
+    let (mut calls, mut usec, mut cpu) = (0, 0, 0.0);
+    for info in redis.info_per_primary("all").await? {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .unwrap_or("");
+        let field = |name: &str| -> u64 {
+            line.split([':', ','])
+                .find_map(|kv| {
+                    kv.strip_prefix(&format!("{name}="))
+                        .and_then(|v| v.parse().ok())
+                })
+                .unwrap_or(0)
+        };
+        calls += field("calls");
+        usec += field("usec");
+        cpu += info
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("used_cpu_user:")
+                    .or_else(|| l.strip_prefix("used_cpu_sys:"))
             })
-            .unwrap_or(0)
-    };
-    let cpu = info
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("used_cpu_user:")
-                .or_else(|| l.strip_prefix("used_cpu_sys:"))
-        })
-        .filter_map(|v| v.trim().parse::<f64>().ok())
-        .sum();
-    Ok((field("calls"), field("usec"), cpu))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok((calls, usec, cpu))
 }
 
 /// What the Redis ceiling measured.

@@ -228,6 +228,16 @@ impl From<redis::RedisError> for ApiError {
             // logged where the answer is made.
             return ApiError::Internal(anyhow::Error::new(e).context("Redis contract violated"));
         }
+        if e.to_string()
+            .contains(crate::seats::REPLICATION_UNCONFIRMED)
+        {
+            tracing::warn!(error = %e, "seat change not confirmed by the replicas in time");
+            return ApiError::Unavailable {
+                code: "replication_unconfirmed",
+                detail: "the change was made but its replication is not confirmed; retry with the same Idempotency-Key to learn the outcome",
+                retry_after_secs: 1,
+            };
+        }
         tracing::warn!(error = %e, "Redis unavailable");
         ApiError::Unavailable {
             code: "redis_unavailable",

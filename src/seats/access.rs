@@ -60,10 +60,18 @@ impl Redis {
 
     /// Whether Redis holds a copy of each student's access record.
     pub async fn has_access_copies(&self, students: &[Uuid]) -> RedisResult<Vec<bool>> {
-        let mut pipe = redis::pipe();
-        for student in students {
-            pipe.exists(keys::student_access(self.namespace(), *student));
-        }
-        pipe.query_async(&mut self.conn()).await
+        let groups = students
+            .iter()
+            .map(|student| {
+                let mut pipe = redis::pipe();
+                pipe.exists(keys::student_access(self.namespace(), *student));
+                pipe
+            })
+            .collect();
+        self.per_slot(false, groups)
+            .await?
+            .into_iter()
+            .map(|v| Ok(redis::from_redis_value(v)?))
+            .collect()
     }
 }

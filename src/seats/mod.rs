@@ -2,30 +2,30 @@
 //! waitlists, and each section's outbox of events for PostgreSQL.
 //!
 //! Two kinds of connection, chosen by measurement (SPEC §12):
-//! - one shared multiplexed connection ([`ConnectionManager`]) for the hot
-//!   path: it pipelines commands of all tasks over one socket and reconnects
-//!   by itself;
-//! - a small bb8 pool for bulk work (warm-up loads, outbox scans), so a large
-//!   reply or argument list never sits in front of a student's request on
-//!   the shared socket.
+//! - one shared multiplexed connection ([`link::Link`]) for the hot path: it
+//!   pipelines commands of all tasks over one socket (per node on a Redis
+//!   Cluster) and reconnects by itself;
+//! - bulk connections (a small bb8 pool on one server) for warm-up loads and
+//!   outbox scans, so a large reply or argument list never sits in front of
+//!   a student's request on the shared socket.
+//!
+//! One server or a Redis Cluster, see [`link`]: the engine is the same.
 
 pub mod access;
 pub mod idempotency;
 pub mod keys;
 pub mod limits;
+pub mod link;
 pub mod outbox;
 pub mod scripts;
 pub mod watch;
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::Context;
-use bb8_redis::RedisConnectionManager;
-use redis::{
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
-    Cmd, Pipeline, RedisFuture, RedisResult, Value,
-};
+use redis::{aio::ConnectionLike, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use uuid::Uuid;
+
+use link::{Bulk, BulkPool, Link};
 
 pub use scripts::{
     is_contract_violation, Compensate, Drop, LiveState, Load, Rebuild, Reserve, Resize, Scripted,
@@ -35,14 +35,16 @@ pub use watch::RedisWatch;
 
 use crate::config::RedisSettings;
 
-/// Connections for bulk work; few, because bulk work is rare and sequential.
-const BULK_POOL_SIZE: u32 = 4;
-
 /// Handle to Redis for the whole process; cheap to clone.
 #[derive(Clone)]
 pub struct Redis {
-    conn: ConnectionManager,
-    bulk: bb8::Pool<RedisConnectionManager>,
+    conn: Link,
+    bulk: BulkPool,
+    /// The link seat-changing scripts use: the shared one, or with
+    /// `redis.wait_replicas` a link of its own, so the WAIT after each
+    /// script holds up only other seat changes (see [`Redis::replicated`]).
+    seat: Link,
+    replication: Replication,
     /// Prefix of every key this instance touches (`<ns>:{s:<id>}:...`).
     namespace: Arc<str>,
     scripts: Arc<Scripts>,
@@ -56,11 +58,15 @@ pub struct Redis {
 /// caller (a probe, the rate limiter, a script) happens to notice it.
 #[derive(Clone)]
 pub struct Conn {
-    inner: ConnectionManager,
+    inner: Link,
     watch: Arc<RedisWatch>,
 }
 
 impl Conn {
+    pub fn is_cluster(&self) -> bool {
+        self.inner.is_cluster()
+    }
+
     fn observe<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result {
             if watch::is_connection_error(e) {
@@ -99,6 +105,16 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The message of the error [`Redis::replicated`] returns.
+pub const REPLICATION_UNCONFIRMED: &str = "replication not confirmed";
+
+/// `redis.wait_replicas` and its bound.
+#[derive(Debug, Clone, Copy)]
+struct Replication {
+    replicas: u32,
+    timeout: Duration,
+}
+
 /// A section's live numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveCounts {
@@ -122,29 +138,29 @@ impl Redis {
     /// Prepares the connections without waiting for Redis: the server starts
     /// (and reports not ready) while Redis is down, and connects when it returns.
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
-        let client = redis::Client::open(settings.url.expose()).context("redis.url is invalid")?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout_ms.duration()))
-            .set_response_timeout(Some(settings.response_timeout_ms.duration()))
-            // Fail a command fast while Redis is away instead of queueing it
-            // behind reconnection attempts; the manager keeps reconnecting.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .context("failed to set up the Redis connection")?;
-        let manager =
-            RedisConnectionManager::new(settings.url.expose()).context("redis.url is invalid")?;
-        let bulk = bb8::Pool::builder()
-            .max_size(BULK_POOL_SIZE)
-            .connection_timeout(settings.connect_timeout_ms.duration())
-            .build_unchecked(manager);
+        let (conn, bulk) = Link::open(settings)?;
+        let seat = if settings.wait_replicas > 0 {
+            Link::open_another(settings)?
+        } else {
+            conn.clone()
+        };
         Ok(Self {
             conn,
             bulk,
+            seat,
+            replication: Replication {
+                replicas: settings.wait_replicas,
+                timeout: settings.wait_timeout_ms.duration(),
+            },
             namespace: settings.namespace.as_str().into(),
             scripts: Arc::new(Scripts::new()),
             watch: Arc::new(RedisWatch::new()),
         })
+    }
+
+    /// True on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
     }
 
     pub fn namespace(&self) -> &str {
@@ -167,6 +183,66 @@ impl Redis {
         }
     }
 
+    /// The link of seat-changing scripts (see the field).
+    pub(crate) fn seat_conn(&self) -> Conn {
+        Conn {
+            inner: self.seat.clone(),
+            watch: self.watch.clone(),
+        }
+    }
+
+    /// With `redis.wait_replicas = N`, waits until N replicas of the
+    /// primary holding `key` have every write sent on the seat link (WAIT,
+    /// bounded by `redis.wait_timeout_ms`): an answer given after it
+    /// survives the loss of that primary. Fewer confirmations within the
+    /// bound is an error (the caller answers 503; the change itself
+    /// stands and its event is persisted from the outbox like any other).
+    pub(crate) async fn replicated(&self, key: &str) -> RedisResult<()> {
+        let Replication { replicas, timeout } = self.replication;
+        if replicas == 0 {
+            return Ok(());
+        }
+        let mut conn = self.seat_conn();
+        let confirmed = conn.inner.wait_replicas(key, replicas, timeout).await;
+        match conn.observe(confirmed)? {
+            n if n >= replicas => Ok(()),
+            n => {
+                metrics::counter!(crate::metrics::REPLICATION_UNCONFIRMED).increment(1);
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain),
+                    REPLICATION_UNCONFIRMED,
+                    format!("{n} of {replicas} replica(s) confirmed within {timeout:?}"),
+                )))
+            }
+        }
+    }
+
+    /// Runs `groups` (each one section's or student's commands, so one
+    /// slot) and returns every reply in order: one pipeline on one server,
+    /// one per slot at once on a cluster. `bulk` picks the bulk connections
+    /// over the shared one.
+    pub(crate) async fn per_slot(
+        &self,
+        bulk: bool,
+        groups: Vec<Pipeline>,
+    ) -> RedisResult<Vec<Value>> {
+        let cluster = match (bulk, &self.bulk, &self.conn) {
+            (true, BulkPool::Cluster(c), _) | (false, _, Link::Cluster(c)) => c.clone(),
+            (true, BulkPool::Single(_), _) => {
+                let mut conn = self.bulk().await?;
+                return Link::one_pipeline(&mut conn, &groups).await;
+            }
+            (false, _, Link::Single(_)) => {
+                return Link::one_pipeline(&mut self.conn(), &groups).await;
+            }
+        };
+        let mut conn = Conn {
+            inner: Link::Cluster(cluster),
+            watch: self.watch.clone(),
+        };
+        Link::each_pipeline(&mut conn, &groups).await
+    }
+
     /// Whether this Redis may be trusted right now (see [`watch`]).
     pub fn watch(&self) -> &Arc<RedisWatch> {
         &self.watch
@@ -174,44 +250,44 @@ impl Redis {
 
     /// The `run_id` of the server behind the shared connection: it changes
     /// when Redis restarts (or another server takes its place).
+    ///
+    /// On a cluster, the identity of every primary ([`Link::identity`]).
     pub async fn run_id(&self) -> RedisResult<String> {
         let mut conn = self.conn();
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
-            .await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_string())
-            .ok_or_else(|| {
-                redis::RedisError::from((redis::ErrorKind::Parse, "INFO server without run_id"))
-            })
+        let identity = conn.inner.identity().await;
+        conn.observe(identity)
+    }
+
+    /// `INFO <section>` of the server, or of every primary of a cluster
+    /// (benchmarks sum Redis's own accounting over them).
+    pub async fn info_per_primary(&self, section: &str) -> RedisResult<Vec<String>> {
+        let mut conn = self.conn();
+        let info = link::info_per_primary(&mut conn.inner, section).await;
+        conn.observe(info)
     }
 
     /// Each section's `:seq` (None where it has none).
     pub async fn seqs(&self, sections: &[Uuid]) -> RedisResult<Vec<Option<i64>>> {
         let mut out = Vec::with_capacity(sections.len());
         for chunk in sections.chunks(500) {
-            let mut pipe = redis::pipe();
-            for section in chunk {
-                pipe.cmd("GET").arg(self.section_keys(*section).seq);
+            let groups = chunk
+                .iter()
+                .map(|section| {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("GET").arg(self.section_keys(*section).seq);
+                    pipe
+                })
+                .collect();
+            for reply in self.per_slot(true, groups).await? {
+                out.push(redis::from_redis_value(reply)?);
             }
-            let mut conn = self.bulk().await?;
-            let replies: Vec<Option<i64>> = pipe.query_async(&mut *conn).await?;
-            out.extend(replies);
         }
         Ok(out)
     }
 
-    /// A pooled connection for bulk work.
-    pub async fn bulk(&self) -> RedisResult<bb8::PooledConnection<'_, RedisConnectionManager>> {
-        self.bulk.get().await.map_err(|e| match e {
-            bb8::RunError::User(e) => e,
-            bb8::RunError::TimedOut => redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "timed out waiting for a bulk Redis connection",
-            )),
-        })
+    /// A connection for bulk work.
+    pub async fn bulk(&self) -> RedisResult<Bulk<'_>> {
+        self.bulk.get().await
     }
 
     /// Round trip to Redis.
@@ -225,17 +301,20 @@ impl Redis {
         if sections.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for section in sections {
-            let keys = self.section_keys(*section);
-            pipe.cmd("HGET").arg(&keys.meta).arg("capacity");
-            pipe.cmd("GET").arg(&keys.seats);
-            pipe.cmd("SCARD").arg(&keys.enrolled);
-            pipe.cmd("ZCARD").arg(&keys.waitlist);
-        }
-        let mut conn = self.conn();
+        let groups = sections
+            .iter()
+            .map(|section| {
+                let keys = self.section_keys(*section);
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGET").arg(&keys.meta).arg("capacity");
+                pipe.cmd("GET").arg(&keys.seats);
+                pipe.cmd("SCARD").arg(&keys.enrolled);
+                pipe.cmd("ZCARD").arg(&keys.waitlist);
+                pipe
+            })
+            .collect();
         let replies: Vec<(Option<i64>, Option<i64>, i64, i64)> = {
-            let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+            let flat = self.per_slot(false, groups).await?;
             flat.chunks(4)
                 .map(|c| {
                     Ok((
@@ -295,15 +374,18 @@ impl Redis {
             return Ok(Vec::new());
         }
         let id = student.to_string();
-        let mut pipe = redis::pipe();
-        for section in sections {
-            let keys = self.section_keys(*section);
-            pipe.cmd("SISMEMBER").arg(&keys.enrolled).arg(&id);
-            pipe.cmd("ZRANK").arg(&keys.waitlist).arg(&id);
-            pipe.cmd("HGET").arg(&keys.reverted).arg(&id);
-        }
-        let mut conn = self.conn();
-        let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let groups = sections
+            .iter()
+            .map(|section| {
+                let keys = self.section_keys(*section);
+                let mut pipe = redis::pipe();
+                pipe.cmd("SISMEMBER").arg(&keys.enrolled).arg(&id);
+                pipe.cmd("ZRANK").arg(&keys.waitlist).arg(&id);
+                pipe.cmd("HGET").arg(&keys.reverted).arg(&id);
+                pipe
+            })
+            .collect();
+        let flat = self.per_slot(false, groups).await?;
         flat.chunks(3)
             .map(|c| {
                 let enrolled: bool = redis::from_redis_value(c[0].clone())?;
@@ -329,12 +411,19 @@ impl Redis {
 
     /// Whether Redis holds state for each of `sections`, in one round trip.
     pub async fn are_loaded(&self, sections: &[Uuid]) -> RedisResult<Vec<bool>> {
-        let mut pipe = redis::pipe();
-        for section in sections {
-            pipe.cmd("EXISTS").arg(self.section_keys(*section).meta);
-        }
-        let mut conn = self.conn();
-        pipe.query_async(&mut conn).await
+        let groups = sections
+            .iter()
+            .map(|section| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("EXISTS").arg(self.section_keys(*section).meta);
+                pipe
+            })
+            .collect();
+        self.per_slot(false, groups)
+            .await?
+            .into_iter()
+            .map(|v| Ok(redis::from_redis_value(v)?))
+            .collect()
     }
 
     /// The waitlist limit and active flag `section`'s scripts enforce now
@@ -378,7 +467,7 @@ impl Redis {
             .arg(&keys.waitlist)
             .arg(0)
             .arg(-1)
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await?;
         let parse = |v: Vec<String>| v.iter().filter_map(|s| Uuid::try_parse(s).ok()).collect();
         Ok((parse(enrolled), parse(waiting)))

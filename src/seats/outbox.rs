@@ -171,24 +171,28 @@ impl Redis {
     }
 
     /// For each section: the oldest outbox entry's (seq, time in unix ms) and
-    /// the outbox length. One pipelined round trip on a bulk connection.
+    /// the outbox length. One pipelined round trip on a bulk connection (one per slot at
+    /// once on a cluster).
     pub async fn outbox_heads(
         &self,
         sections: &[Uuid],
     ) -> RedisResult<Vec<(Option<(i64, i64)>, u64)>> {
-        let mut pipe = redis::pipe();
-        for section in sections {
-            let keys = self.section_keys(*section);
-            pipe.cmd("XRANGE")
-                .arg(&keys.outbox)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1);
-            pipe.cmd("XLEN").arg(&keys.outbox);
-        }
-        let mut conn = self.bulk().await?;
-        let replies: Vec<redis::Value> = pipe.query_async(&mut *conn).await?;
+        let groups = sections
+            .iter()
+            .map(|section| {
+                let keys = self.section_keys(*section);
+                let mut pipe = redis::pipe();
+                pipe.cmd("XRANGE")
+                    .arg(&keys.outbox)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1);
+                pipe.cmd("XLEN").arg(&keys.outbox);
+                pipe
+            })
+            .collect();
+        let replies = self.per_slot(true, groups).await?;
         let mut out = Vec::with_capacity(sections.len());
         for (i, pair) in replies.chunks(2).enumerate() {
             let head: StreamRangeReply = redis::from_redis_value(pair[0].clone())?;

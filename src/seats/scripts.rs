@@ -19,22 +19,37 @@ use crate::{
 /// A script that changes a section: `lua/lib/emit.lua`, then its own body.
 macro_rules! section_script {
     ($file:literal) => {
-        Script::new(concat!(
+        concat!(
             include_str!("../../lua/lib/emit.lua"),
             include_str!(concat!("../../lua/", $file))
-        ))
+        )
     };
 }
 
 /// A script charging token buckets: `lua/lib/gcra.lua`, then its own body.
 macro_rules! bucket_script {
     ($file:literal) => {
-        Script::new(concat!(
+        concat!(
             include_str!("../../lua/lib/gcra.lua"),
             include_str!(concat!("../../lua/", $file))
-        ))
+        )
     };
 }
+
+/// Every script's source, in the order of [`Scripts`]' fields.
+const SOURCES: [&str; 11] = [
+    section_script!("reserve.lua"),
+    section_script!("drop.lua"),
+    section_script!("compensate.lua"),
+    section_script!("resize.lua"),
+    include_str!("../../lua/load.lua"),
+    include_str!("../../lua/inspect.lua"),
+    include_str!("../../lua/idempotency.lua"),
+    bucket_script!("rate_limit.lua"),
+    include_str!("../../lua/login_guard.lua"),
+    bucket_script!("access.lua"),
+    include_str!("../../lua/access_set.lua"),
+];
 
 /// The compiled scripts, shared by every call.
 pub struct Scripts {
@@ -53,36 +68,27 @@ pub struct Scripts {
 
 impl Scripts {
     pub fn new() -> Self {
+        let [reserve, drop, compensate, resize, load, inspect, idempotency, rate_limit, login_guard, access, access_set] =
+            SOURCES.map(Script::new);
         Self {
-            reserve: section_script!("reserve.lua"),
-            drop: section_script!("drop.lua"),
-            compensate: section_script!("compensate.lua"),
-            resize: section_script!("resize.lua"),
-            load: Script::new(include_str!("../../lua/load.lua")),
-            inspect: Script::new(include_str!("../../lua/inspect.lua")),
-            idempotency: Script::new(include_str!("../../lua/idempotency.lua")),
-            rate_limit: bucket_script!("rate_limit.lua"),
-            login_guard: Script::new(include_str!("../../lua/login_guard.lua")),
-            access: bucket_script!("access.lua"),
-            access_set: Script::new(include_str!("../../lua/access_set.lua")),
+            reserve,
+            drop,
+            compensate,
+            resize,
+            load,
+            inspect,
+            idempotency,
+            rate_limit,
+            login_guard,
+            access,
+            access_set,
         }
     }
 
-    /// Every script, for loading them all at start-up.
-    pub fn all(&self) -> [&Script; 11] {
-        [
-            &self.reserve,
-            &self.drop,
-            &self.compensate,
-            &self.resize,
-            &self.load,
-            &self.inspect,
-            &self.idempotency,
-            &self.rate_limit,
-            &self.login_guard,
-            &self.access,
-            &self.access_set,
-        ]
+    /// Every script's source, for loading them all (on every primary of a
+    /// cluster) at start-up and after a failover.
+    pub fn sources(&self) -> &'static [&'static str] {
+        &SOURCES
     }
 }
 
@@ -313,8 +319,16 @@ impl Redis {
         name: &'static str,
         invocation: redis::ScriptInvocation<'_>,
     ) -> RedisResult<Vec<Value>> {
+        self.run_on(self.conn(), name, invocation).await
+    }
+
+    async fn run_on(
+        &self,
+        mut conn: super::Conn,
+        name: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> RedisResult<Vec<Value>> {
         let started = Instant::now();
-        let mut conn = self.conn();
         let reply = invocation.invoke_async(&mut conn).await;
         metrics::histogram!(SCRIPT_DURATION, "script" => name)
             .record(started.elapsed().as_secs_f64());
@@ -331,7 +345,8 @@ impl Redis {
         invocation: redis::ScriptInvocation<'_>,
     ) -> RedisResult<Reply> {
         let permit = self.watch().enter().ok_or_else(RedisWatch::closed_error)?;
-        let raw = self.run(name, invocation).await?;
+        let raw = self.run_on(self.seat_conn(), name, invocation).await?;
+        self.replicated(&self.section_keys(section).meta).await?;
         if !permit.still_valid() {
             return Err(RedisWatch::changed_error());
         }
@@ -342,10 +357,20 @@ impl Redis {
     /// pipeline does not load scripts by itself, so after a NOSCRIPT (Redis
     /// restarted, SCRIPT FLUSH) the scripts are loaded and the pipeline is
     /// sent once more.
+    ///
+    /// On a cluster the invocations (in different slots) are sent at once,
+    /// each to its slot's primary, each loading its script if it must.
     pub(crate) async fn pipelined<T: redis::FromRedisValue>(
         &self,
         invocations: &[ScriptInvocation<'_>],
     ) -> RedisResult<Vec<T>> {
+        if self.is_cluster() {
+            return futures_util::future::try_join_all(invocations.iter().map(|invocation| {
+                let mut conn = self.conn();
+                async move { invocation.invoke_async::<T>(&mut conn).await }
+            }))
+            .await;
+        }
         let mut pipe = redis::pipe();
         for invocation in invocations {
             pipe.invoke_script(invocation);
@@ -527,7 +552,7 @@ impl Redis {
         // Bulk connection: a large roster must not delay students' requests
         // queued behind it on the shared socket.
         let mut conn = self.bulk().await?;
-        let (code, dropped): (i64, i64) = call.invoke_async(&mut *conn).await?;
+        let (code, dropped): (i64, i64) = call.invoke_async(&mut conn).await?;
         metrics::histogram!(SCRIPT_DURATION, "script" => "load")
             .record(started.elapsed().as_secs_f64());
         let outcome = match code {
@@ -548,7 +573,7 @@ impl Redis {
         let started = Instant::now();
         // Bulk connection: a large roster must not delay students' requests.
         let mut conn = self.bulk().await?;
-        let raw: Vec<Value> = call.invoke_async(&mut *conn).await?;
+        let raw: Vec<Value> = call.invoke_async(&mut conn).await?;
         metrics::histogram!(SCRIPT_DURATION, "script" => "inspect")
             .record(started.elapsed().as_secs_f64());
         let bad = || unexpected("inspect", &raw);
@@ -583,10 +608,12 @@ impl Redis {
     }
 
     /// Loads every script into Redis's script cache (start-up and readiness).
+    /// On a cluster, on every primary.
     pub async fn load_scripts(&self) -> RedisResult<()> {
         let mut conn = self.conn();
-        for script in self.scripts().all() {
-            script.load_async(&mut conn).await?;
+        for source in self.scripts().sources() {
+            let loaded = super::link::load_everywhere(&mut conn.inner, source).await;
+            conn.observe(loaded)?;
         }
         Ok(())
     }

@@ -14,18 +14,23 @@
 //!    first: those are acknowledged events continuing PostgreSQL's
 //!    sequence, and a restarted Redis may no longer have them;
 //! 4. compares every section's Redis `:seq` with PostgreSQL's `last_seq` and
-//!    rebuilds those Redis holds behind (`load.lua` mode "behind", decided
+//!    rebuilds those Redis holds behind (or lost while PostgreSQL has events) (`load.lua` mode "behind", decided
 //!    inside the script so instances cannot race); sections at or ahead of
 //!    PostgreSQL keep their state and their outbox drains as usual;
 //! 5. rebuilds sections a worker reported (mode "force", once their outbox
 //!    has drained), then reopens.
 //!
 //! PostgreSQL away during step 3 or 4 keeps the gate closed: whether Redis
-//! is behind cannot be known without it. Several instances each drain their
-//! own shards before comparing; an instance that rebuilds a section before
-//! another instance has drained its memory leaves that section behind
-//! again, which the other instance's workers then detect as a sequence
-//! conflict (counted, logged, rebuilt), see docs/faults.md.
+//! is behind cannot be known without it. With several instances, step 4 is
+//! a barrier: a section behind is rebuilt only by the instance owning its
+//! persistence partition (the only one that can hold unwritten events of
+//! it, drained in step 3), and every other instance keeps its gate closed
+//! until no section is behind any more.
+//!
+//! On a Redis Cluster "the server" is the set of primaries with their
+//! `run_id`s (`seats::link`): a promoted replica or a restarted node
+//! changes it and everything above follows; moving slots between live
+//! primaries does not.
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,7 +39,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::Persistence;
+use super::{lease::Leases, Persistence};
 use crate::{
     domain::SectionSnapshot,
     metrics::{REDIS_REVALIDATIONS, SECTIONS_LOADED},
@@ -57,6 +62,9 @@ pub struct Revalidator {
     pub db: Pool,
     pub redis: Redis,
     pub persistence: Persistence,
+    /// Only the owner of a section's partition rebuilds it (see
+    /// [`Revalidator::rebuild_behind`]).
+    pub leases: Leases,
 }
 
 /// What one revalidation did.
@@ -194,22 +202,47 @@ impl Revalidator {
         Ok(())
     }
 
-    /// Rebuilds every section whose Redis sequence is below PostgreSQL's;
-    /// returns (sections rebuilt, outbox entries discarded).
+    /// Rebuilds every section whose Redis sequence is below PostgreSQL's
+    /// (or whose state is gone while PostgreSQL has events of it); returns
+    /// (sections rebuilt, outbox entries discarded).
+    ///
+    /// The barrier across instances: only the instance that owns a
+    /// section's partition writes its events, so only it can hold
+    /// acknowledged events of that section that PostgreSQL lacks, and it
+    /// has just drained them ([`Self::drain`]). So each instance rebuilds
+    /// only the behind sections it owns, and fails the revalidation (its
+    /// gate stays closed, it compares again shortly) while any other behind
+    /// section waits for its owner: nobody rebuilds a section while another
+    /// instance still holds unwritten events for it, and nobody serves a
+    /// section that is still behind.
     async fn rebuild_behind(&self) -> anyhow::Result<(usize, i64)> {
         let sections = super::bounded(&self.db, async |c| engine::all_last_seqs(&*c).await).await?;
         let ids: Vec<Uuid> = sections.iter().map(|(id, _)| *id).collect();
         let redis_seqs = self.redis.seqs(&ids).await?;
-        let behind: Vec<Uuid> = sections
+        let (behind, waiting): (Vec<Uuid>, Vec<Uuid>) = sections
             .iter()
             .zip(redis_seqs)
-            .filter(|((_, last_seq), seq)| seq.is_some_and(|s| s < *last_seq))
+            .filter(|((_, last_seq), seq)| seq.map_or(*last_seq > 0, |s| s < *last_seq))
             .map(|((id, _), _)| *id)
-            .collect();
+            .partition(|id| self.leases.owns(*id));
+        if !waiting.is_empty() {
+            // Rebuild what is ours first: an owner waiting on us is not
+            // possible (each waits only for sections it does not own).
+            let (rebuilt, _) = self.rebuild(&behind).await?;
+            bail!(
+                "{} section(s) behind PostgreSQL wait for the instance owning their partition \
+                 to rebuild them ({rebuilt} of ours rebuilt)",
+                waiting.len()
+            );
+        }
+        self.rebuild(&behind).await
+    }
+
+    async fn rebuild(&self, behind: &[Uuid]) -> anyhow::Result<(usize, i64)> {
         if behind.is_empty() {
             return Ok((0, 0));
         }
-        let snapshots = self.snapshots(&behind).await?;
+        let snapshots = self.snapshots(behind).await?;
         let (mut rebuilt, mut dropped) = (0, 0);
         for snapshot in &snapshots {
             let (load, discarded) = self.redis.rebuild(snapshot, Rebuild::Behind).await?;

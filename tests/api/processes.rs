@@ -55,6 +55,8 @@ impl Seeded {
             namespace: self.namespace.name.clone(),
             connect_timeout_ms: Millis::new(1000),
             response_timeout_ms: Millis::new(1000),
+            wait_replicas: 0,
+            wait_timeout_ms: Millis::new(500),
         })
         .expect("a valid Redis URL")
     }

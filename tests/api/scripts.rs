@@ -47,6 +47,8 @@ fn redis() -> Scripts {
             namespace: namespace.name.clone(),
             connect_timeout_ms: registrar::config::Millis::new(1000),
             response_timeout_ms: registrar::config::Millis::new(1000),
+            wait_replicas: 0,
+            wait_timeout_ms: registrar::config::Millis::new(500),
         })
         .unwrap(),
         _namespace: namespace,
