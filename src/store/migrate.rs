@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_student_access.sql",
         sql: include_str!("../../sql/0006_student_access.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_partition_by_semester.sql",
+        sql: include_str!("../../sql/0007_partition_by_semester.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).
