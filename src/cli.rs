@@ -1,5 +1,5 @@
-//! The command line: one binary with `serve`, `migrate`, `seed`, `token`
-//! and `reconcile`. `main.rs` parses and dispatches; the bodies live here.
+//! The command line: one binary with `serve`, `migrate`, `seed`, `token`,
+//! `reconcile` and `semester detach`. `main.rs` parses and dispatches; the bodies live here.
 
 use std::{io::Write, time::Duration};
 
@@ -14,7 +14,7 @@ use crate::{
     seed::{self, SeedOptions},
     startup::{shutdown_signal, Application},
     store,
-    sync::reconcile,
+    sync::{archive, reconcile},
     telemetry,
 };
 
@@ -63,6 +63,11 @@ pub enum Command {
         #[arg(long)]
         fix: bool,
     },
+    /// Semester partitions: `semester detach <id>` archives an old semester.
+    Semester {
+        #[command(subcommand)]
+        command: SemesterCommand,
+    },
     /// Print a JWT for a student (by number or id) or for the admin.
     Token {
         #[arg(long, conflicts_with_all = ["student_id", "admin"])]
@@ -76,6 +81,15 @@ pub enum Command {
         #[arg(long)]
         ttl_secs: Option<u64>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum SemesterCommand {
+    /// Detach the semester's registrations and waitlist partitions (and move
+    /// its dead letters) into the `archive` schema, to dump and drop there.
+    /// Refused while the semester is active, its registration window is not
+    /// over, or any of its events is not yet in PostgreSQL. Safe to repeat.
+    Detach { semester_id: Uuid },
 }
 
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
@@ -168,6 +182,27 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if drift > 0 {
                 anyhow::bail!("Redis and PostgreSQL disagree on {drift} sections");
             }
+            Ok(())
+        }
+        Command::Semester {
+            command: SemesterCommand::Detach { semester_id },
+        } => {
+            let pool = store::pool(&settings.database)?;
+            let redis = Redis::new(&settings.redis)?;
+            let archived = archive::detach_semester(&pool, &redis, semester_id).await?;
+            println!(
+                "semester {} detached; {} dead letters moved; archived tables:",
+                archived.semester, archived.dead_letters
+            );
+            for table in &archived.tables {
+                println!("  {table}");
+            }
+            let only: Vec<String> = archived
+                .tables
+                .iter()
+                .map(|t| format!("--table={t}"))
+                .collect();
+            println!("dump them with: pg_dump {} <database>", only.join(" "));
             Ok(())
         }
         Command::Token {

@@ -168,6 +168,12 @@ pub struct DatabaseSettings {
     /// Zero would mean "no timeout" to PostgreSQL: refused by the type.
     pub statement_timeout_ms: Millis,
     pub migrate_on_start: bool,
+    /// A read replica for the catalog and the student views (absent: they
+    /// read the primary). Everything that writes or must see the latest
+    /// commit (register, drop, persistence, leases, access checks, admin)
+    /// always uses `url`; a replica's lag only delays what those reads show.
+    #[serde(default)]
+    pub read_url: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

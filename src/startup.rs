@@ -58,6 +58,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = store::pool(&settings.database)?;
         let sync_db = store::persistence_pool(&settings.database)?;
+        let read_db = store::read_pool(&settings.database, &db)?;
         if settings.database.migrate_on_start {
             match db.get().await {
                 Ok(mut client) => {
@@ -145,6 +146,7 @@ impl Application {
                 settings.database.connect_timeout_ms.duration(),
             ),
             db,
+            read_db,
             sync_db,
             redis,
             settings,
@@ -281,6 +283,7 @@ impl Application {
         let _ = release_leases.send(true);
         let _ = leases.await;
         self.state.db.close();
+        self.state.read_db.close();
         self.state.sync_db.close();
         if let Some(task) = supervisor.failed() {
             anyhow::bail!("stopped because background task `{task}` ended unexpectedly");

@@ -38,8 +38,12 @@ pub enum NotServing {
 /// Shared by every request handler.
 pub struct AppState {
     pub settings: Settings,
-    /// The API's PostgreSQL pool.
+    /// The API's PostgreSQL pool, on the primary: everything that writes
+    /// or must see the latest commit.
     pub db: Pool,
+    /// Catalog and student-view reads: the replica at `database.read_url`,
+    /// or the same pool as `db` when none is configured.
+    pub read_db: Pool,
     /// The persistence side's pool (shards, sweeper, loader, revalidator).
     pub sync_db: Pool,
     pub redis: Redis,

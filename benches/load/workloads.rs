@@ -922,10 +922,11 @@ pub async fn insert_ceiling(
         let times: Vec<chrono::DateTime<chrono::Utc>> =
             chunk.iter().map(|_| chrono::Utc::now()).collect();
         tx.execute(
-            "insert into registrations (id, student_id, section_id, status, registration_date) \
-             select u.id, u.student, $1, 'enrolled', u.at \
+            "insert into registrations \
+                    (id, student_id, section_id, semester_id, status, registration_date) \
+             select u.id, u.student, $1, $5, 'enrolled', u.at \
                from unnest($2::uuid[], $3::uuid[], $4::timestamptz[]) as u(id, student, at)",
-            &[&section, &row_ids, &chunk, &times],
+            &[&section, &row_ids, &chunk, &times, &semester],
         )
         .await?;
         tx.commit().await?;
@@ -933,8 +934,8 @@ pub async fn insert_ceiling(
     let elapsed = started.elapsed().as_secs_f64();
     client
         .execute(
-            "delete from registrations where section_id = $1",
-            &[&section],
+            "delete from registrations where section_id = $1 and semester_id = $2",
+            &[&section, &semester],
         )
         .await?;
     client

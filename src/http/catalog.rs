@@ -38,14 +38,14 @@ fn apply_live(sections: &mut [catalog::Section], counts: &[Option<LiveCounts>]) 
 
 pub async fn semesters(state: &AppState, req: &Parts) -> ApiResult {
     authenticate(state, req)?;
-    let db = state.db.get().await?;
+    let db = state.read_db.get().await?;
     let items = catalog::semesters(&db).await?;
     json(StatusCode::OK, &List { items })
 }
 
 pub async fn semester(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     authenticate(state, req)?;
-    let db = state.db.get().await?;
+    let db = state.read_db.get().await?;
     match catalog::semester_by_id(&db, id).await? {
         Some(semester) => json(StatusCode::OK, &semester),
         None => Err(ApiError::not_found("semester")),
@@ -60,7 +60,7 @@ async fn sections_of(
     if let Some(items) = cache.get(&cache.semesters, id) {
         return Ok(Some(items));
     }
-    let db = state.db.get().await?;
+    let db = state.read_db.get().await?;
     if catalog::semester_by_id(&db, id).await?.is_none() {
         return Ok(None);
     }
@@ -109,7 +109,7 @@ pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     let mut section = match cache.get(&cache.sections, id) {
         Some(section) => section,
         None => {
-            let db = state.db.get().await?;
+            let db = state.read_db.get().await?;
             let Some(section) = catalog::section_by_id(&db, id).await? else {
                 return Err(ApiError::not_found("section"));
             };
@@ -165,7 +165,7 @@ pub async fn available(state: &AppState, req: &Parts) -> ApiResult {
         limit,
         offset,
     };
-    let db = state.db.get().await?;
+    let db = state.read_db.get().await?;
     let mut items = catalog::available_sections(&db, &filter).await?;
     drop(db);
     overlay_live(state, &mut items).await;

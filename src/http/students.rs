@@ -85,7 +85,7 @@ async fn standings(
 
 pub async fn registrations(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     ensure_may_read(state, req, id)?;
-    let db = state.db.get().await?;
+    let db = state.read_db.get().await?;
     let persisted = students::registrations(&db, id).await?;
     let by_section: HashMap<Uuid, &students::Registration> =
         persisted.iter().map(|r| (r.section_id, r)).collect();
@@ -140,7 +140,7 @@ pub async fn registrations(state: &AppState, req: &Parts, id: Uuid) -> ApiResult
 
 pub async fn waitlist(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     ensure_may_read(state, req, id)?;
-    let db = state.db.get().await?;
+    let db = state.read_db.get().await?;
     let persisted = students::waitlist(&db, id).await?;
     let positions: HashMap<Uuid, i32> = persisted
         .iter()

@@ -49,7 +49,8 @@ pub async fn enrolled_and_waitlisted(
     let rows = db
         .query(
             "select w.section_id, w.student_id from waitlist w join registrations r \
-               on r.section_id = w.section_id and r.student_id = w.student_id \
+               on r.section_id = w.section_id and r.semester_id = w.semester_id \
+              and r.student_id = w.student_id \
               where r.status = 'enrolled' and w.section_id = any($1)",
             &[&sections],
         )

@@ -71,7 +71,8 @@ fn semester(row: &Row) -> Semester {
 const SECTION_SELECT: &str = "select s.id, s.course_id, c.course_code, c.course_name, c.credits, \
      s.semester_id, s.section_number, s.instructor, s.schedule, s.room, s.total_seats, \
      s.enrolled_count, s.waitlist_limit, \
-     (select count(*) from waitlist w where w.section_id = s.id)::integer, s.is_active \
+     (select count(*) from waitlist w \
+      where w.section_id = s.id and w.semester_id = s.semester_id)::integer, s.is_active \
      from sections s join courses c on c.id = s.course_id";
 
 fn section(row: &Row) -> Section {

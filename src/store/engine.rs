@@ -3,6 +3,11 @@
 //! A section's events are applied in sequence order inside one transaction,
 //! with one multi-row statement per run of same-kind events, then the
 //! section row advances under an optimistic check on `last_seq`.
+//!
+//! `registrations` and `waitlist` are partitioned by semester
+//! (sql/0007_partition_by_semester.sql). [`advance`] returns the section's
+//! semester in the round trip it already makes, and every write names it,
+//! so each statement touches that semester's partition only.
 
 use std::collections::HashMap;
 
@@ -25,48 +30,60 @@ fn columns(run: &[Event]) -> (Vec<Uuid>, Vec<Uuid>, Vec<DateTime<Utc>>) {
     (ids, students, times)
 }
 
+/// A section and the semester it belongs to: the partition key of the rows
+/// written for it (from [`advance`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SectionKey {
+    pub section: Uuid,
+    pub semester: Uuid,
+}
+
 /// Applies `events` (one section, ascending, contiguous) inside `tx`.
 pub async fn apply(
     tx: &Transaction<'_>,
-    section: Uuid,
+    key: SectionKey,
     events: &[Event],
 ) -> Result<(), tokio_postgres::Error> {
     let mut renumber = false;
     for run in events.chunk_by(|a, b| a.kind == b.kind) {
         let (ids, students, times) = columns(run);
         match run[0].kind {
-            EventKind::Enroll => insert_enrolled(tx, section, &ids, &students, &times).await?,
+            EventKind::Enroll => insert_enrolled(tx, key, &ids, &students, &times).await?,
             EventKind::Promote => {
-                delete_waitlisted(tx, section, &students).await?;
+                delete_waitlisted(tx, key, &students).await?;
                 renumber = true;
-                insert_enrolled(tx, section, &ids, &students, &times).await?;
+                insert_enrolled(tx, key, &ids, &students, &times).await?;
             }
             EventKind::Waitlist => {
                 let stmt = tx
                     .prepare_cached(
-                        "insert into waitlist (id, student_id, section_id, position, created_at) \
-                         select u.id, u.student, $1, (b.base + u.ord)::integer, u.at \
+                        "insert into waitlist \
+                                (id, student_id, section_id, semester_id, position, created_at) \
+                         select u.id, u.student, $1, $5, (b.base + u.ord)::integer, u.at \
                            from unnest($2::uuid[], $3::uuid[], $4::timestamptz[]) \
                                 with ordinality as u(id, student, at, ord), \
-                                (select coalesce(max(position), 0) as base \
-                                   from waitlist where section_id = $1) b \
-                         on conflict (student_id, section_id) do nothing",
+                                (select coalesce(max(position), 0) as base from waitlist \
+                                  where section_id = $1 and semester_id = $5) b \
+                         on conflict (student_id, section_id, semester_id) do nothing",
                     )
                     .await?;
-                tx.execute(&stmt, &[&section, &ids, &students, &times])
-                    .await?;
+                tx.execute(
+                    &stmt,
+                    &[&key.section, &ids, &students, &times, &key.semester],
+                )
+                .await?;
             }
-            EventKind::Drop => mark_dropped(tx, section, &students, &times).await?,
+            EventKind::Drop => mark_dropped(tx, key, &students, &times).await?,
             EventKind::Unwait => {
-                delete_waitlisted(tx, section, &students).await?;
+                delete_waitlisted(tx, key, &students).await?;
                 renumber = true;
             }
             EventKind::Revert => {
                 // The undone event never reached PostgreSQL (its write failed
                 // for good); clearing both states keeps a replay harmless.
-                delete_waitlisted(tx, section, &students).await?;
+                delete_waitlisted(tx, key, &students).await?;
                 renumber = true;
-                mark_dropped(tx, section, &students, &times).await?;
+                mark_dropped(tx, key, &students, &times).await?;
             }
             EventKind::Config => {
                 if let Some(config) = run.iter().rev().find_map(|e| e.config) {
@@ -79,7 +96,7 @@ pub async fn apply(
                     tx.execute(
                         &stmt,
                         &[
-                            &section,
+                            &key.section,
                             &config.capacity,
                             &config.waitlist_limit,
                             &config.active,
@@ -95,54 +112,62 @@ pub async fn apply(
             .prepare_cached(
                 "update waitlist w set position = r.rn::integer, version = w.version + 1 \
                    from (select id, row_number() over (order by position) as rn \
-                           from waitlist where section_id = $1) r \
-                  where w.id = r.id and w.position <> r.rn",
+                           from waitlist where section_id = $1 and semester_id = $2) r \
+                  where w.semester_id = $2 and w.id = r.id and w.position <> r.rn",
             )
             .await?;
-        tx.execute(&stmt, &[&section]).await?;
+        tx.execute(&stmt, &[&key.section, &key.semester]).await?;
     }
     Ok(())
 }
 
 async fn insert_enrolled(
     tx: &Transaction<'_>,
-    section: Uuid,
+    key: SectionKey,
     ids: &[Uuid],
     students: &[Uuid],
     times: &[DateTime<Utc>],
 ) -> Result<(), tokio_postgres::Error> {
     let stmt = tx
         .prepare_cached(
-            "insert into registrations (id, student_id, section_id, status, registration_date) \
-             select u.id, u.student, $1, 'enrolled', u.at \
+            "insert into registrations \
+                    (id, student_id, section_id, semester_id, status, registration_date) \
+             select u.id, u.student, $1, $5, 'enrolled', u.at \
                from unnest($2::uuid[], $3::uuid[], $4::timestamptz[]) as u(id, student, at) \
-             on conflict (student_id, section_id) do update \
+             on conflict (student_id, section_id, semester_id) do update \
                 set status = 'enrolled', dropped_date = null, \
                     registration_date = excluded.registration_date, \
                     version = registrations.version + 1 \
               where registrations.status = 'dropped'",
         )
         .await?;
-    tx.execute(&stmt, &[&section, &ids, &students, &times])
-        .await?;
+    tx.execute(
+        &stmt,
+        &[&key.section, &ids, &students, &times, &key.semester],
+    )
+    .await?;
     Ok(())
 }
 
 async fn delete_waitlisted(
     tx: &Transaction<'_>,
-    section: Uuid,
+    key: SectionKey,
     students: &[Uuid],
 ) -> Result<(), tokio_postgres::Error> {
     let stmt = tx
-        .prepare_cached("delete from waitlist where section_id = $1 and student_id = any($2)")
+        .prepare_cached(
+            "delete from waitlist \
+              where section_id = $1 and semester_id = $3 and student_id = any($2)",
+        )
         .await?;
-    tx.execute(&stmt, &[&section, &students]).await?;
+    tx.execute(&stmt, &[&key.section, &students, &key.semester])
+        .await?;
     Ok(())
 }
 
 async fn mark_dropped(
     tx: &Transaction<'_>,
-    section: Uuid,
+    key: SectionKey,
     students: &[Uuid],
     times: &[DateTime<Utc>],
 ) -> Result<(), tokio_postgres::Error> {
@@ -151,28 +176,37 @@ async fn mark_dropped(
             "update registrations r set status = 'dropped', dropped_date = u.at, \
                     version = r.version + 1 \
                from unnest($2::uuid[], $3::timestamptz[]) as u(student, at) \
-              where r.section_id = $1 and r.student_id = u.student and r.status = 'enrolled'",
+              where r.section_id = $1 and r.semester_id = $4 \
+                and r.student_id = u.student and r.status = 'enrolled'",
         )
         .await?;
-    tx.execute(&stmt, &[&section, &students, &times]).await?;
+    tx.execute(&stmt, &[&key.section, &students, &times, &key.semester])
+        .await?;
     Ok(())
 }
 
-/// Moves a section's `last_seq` from `from` to `to`; false when another
-/// writer moved it first (the optimistic check found no row).
+/// Moves a section's `last_seq` from `from` to `to` and returns the
+/// section with its semester (the partition its rows go to); None when
+/// another writer moved it first (the optimistic check found no row).
 pub async fn advance(
     tx: &Transaction<'_>,
     section: Uuid,
     from: i64,
     to: i64,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<Option<SectionKey>, tokio_postgres::Error> {
     let stmt = tx
         .prepare_cached(
             "update sections set last_seq = $3, version = version + 1 \
-              where id = $1 and last_seq = $2",
+              where id = $1 and last_seq = $2 returning semester_id",
         )
         .await?;
-    Ok(tx.execute(&stmt, &[&section, &from, &to]).await? == 1)
+    Ok(tx
+        .query_opt(&stmt, &[&section, &from, &to])
+        .await?
+        .map(|row| SectionKey {
+            section,
+            semester: row.get(0),
+        }))
 }
 
 /// The last applied sequence of each section (absent: no such section).

@@ -8,6 +8,7 @@ pub mod journal;
 pub mod leases;
 pub mod migrate;
 pub mod notify;
+pub mod partitions;
 pub mod students;
 
 use std::str::FromStr;
@@ -30,6 +31,22 @@ pub async fn ping(db: &Pool) -> anyhow::Result<()> {
 /// each connection gets the configured statement timeout.
 pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
     build_pool(settings, settings.pool_size, "registrar")
+}
+
+/// Builds the pool of the catalog and view reads: on the replica at
+/// `database.read_url` (its own `database.pool_size` connections), or the
+/// API's `primary` pool itself when none is configured.
+pub fn read_pool(settings: &DatabaseSettings, primary: &Pool) -> anyhow::Result<Pool> {
+    match &settings.read_url {
+        Some(url) => build_pool_at(
+            (url.expose(), "database.read_url"),
+            settings,
+            settings.pool_size,
+            "registrar-read",
+            |_| "",
+        ),
+        None => Ok(primary.clone()),
+    }
 }
 
 /// Builds the pool of the persistence shards, the sweeper, the section
@@ -71,8 +88,25 @@ fn build_pool_with(
     application_name: &str,
     tune: impl FnOnce(&mut tokio_postgres::Config) -> &'static str,
 ) -> anyhow::Result<Pool> {
-    let mut pg = tokio_postgres::Config::from_str(settings.url.expose())
-        .context("database.url is not a PostgreSQL URL")?;
+    build_pool_at(
+        (settings.url.expose(), "database.url"),
+        settings,
+        size,
+        application_name,
+        tune,
+    )
+}
+
+/// `url` is the URL and the name of the setting it comes from.
+fn build_pool_at(
+    (url, setting): (&str, &str),
+    settings: &DatabaseSettings,
+    size: usize,
+    application_name: &str,
+    tune: impl FnOnce(&mut tokio_postgres::Config) -> &'static str,
+) -> anyhow::Result<Pool> {
+    let mut pg = tokio_postgres::Config::from_str(url)
+        .with_context(|| format!("{setting} is not a PostgreSQL URL"))?;
     let connect_timeout = settings.connect_timeout_ms.duration();
     pg.connect_timeout(connect_timeout);
     let extra = tune(&mut pg);

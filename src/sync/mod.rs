@@ -10,11 +10,14 @@
 //! - [`warmup`]: builds a section's Redis state from PostgreSQL when absent.
 //! - [`revalidate`]: after Redis may have restarted, pauses registration,
 //!   drains the shards, and rebuilds sections Redis holds behind PostgreSQL.
+//! - [`archive`]: `registrar semester detach`, an old semester's partitions
+//!   out of the live tables once nothing of it is pending.
 //!
 //! The statements they run live in [`crate::store`] ([`crate::store::engine`],
 //! and [`crate::store::journal`]: fingerprints of applied events, to tell
 //! replays from different events reusing an applied sequence).
 
+pub mod archive;
 pub mod lease;
 pub mod reconcile;
 pub mod revalidate;

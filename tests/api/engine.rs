@@ -589,7 +589,8 @@ async fn an_event_committed_but_never_acknowledged_leaves_the_outbox() {
     app.register(&app.token_for(student), &[section]).await;
     let db = app.db.get().await.unwrap();
     db.execute(
-        "insert into registrations (id, student_id, section_id, status) values (gen_random_uuid(), $1, $2, 'enrolled')",
+        "insert into registrations (id, student_id, section_id, semester_id, status) \
+         select gen_random_uuid(), $1, id, semester_id, 'enrolled' from sections where id = $2",
         &[&student, &section],
     )
     .await

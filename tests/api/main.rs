@@ -19,6 +19,7 @@ mod migrations;
 mod model;
 mod openapi;
 mod ordinary;
+mod partitions;
 mod probes;
 mod processes;
 mod reconcile;

@@ -67,8 +67,9 @@ async fn the_database_refuses_more_enrolments_than_seats() {
     let (_, first) = app.student(1).await;
     let (_, second) = app.student(2).await;
     let db = app.db.get().await.unwrap();
-    let insert = "insert into registrations (id, student_id, section_id, status) \
-                  values (gen_random_uuid(), $1, $2, 'enrolled')";
+    let insert = "insert into registrations (id, student_id, section_id, semester_id, status) \
+                  select gen_random_uuid(), $1, id, semester_id, 'enrolled' \
+                    from sections where id = $2";
 
     db.execute(insert, &[&first, &section])
         .await

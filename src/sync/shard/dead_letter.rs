@@ -83,24 +83,23 @@ impl Shard {
     async fn alone(&self, event: &Event, applied: i64) -> Result<Alone, WriteError> {
         Ok(bounded(&self.db, async |c| {
             let mut tx = c.transaction().await?;
-            if !engine::advance(&tx, event.section, applied, event.seq).await? {
+            let Some(key) = engine::advance(&tx, event.section, applied, event.seq).await? else {
                 return Err(WriteError::Conflict(event.section));
-            }
+            };
             let attempt = tx.savepoint("event").await?;
-            let failure =
-                match engine::apply(&attempt, event.section, std::slice::from_ref(event)).await {
-                    Ok(()) => {
-                        attempt.commit().await?;
-                        None
+            let failure = match engine::apply(&attempt, key, std::slice::from_ref(event)).await {
+                Ok(()) => {
+                    attempt.commit().await?;
+                    None
+                }
+                Err(e) => match WriteError::from(e) {
+                    WriteError::Permanent { message, sqlstate } => {
+                        attempt.rollback().await?;
+                        Some((message, sqlstate))
                     }
-                    Err(e) => match WriteError::from(e) {
-                        WriteError::Permanent { message, sqlstate } => {
-                            attempt.rollback().await?;
-                            Some((message, sqlstate))
-                        }
-                        other => return Err(other),
-                    },
-                };
+                    other => return Err(other),
+                },
+            };
             if let Some((message, sqlstate)) = &failure {
                 engine::insert_dead_letter(&tx, event, message, sqlstate.as_deref()).await?;
             }

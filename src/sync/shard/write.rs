@@ -29,14 +29,18 @@ impl Shard {
         // the batch is written: a writer whose idea of last_seq is stale
         // finds out here, as a conflict, before applying old events to newer
         // rows (where a constraint could fail and look permanent).
+        // The same statement returns the section's semester, the partition
+        // key of the rows written next.
+        let mut keys = Vec::with_capacity(plans.len());
         for plan in plans {
             let last = plan.events.last().map_or(plan.applied, |e| e.seq);
-            if !engine::advance(&tx, plan.section, plan.applied, last).await? {
-                return Err(WriteError::Conflict(plan.section));
+            match engine::advance(&tx, plan.section, plan.applied, last).await? {
+                Some(key) => keys.push(key),
+                None => return Err(WriteError::Conflict(plan.section)),
             }
         }
-        for plan in plans {
-            engine::apply(&tx, plan.section, &plan.events).await?;
+        for (plan, key) in plans.iter().zip(keys) {
+            engine::apply(&tx, key, &plan.events).await?;
         }
         journal::record(&tx, plans.iter().flat_map(|p| &p.events)).await?;
         tx.commit().await?;
