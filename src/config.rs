@@ -356,8 +356,22 @@ impl Settings {
         }
         tokio_postgres::Config::from_str(self.database.url.expose())
             .map_err(|e| invalid("database.url", format!("not a PostgreSQL URL: {e}")))?;
-        redis::Client::open(self.redis.url.expose())
-            .map_err(|e| invalid("redis.url", format!("not a Redis URL: {e}")))?;
+        match crate::seats::link::Target::parse(self.redis.url.expose())
+            .map_err(|e| invalid("redis.url", format!("{e:#}")))?
+        {
+            crate::seats::link::Target::Single(url) => {
+                redis::Client::open(url.as_str())
+                    .map_err(|e| invalid("redis.url", format!("not a Redis URL: {e}")))?;
+            }
+            crate::seats::link::Target::Cluster(seeds) => {
+                for seed in seeds {
+                    redis::Client::open(seed.as_str()).map_err(|e| {
+                        invalid("redis.url", format!("not a Redis Cluster URL: {e}"))
+                    })?;
+                }
+            }
+        }
+
         if self.redis.namespace.is_empty()
             || !self
                 .redis

@@ -442,7 +442,8 @@ impl Redis {
     }
 
     /// Deletes a section's state except its outbox and sequence: what a
-    /// partial loss leaves (tests use it to set that scene).
+    /// semester's detach leaves of it (`sync::archive`), and what a partial
+    /// loss leaves (tests use it to set that scene).
     pub async fn forget_section(&self, section: Uuid) -> RedisResult<()> {
         let keys = self.section_keys(section);
         let mut conn = self.conn();
