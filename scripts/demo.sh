@@ -41,10 +41,10 @@ if [ "${REDIS_CLUSTER:-}" = 1 ]; then
     "$bin" serve &
     server=$!
     trap 'kill -TERM "$server" 2>/dev/null || true' INT TERM
-    status=0
-    wait "$server" || status=$?
-    while kill -0 "$server" 2>/dev/null; do
+    while :; do
+        status=0
         wait "$server" || status=$?
+        kill -0 "$server" 2>/dev/null || break
     done
     exit "$status"
 fi
