@@ -101,6 +101,25 @@ ensure_redis() {
     wait_port "$REDIS_PORT" Redis
 }
 
+# A local Redis Cluster of 3 primaries and 3 replicas (scripts/redis-cluster.sh,
+# state under target/redis-cluster) instead of the Redis on 6379: used by
+# scripts/demo.sh with REDIS_CLUSTER=1. Exports APP__REDIS__URL as
+# redis+cluster://127.0.0.1:P1,...; a cluster this call started is stopped
+# when the calling shell exits (a trap on EXIT), one that already ran is left.
+ensure_redis_cluster() {
+    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 \
+        || apt_install redis-server
+    local script dir=target/redis-cluster url
+    script="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/redis-cluster.sh"
+    if ! bash "$script" status "$dir" >/dev/null 2>&1; then
+        # shellcheck disable=SC2064 # expanded now: the paths of this call
+        trap "bash '$script' stop '$dir'" EXIT
+    fi
+    url=$(bash "$script" start "$dir" | tail -n 1)
+    export APP__REDIS__URL=$url
+    log "Redis Cluster: $url"
+}
+
 ensure_services() {
     ensure_build_tools
     ensure_postgres

@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod authz;
 mod catalog;
+mod cluster;
 mod connections;
 mod dependencies;
 mod engine;

@@ -1,7 +1,8 @@
 //! The dev-only test kit, shared by the integration tests (`tests/api`) and
 //! the load tool (`benches/load`): a TCP fault proxy, child processes (the
-//! registrar binary, a private redis-server), and private stores (a
-//! PostgreSQL database and a Redis namespace that remove themselves).
+//! registrar binary, a private redis-server, a private Redis Cluster of
+//! six), and private stores (a PostgreSQL database and a Redis namespace,
+//! on a server or a cluster, that remove themselves).
 //!
 //! Each binary includes this folder with `#[path]`, so the project stays one
 //! crate; the kit reads no environment of its own, its callers say where the
@@ -15,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod cluster;
 pub mod database;
 pub mod namespace;
 pub mod proxy;

@@ -2,7 +2,9 @@
 //! removed with its guard. A shared Redis otherwise keeps them: section
 //! state has no TTL and idempotency records live a day.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
+
+use super::cluster;
 
 /// How long removing the keys may wait on Redis (connecting, each reply):
 /// a stopped private redis-server must not stall a test's teardown.
@@ -11,8 +13,9 @@ const PATIENCE: Duration = Duration::from_secs(2);
 /// Keys asked for per SCAN step, and so removed per UNLINK.
 const BATCH: usize = 1000;
 
-/// A namespace on the Redis at `url`; every `<name>:*` key is removed when
-/// this guard is dropped, also when the test panics.
+/// A namespace on the Redis at `url` (a server, or a cluster by its
+/// `redis+cluster://` URL); every `<name>:*` key is removed when this guard
+/// is dropped, also when the test panics.
 pub struct Namespace {
     pub name: String,
     url: String,
@@ -33,10 +36,36 @@ impl Namespace {
     }
 
     /// Removes every key of the namespace (SCAN MATCH, then UNLINK batch by
-    /// batch, so Redis is never blocked long); returns how many. Synchronous,
-    /// so that `Drop` can call it.
+    /// batch, so Redis is never blocked long); returns how many. On a
+    /// `redis+cluster://` URL, it does so on every primary that a seed
+    /// lists, one UNLINK per slot (a cluster refuses one across slots).
+    /// Synchronous, so that `Drop` can call it.
     pub fn clear(&self) -> redis::RedisResult<usize> {
-        let client = redis::Client::open(self.url.as_str())?;
+        let Some(seeds) = cluster::seeds(&self.url) else {
+            return self.clear_on(&self.url, false);
+        };
+        let mut last = None;
+        for seed in &seeds {
+            match cluster::primaries(seed) {
+                Ok(primaries) => {
+                    let mut removed = 0;
+                    for primary in primaries {
+                        removed += self.clear_on(&primary, true)?;
+                    }
+                    return Ok(removed);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "a cluster URL without seeds"))
+        }))
+    }
+
+    /// Removes the namespace's keys from the one server at `url` (in a
+    /// cluster, a primary's SCAN sees its own slots only).
+    fn clear_on(&self, url: &str, by_slot: bool) -> redis::RedisResult<usize> {
+        let client = redis::Client::open(url)?;
         let mut conn = client.get_connection_with_timeout(PATIENCE)?;
         conn.set_read_timeout(Some(PATIENCE))?;
         conn.set_write_timeout(Some(PATIENCE))?;
@@ -50,10 +79,18 @@ impl Namespace {
                 .arg("COUNT")
                 .arg(BATCH)
                 .query(&mut conn)?;
-            if !keys.is_empty() {
+            if by_slot {
+                let mut slots: HashMap<u16, Vec<&String>> = HashMap::new();
+                for key in &keys {
+                    slots.entry(cluster::key_slot(key)).or_default().push(key);
+                }
+                for keys in slots.values() {
+                    redis::cmd("UNLINK").arg(keys).query::<()>(&mut conn)?;
+                }
+            } else if !keys.is_empty() {
                 redis::cmd("UNLINK").arg(&keys).query::<()>(&mut conn)?;
-                removed += keys.len();
             }
+            removed += keys.len();
             if next == 0 {
                 return Ok(removed);
             }
