@@ -26,8 +26,7 @@ use redis::{
     cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
     cluster_routing::{
-        MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, Slot,
-        SlotAddr,
+        MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
     },
     Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
 };
@@ -168,31 +167,6 @@ impl Link {
         }))
         .await?;
         Ok(replies.into_iter().flatten().collect())
-    }
-
-    /// Waits until `replicas` replicas of the primary holding `key`'s slot
-    /// have every write this link sent to it (WAIT), at most `timeout`.
-    /// Returns how many confirmed.
-    pub async fn wait_replicas(
-        &mut self,
-        key: &str,
-        replicas: u32,
-        timeout: Duration,
-    ) -> RedisResult<u32> {
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(replicas).arg(timeout.as_millis() as u64);
-        let reply = match self {
-            Self::Single(conn) => cmd.query_async::<Value>(conn).await?,
-            Self::Cluster(conn) => {
-                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
-                conn.route_command(
-                    cmd,
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                )
-                .await?
-            }
-        };
-        Ok(redis::from_redis_value(reply)?)
     }
 
     /// What identifies the data behind this link: the `run_id` of the

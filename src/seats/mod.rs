@@ -17,10 +17,11 @@ pub mod keys;
 pub mod limits;
 pub mod link;
 pub mod outbox;
+pub mod replication;
 pub mod scripts;
 pub mod watch;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use redis::{aio::ConnectionLike, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use uuid::Uuid;
@@ -40,11 +41,8 @@ use crate::config::RedisSettings;
 pub struct Redis {
     conn: Link,
     bulk: BulkPool,
-    /// The link seat-changing scripts use: the shared one, or with
-    /// `redis.wait_replicas` a link of its own, so the WAIT after each
-    /// script holds up only other seat changes (see [`Redis::replicated`]).
-    seat: Link,
-    replication: Replication,
+    /// `redis.wait_replicas` (see [`replication`]).
+    replication: Arc<replication::Replication>,
     /// Prefix of every key this instance touches (`<ns>:{s:<id>}:...`).
     namespace: Arc<str>,
     scripts: Arc<Scripts>,
@@ -105,15 +103,7 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The message of the error [`Redis::replicated`] returns.
-pub const REPLICATION_UNCONFIRMED: &str = "replication not confirmed";
-
-/// `redis.wait_replicas` and its bound.
-#[derive(Debug, Clone, Copy)]
-struct Replication {
-    replicas: u32,
-    timeout: Duration,
-}
+pub use replication::REPLICATION_UNCONFIRMED;
 
 /// A section's live numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,19 +129,10 @@ impl Redis {
     /// (and reports not ready) while Redis is down, and connects when it returns.
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Self> {
         let (conn, bulk) = Link::open(settings)?;
-        let seat = if settings.wait_replicas > 0 {
-            Link::open_another(settings)?
-        } else {
-            conn.clone()
-        };
         Ok(Self {
             conn,
             bulk,
-            seat,
-            replication: Replication {
-                replicas: settings.wait_replicas,
-                timeout: settings.wait_timeout_ms.duration(),
-            },
+            replication: Arc::new(replication::Replication::new(settings)),
             namespace: settings.namespace.as_str().into(),
             scripts: Arc::new(Scripts::new()),
             watch: Arc::new(RedisWatch::new()),
@@ -183,38 +164,8 @@ impl Redis {
         }
     }
 
-    /// The link of seat-changing scripts (see the field).
-    pub(crate) fn seat_conn(&self) -> Conn {
-        Conn {
-            inner: self.seat.clone(),
-            watch: self.watch.clone(),
-        }
-    }
-
-    /// With `redis.wait_replicas = N`, waits until N replicas of the
-    /// primary holding `key` have every write sent on the seat link (WAIT,
-    /// bounded by `redis.wait_timeout_ms`): an answer given after it
-    /// survives the loss of that primary. Fewer confirmations within the
-    /// bound is an error (the caller answers 503; the change itself
-    /// stands and its event is persisted from the outbox like any other).
-    pub(crate) async fn replicated(&self, key: &str) -> RedisResult<()> {
-        let Replication { replicas, timeout } = self.replication;
-        if replicas == 0 {
-            return Ok(());
-        }
-        let mut conn = self.seat_conn();
-        let confirmed = conn.inner.wait_replicas(key, replicas, timeout).await;
-        match conn.observe(confirmed)? {
-            n if n >= replicas => Ok(()),
-            n => {
-                metrics::counter!(crate::metrics::REPLICATION_UNCONFIRMED).increment(1);
-                Err(redis::RedisError::from((
-                    redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain),
-                    REPLICATION_UNCONFIRMED,
-                    format!("{n} of {replicas} replica(s) confirmed within {timeout:?}"),
-                )))
-            }
-        }
+    pub(crate) fn replication(&self) -> &replication::Replication {
+        &self.replication
     }
 
     /// Runs `groups` (each one section's or student's commands, so one

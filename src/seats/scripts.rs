@@ -319,16 +319,8 @@ impl Redis {
         name: &'static str,
         invocation: redis::ScriptInvocation<'_>,
     ) -> RedisResult<Vec<Value>> {
-        self.run_on(self.conn(), name, invocation).await
-    }
-
-    async fn run_on(
-        &self,
-        mut conn: super::Conn,
-        name: &'static str,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> RedisResult<Vec<Value>> {
         let started = Instant::now();
+        let mut conn = self.conn();
         let reply = invocation.invoke_async(&mut conn).await;
         metrics::histogram!(SCRIPT_DURATION, "script" => name)
             .record(started.elapsed().as_secs_f64());
@@ -345,8 +337,20 @@ impl Redis {
         invocation: redis::ScriptInvocation<'_>,
     ) -> RedisResult<Reply> {
         let permit = self.watch().enter().ok_or_else(RedisWatch::closed_error)?;
-        let raw = self.run_on(self.seat_conn(), name, invocation).await?;
-        self.replicated(&self.section_keys(section).meta).await?;
+        let raw = if self.replication().is_on() {
+            let started = Instant::now();
+            let reply = self.replication().run(section, &invocation).await;
+            metrics::histogram!(SCRIPT_DURATION, "script" => name)
+                .record(started.elapsed().as_secs_f64());
+            if let Err(e) = &reply {
+                if super::watch::is_connection_error(e) {
+                    self.watch().connection_failed();
+                }
+            }
+            reply?
+        } else {
+            self.run(name, invocation).await?
+        };
         if !permit.still_valid() {
             return Err(RedisWatch::changed_error());
         }

@@ -10,6 +10,7 @@ mod cluster;
 mod connections;
 mod dependencies;
 mod engine;
+mod failover;
 mod faults;
 mod helpers;
 mod input;

@@ -61,6 +61,13 @@ impl Launch {
         self
     }
 
+    /// Writes the server's log (its stdout) to `path` instead of dropping it.
+    pub fn log_to(mut self, path: &Path) -> Self {
+        let file = std::fs::File::create(path).expect("the log file can be created");
+        self.command.stdout(file);
+        self
+    }
+
     /// How long [`ChildServer::wait_live`] and [`ChildServer::wait_ready`]
     /// wait before giving up (a big seed takes longer to warm up).
     pub fn patience(mut self, patience: Duration) -> Self {
