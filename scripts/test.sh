@@ -3,7 +3,8 @@
 #   bash scripts/test.sh [extra cargo test arguments]
 # Brings up PostgreSQL and Redis (and installs the server binaries that the
 # fault tests start privately), then runs the whole suite: the schemathesis
-# check of the API contract, then every Rust test. Each test makes its
+# check of the API contract, the engine tests on a local Redis Cluster, then
+# every Rust test. Each test makes its
 # own database and Redis namespace, so the suite can run next to a live demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +19,28 @@ export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
 # whose summary ends the output. With arguments, only cargo test runs them.
 if [ $# -eq 0 ]; then
     bash scripts/schemathesis.sh
+    # The engine suite once more on a Redis Cluster (3 primaries + 3
+    # replicas started here from redis-server, stopped on exit): the engine,
+    # several-writers, recovery and reconcile tests and the model-based test,
+    # in every slot layout a cluster gives them (Redis 7 refuses a script
+    # whose keys span slots). TEST_CLUSTER=full runs the whole API suite on
+    # it; TEST_CLUSTER=none skips it. The failover and resharding tests
+    # (tests/api/failover.rs) start clusters of their own in cargo test below.
+    case ${TEST_CLUSTER:-reduced} in
+        none) ;;
+        full|reduced)
+            cluster_dir=target/redis-cluster-test
+            trap 'bash scripts/redis-cluster.sh stop "$cluster_dir" >/dev/null 2>&1 || true' EXIT
+            cluster_url=$(bash scripts/redis-cluster.sh start "$cluster_dir" | tail -n 1)
+            if [ "${TEST_CLUSTER:-reduced}" = full ]; then
+                TEST_REDIS_URL=$cluster_url cargo test --test api
+            else
+                TEST_REDIS_URL=$cluster_url cargo test --test api -- \
+                    engine:: writers:: recovery:: reconcile:: model:: scripts:: revocation::
+            fi
+            bash scripts/redis-cluster.sh stop "$cluster_dir"
+            ;;
+        *) echo "TEST_CLUSTER must be reduced, full or none" >&2; exit 2 ;;
+    esac
 fi
 cargo test "$@"

@@ -148,6 +148,12 @@ struct Args {
     /// connections are spread over them (connection i to instance i mod N).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
     instances: u16,
+    /// Run on a private local Redis Cluster (3 primaries + 3 replicas,
+    /// started and torn down by the tool) instead of BENCH_REDIS_URL. The
+    /// servers' other settings come from the environment as usual, e.g.
+    /// APP__REDIS__WAIT_REPLICAS=1.
+    #[arg(long)]
+    redis_cluster: bool,
     /// Where the JSON and HTML reports go.
     #[arg(long, default_value = "target/load-reports")]
     out: PathBuf,
@@ -399,7 +405,18 @@ async fn main() -> anyhow::Result<()> {
         "scenario {:?}, preset {:?}, {connections} connections",
         args.scenario, args.preset
     );
-    let target = Target::from_env();
+    let mut target = Target::from_env();
+    if args.redis_cluster && args.faults {
+        anyhow::bail!(
+            "--faults cuts one Redis through a proxy; it does not combine with --redis-cluster"
+        );
+    }
+    // Outlives the system (declared first, dropped last).
+    let cluster = args.redis_cluster.then(kit::cluster::Cluster::start);
+    if let Some(cluster) = &cluster {
+        target.redis_url = cluster.url();
+        eprintln!("on a local Redis Cluster: {}", target.redis_url);
+    }
     let fault_plan = args.faults.then(|| {
         let seconds: u64 = shape.stages.iter().map(|s| s.1).sum();
         faults::Plan::new(

@@ -318,6 +318,24 @@ async fn cluster_identity(conn: &mut ClusterConnection) -> RedisResult<String> {
     Ok(parts.join(","))
 }
 
+/// PING the server, or every primary of the cluster.
+pub async fn ping_primaries(link: &mut Link) -> RedisResult<()> {
+    let cmd = redis::cmd("PING");
+    match link {
+        Link::Single(conn) => cmd.query_async::<()>(conn).await,
+        Link::Cluster(conn) => conn
+            .route_command(
+                cmd,
+                RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::AllSucceeded),
+                )),
+            )
+            .await
+            .map(|_| ()),
+    }
+}
+
 /// Loads a script on every primary (one server: on it).
 pub async fn load_everywhere(link: &mut Link, source: &str) -> RedisResult<()> {
     let mut cmd = redis::cmd("SCRIPT");

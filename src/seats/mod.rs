@@ -242,9 +242,13 @@ impl Redis {
     }
 
     /// Round trip to Redis.
+    ///
+    /// On a cluster: every primary serving slots (the data), not every node
+    /// the client ever knew (a dead replica is not an outage).
     pub async fn ping(&self) -> RedisResult<()> {
         let mut conn = self.conn();
-        redis::cmd("PING").query_async::<()>(&mut conn).await
+        let pinged = link::ping_primaries(&mut conn.inner).await;
+        conn.observe(pinged)
     }
 
     /// Live numbers of each section (None where Redis has no state for it).

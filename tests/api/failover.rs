@@ -107,14 +107,15 @@ where
         async move {
             for (i, (student, token)) in students.into_iter().enumerate() {
                 let section = sections[(c + i) % sections.len()];
-                // A refused request is retried (same Idempotency-Key) until
-                // the service gives an answer, as a student would, within
-                // the run's bound.
+                // A refused request is retried until the service gives an
+                // answer, as a student would, within the run's bound. No
+                // Idempotency-Key: a claim made just before the failover
+                // could not be released and would answer 409 until it
+                // expires; the retry's "already_enrolled" says the same.
                 while started.elapsed() < RUN_BOUND {
                     let answer = http
                         .post(&urls[(c + i) % urls.len()])
                         .bearer_auth(&token)
-                        .header("idempotency-key", format!("{student}-{section}"))
                         .json(&json!({ "section_ids": [section] }))
                         .send()
                         .await;
@@ -244,19 +245,34 @@ async fn failover_run(wait_replicas: u32) -> (usize, usize, u64, Duration, Durat
     .await;
     let elapsed = started.elapsed();
     // The service recovers by itself: both instances ready again.
+    let last = Mutex::new(String::new());
     let recovered = eventually(Duration::from_secs(30), || async {
         let mut all = true;
         for server in &scene.servers {
-            let answer = reqwest::Client::new()
+            match reqwest::Client::new()
                 .get(server.url("/ready"))
                 .send()
-                .await;
-            all &= answer.is_ok_and(|r| r.status() == 200);
+                .await
+            {
+                Ok(r) if r.status() == 200 => {}
+                Ok(r) => {
+                    all = false;
+                    *last.lock().unwrap() = r.text().await.unwrap_or_default();
+                }
+                Err(e) => {
+                    all = false;
+                    *last.lock().unwrap() = e.to_string();
+                }
+            }
         }
         all
     })
     .await;
-    assert!(recovered, "both instances ready again after the failover");
+    assert!(
+        recovered,
+        "both instances ready again after the failover; last answer: {}",
+        last.lock().unwrap()
+    );
     let lost = audit_scene(&scene, &tally).await;
     let acknowledged = tally.acknowledged.lock().unwrap().len();
     let refused = tally.refused.load(Ordering::Relaxed);
