@@ -60,18 +60,11 @@ impl Redis {
 
     /// Whether Redis holds a copy of each student's access record.
     pub async fn has_access_copies(&self, students: &[Uuid]) -> RedisResult<Vec<bool>> {
-        let groups = students
-            .iter()
-            .map(|student| {
-                let mut pipe = redis::pipe();
-                pipe.exists(keys::student_access(self.namespace(), *student));
-                pipe
-            })
-            .collect();
-        self.per_slot(false, groups)
-            .await?
-            .into_iter()
-            .map(|v| Ok(redis::from_redis_value(v)?))
-            .collect()
+        self.exist(
+            students
+                .iter()
+                .map(|s| keys::student_access(self.namespace(), *s)),
+        )
+        .await
     }
 }

@@ -355,33 +355,39 @@ pub async fn load_everywhere(link: &mut Link, source: &str) -> RedisResult<()> {
     }
 }
 
-impl ConnectionLike for Link {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
+/// `ConnectionLike` for an enum whose every variant holds a connection:
+/// each call goes to the variant's own.
+macro_rules! delegate_connection {
+    ($ty:ty, $($variant:ident),+) => {
+        impl ConnectionLike for $ty {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                match self {
+                    $(Self::$variant(c) => c.req_packed_command(cmd),)+
+                }
+            }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                match self {
+                    $(Self::$variant(c) => c.req_packed_commands(pipeline, offset, count),)+
+                }
+            }
 
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            fn get_db(&self) -> i64 {
+                match self {
+                    $(Self::$variant(c) => c.get_db(),)+
+                }
+            }
         }
-    }
+    };
 }
+
+delegate_connection!(Link, Single, Cluster);
+delegate_connection!(Bulk<'_>, Pooled, Cluster);
 
 impl BulkPool {
     pub async fn get(&self) -> RedisResult<Bulk<'_>> {
@@ -394,34 +400,6 @@ impl BulkPool {
                 )),
             }),
             Self::Cluster(conn) => Ok(Bulk::Cluster(conn.clone())),
-        }
-    }
-}
-
-impl ConnectionLike for Bulk<'_> {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Pooled(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Pooled(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Pooled(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
         }
     }
 }

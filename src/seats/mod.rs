@@ -366,11 +366,16 @@ impl Redis {
 
     /// Whether Redis holds state for each of `sections`, in one round trip.
     pub async fn are_loaded(&self, sections: &[Uuid]) -> RedisResult<Vec<bool>> {
-        let groups = sections
-            .iter()
-            .map(|section| {
+        self.exist(sections.iter().map(|s| self.section_keys(*s).meta))
+            .await
+    }
+
+    /// Whether each key exists, each key in its own slot.
+    pub(crate) async fn exist(&self, keys: impl Iterator<Item = String>) -> RedisResult<Vec<bool>> {
+        let groups = keys
+            .map(|key| {
                 let mut pipe = redis::pipe();
-                pipe.cmd("EXISTS").arg(self.section_keys(*section).meta);
+                pipe.exists(key);
                 pipe
             })
             .collect();
