@@ -33,6 +33,12 @@ use redis::{
 
 use crate::config::RedisSettings;
 
+/// Slots asked at once by a fan-out ([`Link::each_pipeline`]): enough to
+/// keep every primary busy, few enough that each request waits only for
+/// its own answer (a few thousand at once queue inside the cluster client
+/// past the response timeout on a loaded machine).
+pub const FAN_OUT: usize = 64;
+
 /// Connections for bulk work on one server; few, because bulk work is rare
 /// and sequential.
 const BULK_POOL_SIZE: u32 = 4;
@@ -154,19 +160,25 @@ impl Link {
         all.query_async(conn).await
     }
 
-    /// One pipeline per group (each group's commands in one slot), all sent
-    /// at once: a cluster refuses a pipeline spanning slots, and redis-rs
-    /// sends each to its slot's primary over that node's shared socket.
+    /// One pipeline per group (each group's commands in one slot), [`FAN_OUT`]
+    /// at a time, replies in order: a cluster refuses a pipeline
+    /// spanning slots, and redis-rs sends each to its slot's primary over
+    /// that node's shared socket.
     pub async fn each_pipeline(
         conn: &mut (impl ConnectionLike + Clone + Send),
         groups: &[Pipeline],
     ) -> RedisResult<Vec<Value>> {
-        let replies = try_join_all(groups.iter().filter(|g| !g.is_empty()).map(|group| {
-            let mut conn = conn.clone();
-            async move { group.query_async::<Vec<Value>>(&mut conn).await }
-        }))
-        .await?;
-        Ok(replies.into_iter().flatten().collect())
+        let groups: Vec<&Pipeline> = groups.iter().filter(|g| !g.is_empty()).collect();
+        let mut replies = Vec::with_capacity(groups.len());
+        for wave in groups.chunks(FAN_OUT) {
+            let answers = try_join_all(wave.iter().map(|group| {
+                let mut conn = conn.clone();
+                async move { group.query_async::<Vec<Value>>(&mut conn).await }
+            }))
+            .await?;
+            replies.extend(answers.into_iter().flatten());
+        }
+        Ok(replies)
     }
 
     /// What identifies the data behind this link: the `run_id` of the

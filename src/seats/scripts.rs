@@ -362,18 +362,24 @@ impl Redis {
     /// restarted, SCRIPT FLUSH) the scripts are loaded and the pipeline is
     /// sent once more.
     ///
-    /// On a cluster the invocations (in different slots) are sent at once,
-    /// each to its slot's primary, each loading its script if it must.
+    /// On a cluster the invocations (in different slots) are sent
+    /// [`super::link::FAN_OUT`] at a time, each to its slot's primary, each
+    /// loading its script if it must.
     pub(crate) async fn pipelined<T: redis::FromRedisValue>(
         &self,
         invocations: &[ScriptInvocation<'_>],
     ) -> RedisResult<Vec<T>> {
         if self.is_cluster() {
-            return futures_util::future::try_join_all(invocations.iter().map(|invocation| {
-                let mut conn = self.conn();
-                async move { invocation.invoke_async::<T>(&mut conn).await }
-            }))
-            .await;
+            let mut replies = Vec::with_capacity(invocations.len());
+            for wave in invocations.chunks(super::link::FAN_OUT) {
+                let answers = futures_util::future::try_join_all(wave.iter().map(|invocation| {
+                    let mut conn = self.conn();
+                    async move { invocation.invoke_async::<T>(&mut conn).await }
+                }))
+                .await?;
+                replies.extend(answers);
+            }
+            return Ok(replies);
         }
         let mut pipe = redis::pipe();
         for invocation in invocations {
