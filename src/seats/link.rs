@@ -330,9 +330,9 @@ async fn cluster_identity(conn: &mut ClusterConnection) -> RedisResult<String> {
     Ok(parts.join(","))
 }
 
-/// PING the server, or every primary of the cluster.
-pub async fn ping_primaries(link: &mut Link) -> RedisResult<()> {
-    let cmd = redis::cmd("PING");
+/// Sends `cmd` to the server, or to every primary of the cluster (each must
+/// succeed).
+async fn on_every_primary(link: &mut Link, cmd: Cmd) -> RedisResult<()> {
     match link {
         Link::Single(conn) => cmd.query_async::<()>(conn).await,
         Link::Cluster(conn) => conn
@@ -348,23 +348,16 @@ pub async fn ping_primaries(link: &mut Link) -> RedisResult<()> {
     }
 }
 
+/// PING the server, or every primary of the cluster.
+pub async fn ping_primaries(link: &mut Link) -> RedisResult<()> {
+    on_every_primary(link, redis::cmd("PING")).await
+}
+
 /// Loads a script on every primary (one server: on it).
 pub async fn load_everywhere(link: &mut Link, source: &str) -> RedisResult<()> {
     let mut cmd = redis::cmd("SCRIPT");
     cmd.arg("LOAD").arg(source);
-    match link {
-        Link::Single(conn) => cmd.query_async::<()>(conn).await,
-        Link::Cluster(conn) => conn
-            .route_command(
-                cmd,
-                RoutingInfo::MultiNode((
-                    MultipleNodeRoutingInfo::AllMasters,
-                    Some(ResponsePolicy::AllSucceeded),
-                )),
-            )
-            .await
-            .map(|_| ()),
-    }
+    on_every_primary(link, cmd).await
 }
 
 /// `ConnectionLike` for an enum whose every variant holds a connection:
