@@ -176,6 +176,42 @@ pub struct DatabaseSettings {
     pub read_url: Option<Secret>,
 }
 
+/// Where `redis.url` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Single(String),
+    /// Seed nodes, each as a `redis://` URL.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let Some(rest) = url.strip_prefix("redis+cluster://") else {
+            return Ok(Self::Single(url.to_string()));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((auth, hosts)) => (format!("{auth}@"), hosts),
+            None => (String::new(), rest),
+        };
+        let seeds: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{auth}{h}"))
+            .collect();
+        if seeds.is_empty() {
+            anyhow::bail!("a redis+cluster:// URL names no seed node");
+        }
+        if hosts.contains('/') {
+            anyhow::bail!(
+                "a redis+cluster:// URL has no database number (a cluster has only db 0)"
+            );
+        }
+        Ok(Self::Cluster(seeds))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
@@ -356,14 +392,14 @@ impl Settings {
         }
         tokio_postgres::Config::from_str(self.database.url.expose())
             .map_err(|e| invalid("database.url", format!("not a PostgreSQL URL: {e}")))?;
-        match crate::seats::link::Target::parse(self.redis.url.expose())
+        match RedisTarget::parse(self.redis.url.expose())
             .map_err(|e| invalid("redis.url", format!("{e:#}")))?
         {
-            crate::seats::link::Target::Single(url) => {
+            RedisTarget::Single(url) => {
                 redis::Client::open(url.as_str())
                     .map_err(|e| invalid("redis.url", format!("not a Redis URL: {e}")))?;
             }
-            crate::seats::link::Target::Cluster(seeds) => {
+            RedisTarget::Cluster(seeds) => {
                 for seed in seeds {
                     redis::Client::open(seed.as_str()).map_err(|e| {
                         invalid("redis.url", format!("not a Redis Cluster URL: {e}"))
@@ -533,6 +569,27 @@ impl HttpSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_name_their_seed_nodes() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6379/0").unwrap(),
+            RedisTarget::Single("redis://127.0.0.1:6379/0".into())
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/").unwrap(),
+            RedisTarget::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ])
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://u:p@h1:1,h2:2").unwrap(),
+            RedisTarget::Cluster(vec!["redis://u:p@h1:1".into(), "redis://u:p@h2:2".into()])
+        );
+        assert!(RedisTarget::parse("redis+cluster://").is_err());
+        assert!(RedisTarget::parse("redis+cluster://h:1/3").is_err());
+    }
 
     /// A fresh directory holding `files` (name, content).
     fn tempdir_with(files: &[(&str, &str)]) -> PathBuf {

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
 use futures_util::future::try_join_all;
 use redis::{
@@ -31,7 +31,7 @@ use redis::{
     Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 
-use crate::config::RedisSettings;
+use crate::config::{RedisSettings, RedisTarget as Target};
 
 /// Slots asked at once by a fan-out ([`Link::each_pipeline`]): enough to
 /// keep every primary busy, few enough that each request waits only for
@@ -42,40 +42,6 @@ pub const FAN_OUT: usize = 64;
 /// Connections for bulk work on one server; few, because bulk work is rare
 /// and sequential.
 const BULK_POOL_SIZE: u32 = 4;
-
-/// Where `redis.url` points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Single(String),
-    /// Seed nodes, each as a `redis://` URL.
-    Cluster(Vec<String>),
-}
-
-impl Target {
-    pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let Some(rest) = url.strip_prefix("redis+cluster://") else {
-            return Ok(Self::Single(url.to_string()));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (auth, hosts) = match rest.rsplit_once('@') {
-            Some((auth, hosts)) => (format!("{auth}@"), hosts),
-            None => (String::new(), rest),
-        };
-        let seeds: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(|h| format!("redis://{auth}{h}"))
-            .collect();
-        if seeds.is_empty() {
-            bail!("a redis+cluster:// URL names no seed node");
-        }
-        if hosts.contains('/') {
-            bail!("a redis+cluster:// URL has no database number (a cluster has only db 0)");
-        }
-        Ok(Self::Cluster(seeds))
-    }
-}
 
 /// One shared, multiplexed connection: to the server, or to every node of
 /// the cluster. Cheap to clone; reconnects by itself.
@@ -412,27 +378,6 @@ impl BulkPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cluster_urls_name_their_seed_nodes() {
-        assert_eq!(
-            Target::parse("redis://127.0.0.1:6379/0").unwrap(),
-            Target::Single("redis://127.0.0.1:6379/0".into())
-        );
-        assert_eq!(
-            Target::parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/").unwrap(),
-            Target::Cluster(vec![
-                "redis://127.0.0.1:7000".into(),
-                "redis://127.0.0.1:7001".into()
-            ])
-        );
-        assert_eq!(
-            Target::parse("redis+cluster://u:p@h1:1,h2:2").unwrap(),
-            Target::Cluster(vec!["redis://u:p@h1:1".into(), "redis://u:p@h2:2".into()])
-        );
-        assert!(Target::parse("redis+cluster://").is_err());
-        assert!(Target::parse("redis+cluster://h:1/3").is_err());
-    }
 
     #[test]
     fn cluster_nodes_lines_are_read_with_their_slots() {
