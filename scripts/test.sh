@@ -32,15 +32,22 @@ if [ $# -eq 0 ]; then
             cluster_dir=target/redis-cluster-test
             trap 'bash scripts/redis-cluster.sh stop "$cluster_dir" >/dev/null 2>&1 || true' EXIT
             cluster_url=$(bash scripts/redis-cluster.sh start "$cluster_dir" | tail -n 1)
+            # On a failure, what the nodes said about each other (a primary
+            # suspected or failed over under load) before they are removed.
+            cluster_said() {
+                echo "[redis-cluster] node log lines about failures and failovers:" >&2
+                grep -h -i "fail\|marking\|promot" "$cluster_dir"/*/redis.log | tail -n 40 >&2 || true
+            }
             if [ "${TEST_CLUSTER:-reduced}" = full ]; then
-                TEST_REDIS_URL=$cluster_url cargo test --test api
+                TEST_REDIS_URL=$cluster_url cargo test --test api || { cluster_said; exit 1; }
             else
                 # One test at a time: six redis-server nodes beside the
                 # tests' servers starve this 2-core machine, and a Redis call
                 # past redis.response_timeout_ms (1 s) is answered 503 (see
                 # docs/faults.md, "Redis Cluster").
                 TEST_REDIS_URL=$cluster_url cargo test --test api -- --test-threads 1 \
-                    engine:: writers:: recovery:: reconcile:: model:: scripts:: revocation::
+                    engine:: writers:: recovery:: reconcile:: model:: scripts:: revocation:: \
+                    || { cluster_said; exit 1; }
             fi
             bash scripts/redis-cluster.sh stop "$cluster_dir"
             ;;

@@ -32,8 +32,9 @@ async fn register_all(app: &TestApp, students: &[Uuid], section: Uuid) -> Vec<(U
         .map(|student| async move {
             let token = app_ref.token_for(student);
             let response = app_ref.register(&token, &[section]).await;
-            assert_eq!(response.status(), StatusCode::OK);
+            let status = response.status();
             let body: Value = response.json().await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{body}");
             (student, body["results"][0].clone())
         })
         .buffer_unordered(IN_FLIGHT)

@@ -41,10 +41,16 @@ pub fn redis_url() -> String {
 fn init_logging() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
+        // TEST_LOG=1 logs at DEBUG; TEST_LOG=warn (or any filter) at that level.
+        if let Some(level) = std::env::var_os("TEST_LOG") {
+            let level = level.to_string_lossy();
             let settings = registrar::config::LogSettings {
                 format: registrar::config::LogFormat::Pretty,
-                level: "debug".into(),
+                level: if level == "1" {
+                    "debug".into()
+                } else {
+                    level.into_owned()
+                },
             };
             registrar::telemetry::init(&settings, std::io::stdout);
         }
