@@ -18,7 +18,7 @@ use hyper::{client::conn::http1, header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::model::{Latency, Sample};
+use crate::model::{Latency, Outcomes, Sample};
 
 /// One prepared request.
 #[derive(Clone)]
@@ -53,6 +53,15 @@ impl Call {
             body: Some(Bytes::from(body.to_string())),
             tag: None,
         }
+    }
+
+    /// Sections a register call asks for (its body's `section_ids`).
+    pub fn sections_asked(&self) -> u64 {
+        self.body
+            .as_ref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| v["section_ids"].as_array().map(|a| a.len() as u64))
+            .unwrap_or(1)
     }
 
     pub fn tagged(mut self, student: uuid::Uuid, section: uuid::Uuid) -> Self {
@@ -167,6 +176,7 @@ struct Inner {
     errors: HashMap<String, u64>,
     /// Errors by kind per second of the phase (for fault windows).
     errors_per_second: Vec<HashMap<String, u64>>,
+    outcomes: Outcomes,
 }
 
 /// What a worker records locally before handing it over in bulk.
@@ -174,6 +184,7 @@ struct Inner {
 pub struct Local {
     records: Vec<(u32, &'static str, u64)>,
     errors: Vec<(Instant, String)>,
+    outcomes: Outcomes,
     /// The recorder's start, read once (records come after it is set).
     started: Option<Instant>,
 }
@@ -201,6 +212,37 @@ impl Local {
     pub fn error(&mut self, kind: String) {
         self.errors.push((Instant::now(), kind));
     }
+
+    /// Counts what a register answer said for each section it asked for.
+    pub fn answered(&mut self, call: &Call, status: StatusCode, body: &Bytes) {
+        if call.kind != "register" {
+            return;
+        }
+        let results = (status == StatusCode::OK)
+            .then(|| serde_json::from_slice::<serde_json::Value>(body).ok())
+            .flatten();
+        let Some(serde_json::Value::Array(results)) = results.map(|mut v| v["results"].take())
+        else {
+            self.outcomes.other += call.sections_asked();
+            return;
+        };
+        for result in &results {
+            let counter = match (result["status"].as_str(), result["reason"].as_str()) {
+                (Some("enrolled"), _) => &mut self.outcomes.enrolled,
+                (Some("waitlisted"), _) => &mut self.outcomes.waitlisted,
+                (Some("rejected"), Some("full")) => &mut self.outcomes.full,
+                _ => &mut self.outcomes.other,
+            };
+            *counter += 1;
+        }
+    }
+
+    /// A register call that got no answer counts as "other".
+    pub fn lost(&mut self, call: &Call) {
+        if call.kind == "register" {
+            self.outcomes.other += call.sections_asked();
+        }
+    }
 }
 
 impl Recorder {
@@ -222,6 +264,7 @@ impl Recorder {
                 by_kind: HashMap::new(),
                 errors: HashMap::new(),
                 errors_per_second: Vec::new(),
+                outcomes: Outcomes::default(),
             }),
         }
     }
@@ -252,6 +295,17 @@ impl Recorder {
                 .or_default() += 1;
             *inner.errors.entry(e).or_default() += 1;
         }
+        let o = std::mem::take(&mut local.outcomes);
+        inner.outcomes.enrolled += o.enrolled;
+        inner.outcomes.waitlisted += o.waitlisted;
+        inner.outcomes.full += o.full;
+        inner.outcomes.other += o.other;
+    }
+
+    /// The phase's outcome mix, if it sent registrations.
+    pub fn outcomes(&self) -> Option<Outcomes> {
+        let o = self.inner.lock().unwrap().outcomes;
+        (o.total() > 0).then_some(o)
     }
 
     pub fn total(&self) -> Latency {

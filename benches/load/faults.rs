@@ -170,11 +170,13 @@ async fn open_loop_pooled(
                     if let Some(kind) = answer_error(status, &body) {
                         local.error(kind);
                     }
+                    local.answered(&call, status, &body);
                     workload.observe(lane, &call, status, &body);
                     pool.lock().unwrap().push((Instant::now(), conn));
                 }
                 Err(kind) => {
                     local.error(kind.to_string());
+                    local.lost(&call);
                     workload.failed(lane, &call);
                 }
             }
@@ -240,6 +242,7 @@ pub async fn measure(
         latency: total,
         by_kind: recorder.by_kind(),
         errors: recorder.errors(),
+        outcomes: recorder.outcomes(),
     };
     let mut bounds: VecDeque<(Duration, Duration, Option<Fault>)> = VecDeque::new();
     let mut at = Duration::ZERO;

@@ -24,25 +24,13 @@ use crate::{
     client::{Call, Recorder},
     model::{Latency, Phase, Ratio},
     server::System,
-    workloads::{self, register_call, Fixed, Ledger, Repeat},
+    workloads::{self, register_call, Ledger, Repeat},
 };
 
 /// What one flood run measured.
 pub struct Flood {
     pub phases: Vec<Phase>,
     pub ratios: Vec<Ratio>,
-}
-
-/// Registrations of `students`, one each, round-robin over `sections`.
-fn registrations(students: &[(Uuid, String)], sections: &[Uuid], ledger: Arc<Ledger>) -> Fixed {
-    Fixed::of(
-        students
-            .iter()
-            .enumerate()
-            .map(|(i, (s, t))| register_call(t, *s, sections[i % sections.len()]))
-            .collect(),
-        ledger,
-    )
 }
 
 fn phase(name: &str, connections: usize, rate: Option<f64>, took: Duration, r: &Recorder) -> Phase {
@@ -56,6 +44,7 @@ fn phase(name: &str, connections: usize, rate: Option<f64>, took: Duration, r: &
         latency,
         by_kind: r.by_kind(),
         errors: r.errors(),
+        outcomes: r.outcomes(),
     }
 }
 
@@ -90,7 +79,7 @@ pub async fn run(
         connections,
         rate,
         duration,
-        Arc::new(registrations(first, sections, ledger.clone())),
+        Arc::new(workloads::enrol(first, sections, ledger.clone())),
         baseline.clone(),
     )
     .await;
@@ -108,7 +97,7 @@ pub async fn run(
             connections,
             rate,
             duration,
-            Arc::new(registrations(second, sections, ledger.clone())),
+            Arc::new(workloads::enrol(second, sections, ledger.clone())),
             others.clone(),
         ),
         workloads::closed_loop(
@@ -137,7 +126,11 @@ pub async fn run(
             connections,
             rate,
             duration,
-            Arc::new(registrations(&third[..per_phase], sections, ledger.clone())),
+            Arc::new(workloads::enrol(
+                &third[..per_phase],
+                sections,
+                ledger.clone()
+            )),
             control.clone(),
         ),
         workloads::closed_loop(

@@ -41,7 +41,11 @@ const FLOOD_RATE: f64 = 500.0;
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Scenario {
-    /// N students register for one section.
+    /// Every answer a new enrolment: each student registers once, spread
+    /// over --sections sections with a seat for everyone.
+    Enrol,
+    /// N students register for one section: almost every answer is "full"
+    /// (the rejection path, not registration).
     Race,
     /// Browse 5, view 3, register 2, mine 1, drop 1 over 200 sections.
     Peak,
@@ -133,6 +137,9 @@ struct Args {
     /// Open loop at this many requests per second (latency from intended send time).
     #[arg(long)]
     rate: Option<f64>,
+    /// Enrol: sections the students are spread over.
+    #[arg(long, default_value_t = 30)]
+    sections: usize,
     /// Race: seats and waitlist of the section.
     #[arg(long, default_value_t = 100)]
     seats: i32,
@@ -330,6 +337,7 @@ async fn measure(
         latency: total,
         by_kind: recorder.by_kind(),
         errors: recorder.errors(),
+        outcomes: recorder.outcomes(),
     };
     (phase, merge(recorder.samples(name), server_samples))
 }
@@ -373,6 +381,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let connections = shape.stages.iter().map(|s| s.0).max().unwrap_or(1);
     let (sections, seats, waitlist) = match args.scenario {
+        Scenario::Enrol => {
+            let sections = args.sections.max(1);
+            (sections, shape.students.div_ceil(sections) as i32, 0)
+        }
         Scenario::Race => (1, args.seats, args.waitlist),
         Scenario::Peak => (200, 30, 10),
         Scenario::ReserveQueue => (50, 40, 40),
@@ -471,6 +483,11 @@ async fn main() -> anyhow::Result<()> {
         // The scenario itself.
         let time_bound = matches!(args.scenario, Scenario::Peak | Scenario::ReserveQueue);
         let workload: Arc<dyn Workload> = match args.scenario {
+            Scenario::Enrol => Arc::new(workloads::enrol(
+                &students,
+                scenario_sections,
+                ledger.clone(),
+            )),
             Scenario::Race => Arc::new(workloads::race(
                 &students,
                 scenario_sections[0],
@@ -499,6 +516,8 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Flood => unreachable!("the flood runs its own phases above"),
         };
         let (cpu_before, eval_before) = redis_usec(&system.redis).await?;
+        // scripts/profile-enrol.sh starts sampling the server on this line.
+        eprintln!("scenario phase starts (server pid {})", system.pid());
         let mut fault_windows = None;
         let (phase, phase_samples) = match &fault_plan {
             Some(plan) => {
@@ -575,11 +594,23 @@ async fn main() -> anyhow::Result<()> {
             .await;
             if let Some((_, reg)) = register_phase.by_kind.iter().find(|(k, _)| k == "register") {
                 let reg_rate = reg.count as f64 / register_phase.duration_s.max(1e-9);
+                let ratio = reg_rate / live_phase.throughput.max(1e-9);
+                let mix = register_phase
+                    .outcomes
+                    .map(|o| o.describe())
+                    .unwrap_or_default();
+                // Enrol is registration proper (every answer a seat taken and
+                // persisted); the race is mostly the rejection path.
+                let (target, met) = match args.scenario {
+                    Scenario::Enrol => (">= 0.3 (enrol)", Some(ratio >= 0.3)),
+                    Scenario::Race => (">= 0.5 (race, 256 connections)", Some(ratio >= 0.5)),
+                    _ => ("", None),
+                };
                 ratios.push(Ratio {
-                    name: "register throughput / GET /live throughput".into(),
-                    value: reg_rate / live_phase.throughput.max(1e-9),
-                    target: ">= 0.5 (race, 256 connections)".into(),
-                    met: Some(reg_rate / live_phase.throughput.max(1e-9) >= 0.5),
+                    name: format!("register throughput / GET /live throughput ({mix})"),
+                    value: ratio,
+                    target: target.into(),
+                    met,
                 });
                 ratios.push(Ratio {
                     name: "register p99 / GET /live p99".into(),

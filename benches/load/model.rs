@@ -32,6 +32,45 @@ pub struct Phase {
     pub by_kind: Vec<(String, Latency)>,
     /// Errors by kind ("http_503", "timeout", "connect", ...), with counts.
     pub errors: Vec<(String, u64)>,
+    /// What the register answers of the phase said, one count per section
+    /// asked for; None when the phase sent no registration.
+    pub outcomes: Option<Outcomes>,
+}
+
+/// The outcome mix of a phase's registrations: a throughput figure means
+/// little without it (a race where almost everyone is told "full" measures
+/// the rejection path, not registration).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Outcomes {
+    /// A new enrolment (a seat taken, an event to persist).
+    pub enrolled: u64,
+    /// A new waitlist place.
+    pub waitlisted: u64,
+    /// Refused because the section and its waitlist are full.
+    pub full: u64,
+    /// Everything else: already enrolled or waitlisted, refused for
+    /// another reason, an error status or no answer.
+    pub other: u64,
+}
+
+impl Outcomes {
+    pub fn total(&self) -> u64 {
+        self.enrolled + self.waitlisted + self.full + self.other
+    }
+
+    /// "enrolled 97.0%, waitlisted 1.0%, full 2.0%, other 0.0% of 30,000".
+    pub fn describe(&self) -> String {
+        let total = self.total().max(1) as f64;
+        let pct = |n: u64| 100.0 * n as f64 / total;
+        format!(
+            "enrolled {:.1}%, waitlisted {:.1}%, full {:.1}%, other {:.1}% of {}",
+            pct(self.enrolled),
+            pct(self.waitlisted),
+            pct(self.full),
+            pct(self.other),
+            self.total()
+        )
+    }
 }
 
 /// One point of the time series, one per second of a phase.

@@ -177,6 +177,10 @@ fn summary_tables(report: &RunReport) -> Vec<(String, Table)> {
     let mut tables = vec![
         ("Phases".into(), phases_table(&report.phases)),
         (
+            "Outcome mix of the registrations (per section asked for)".into(),
+            outcomes_table(&report.phases),
+        ),
+        (
             "Latency by request kind (ms)".into(),
             kinds_table(&report.phases),
         ),
@@ -295,6 +299,30 @@ fn phases_table(phases: &[Phase]) -> Table {
             ms(p.latency.max_ms),
             errors(&p.errors),
         ]);
+    }
+    t
+}
+
+fn outcomes_table(phases: &[Phase]) -> Table {
+    let mut t = Table::new(&[
+        ("phase", Left),
+        ("enrolled", Right),
+        ("waitlisted", Right),
+        ("full", Right),
+        ("other", Right),
+        ("mix", Left),
+    ]);
+    for p in phases {
+        if let Some(o) = &p.outcomes {
+            t.row(vec![
+                p.name.clone(),
+                o.enrolled.to_string(),
+                o.waitlisted.to_string(),
+                o.full.to_string(),
+                o.other.to_string(),
+                o.describe(),
+            ]);
+        }
     }
     t
 }

@@ -196,10 +196,12 @@ pub async fn closed_loop(
                         if let Some(kind) = answer_error(status, &body) {
                             local.error(kind);
                         }
+                        local.answered(&call, status, &body);
                         workload.observe(worker, &call, status, &body);
                     }
                     Err(kind) => {
                         local.error(kind.to_string());
+                        local.lost(&call);
                         workload.failed(worker, &call);
                     }
                 }
@@ -246,10 +248,12 @@ pub async fn open_loop(
                         if let Some(kind) = answer_error(status, &body) {
                             local.error(kind);
                         }
+                        local.answered(&call, status, &body);
                         workload.observe(worker, &call, status, &body);
                     }
                     Err(kind) => {
                         local.error(kind.to_string());
+                        local.lost(&call);
                         workload.failed(worker, &call);
                     }
                 }
@@ -352,6 +356,20 @@ pub fn race(students: &[(Uuid, String)], section: Uuid, ledger: Arc<Ledger>) -> 
         students
             .iter()
             .map(|(s, t)| register_call(t, *s, section))
+            .collect(),
+        ledger,
+    )
+}
+
+/// Enrol: every student registers once, round-robin over `sections`
+/// (seeded with a seat for each), so every answer is a new enrolment and
+/// every enrolment an event to persist.
+pub fn enrol(students: &[(Uuid, String)], sections: &[Uuid], ledger: Arc<Ledger>) -> Fixed {
+    Fixed::of(
+        students
+            .iter()
+            .enumerate()
+            .map(|(i, (s, t))| register_call(t, *s, sections[i % sections.len()]))
             .collect(),
         ledger,
     )
@@ -701,6 +719,7 @@ fn phase_of(name: &str, connections: usize, recorder: &Recorder, elapsed: f64) -
         latency,
         by_kind: recorder.by_kind(),
         errors: recorder.errors(),
+        outcomes: recorder.outcomes(),
     }
 }
 
