@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmark matrix behind BENCHMARKS.md and prints its summary:
-#   bash scripts/bench-matrix.sh            (about 15 minutes; SOAK_SECONDS=600)
+#   bash scripts/bench-matrix.sh            (about 25 minutes; SOAK_SECONDS=600)
 # Each run writes JSON and HTML under target/load-reports/matrix/<run>/.
 # Ratios are taken within one run; the summary reports medians of the runs.
 set -euo pipefail
@@ -12,7 +12,12 @@ rm -rf "$out"
 cargo bench --no-run
 run() { local name=$1; shift; cargo bench --bench load -- --out "$out/$name" "$@"; }
 for i in 1 2 3; do
-    # 50,000 students (not the default 10,000) so the race lasts seconds, not a blink.
+    # Every answer a new enrolment, persisted: 100,000 students over 30 sections.
+    run "enrol-64-$i" --scenario enrol --preset load --connections 64 --students 100000
+    run "enrol-256-$i" --scenario enrol --preset load --connections 256 --students 100000
+done
+for i in 1 2 3; do
+    # The rejection path: 50,000 students (not the default 10,000) so the race lasts seconds, not a blink.
     run "race-256-$i" --scenario race --preset load --connections 256 --students 50000
     run "race-64-$i" --scenario race --preset load --connections 64 --students 50000
 done

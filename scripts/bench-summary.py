@@ -28,10 +28,20 @@ def med(values):
     return statistics.median(values) if values else float("nan")
 
 
+def mix(phases):
+    """The median share of each outcome of the phase's registrations."""
+    outcomes = [p.get("outcomes") for p in phases if p.get("outcomes")]
+    if not outcomes:
+        return "-"
+    def share(key):
+        return med([100.0 * o[key] / max(1, sum(o.values())) for o in outcomes])
+    return " / ".join(f"{share(k):.1f}%" for k in ("enrolled", "waitlisted", "full", "other"))
+
+
 def main(root):
     groups = load(root)
-    print("| run | n | phase | conns | req/s | p50 ms | p95 ms | p99 ms | max ms | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | n | phase | conns | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | registrations: enrolled / waitlisted / full / other |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for group, runs in groups.items():
         names = [p["name"] for p in runs[0]["phases"]]
         for name in names:
@@ -43,7 +53,7 @@ def main(root):
                 f"| {med([p['latency']['p50_ms'] for p in phases]):.2f} "
                 f"| {med([p['latency']['p95_ms'] for p in phases]):.2f} "
                 f"| {med([p['latency']['p99_ms'] for p in phases]):.2f} "
-                f"| {med([p['latency']['max_ms'] for p in phases]):.2f} | {errors} |"
+                f"| {med([p['latency']['max_ms'] for p in phases]):.2f} | {errors} | {mix(phases)} |"
             )
     print()
     print("| run | ratio | median | target | met (runs) | audit | drain s | RSS peak / end MiB |")

@@ -12,6 +12,7 @@
 //! Every loop is bounded by a request count or a duration.
 
 mod client;
+mod cpu;
 mod faults;
 mod flood;
 #[path = "../../tests/kit/mod.rs"]
@@ -516,6 +517,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Flood => unreachable!("the flood runs its own phases above"),
         };
         let (cpu_before, eval_before) = redis_usec(&system.redis).await?;
+        let procs_before = cpu::Cpu::now(&system.pids());
         // scripts/profile-enrol.sh starts sampling the server on this line.
         eprintln!("scenario phase starts (server pid {})", system.pid());
         let mut fault_windows = None;
@@ -557,6 +559,7 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         };
         let (cpu_after, eval_after) = redis_usec(&system.redis).await?;
+        let spent = procs_before.until(&cpu::Cpu::now(&system.pids()));
         let answered = Instant::now();
         let drain_s = system
             .drain(scenario_sections, Duration::from_secs(120))
@@ -568,6 +571,23 @@ async fn main() -> anyhow::Result<()> {
             .find(|(k, _)| k == "register")
             .map_or(0, |(_, l)| l.count);
         let register_phase = phase.clone();
+        if registrations > 0 {
+            // Where a registration's CPU went, over the scenario phase (the
+            // shards' writes included; the load client is not counted).
+            let us = |s: f64| s * 1e6 / registrations as f64;
+            ratios.push(Ratio {
+                name: format!(
+                    "CPU per registration, µs: server {:.0}, PostgreSQL {:.0} (client backends {:.0}), Redis {:.0} (of {registrations})",
+                    us(spent.server),
+                    us(spent.postgres),
+                    us(spent.postgres_backends),
+                    us(spent.redis)
+                ),
+                value: us(spent.server + spent.postgres + spent.redis),
+                target: String::new(),
+                met: None,
+            });
+        }
         phases.push(phase);
         samples.extend(phase_samples);
         eprintln!("scenario done; persistence drained {drain_s:.2}s after the last answer");

@@ -153,6 +153,11 @@ impl System {
         self.servers[0].pid()
     }
 
+    /// Every instance's process id.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().map(|s| s.pid()).collect()
+    }
+
     /// Resident memory of all instances together, MiB.
     pub fn rss_mib(&self) -> f64 {
         self.servers.iter().map(|s| rss_mib(s.pid())).sum()
