@@ -165,14 +165,18 @@ async fn change_and_answer(
 pub async fn delete(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     let admin = authenticate_admin(state, req)?;
     not_own_account(admin.student_id, id)?;
+    // An enrolment or waitlist place already answered may not be in
+    // PostgreSQL yet (the shards write it within `sync.batch_linger_ms` and
+    // a transaction): it is a record too. Deleting the account would make
+    // its write fail and take the answered place back. Redis away: 503.
+    if holds_a_place(state, id).await? {
+        return Err(has_records());
+    }
     let deleted = {
         let db = state.db.get().await?;
         students::delete_account(&db, id).await.map_err(|e| {
             if store::foreign_key_violation(&e).is_some() {
-                ApiError::Conflict {
-                    code: "has_records",
-                    detail: "the student has registrations or waitlist entries; change their enrollment_status instead".into(),
-                }
+                has_records()
             } else {
                 e.into()
             }
@@ -184,6 +188,26 @@ pub async fn delete(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     apply(state, id, &AccessRecord::gone()).await?;
     tracing::info!(student = %id, "account deleted by an admin");
     Ok(super::empty(StatusCode::NO_CONTENT))
+}
+
+fn has_records() -> ApiError {
+    ApiError::Conflict {
+        code: "has_records",
+        detail: "the student has registrations or waitlist entries; change their enrollment_status instead".into(),
+    }
+}
+
+/// Whether Redis has `student` enrolled or waitlisted in a section they
+/// registered in through this service (persisted or not).
+async fn holds_a_place(state: &AppState, student: Uuid) -> Result<bool, ApiError> {
+    let sections = state.redis.remembered_sections(student).await?;
+    if sections.is_empty() {
+        return Ok(false);
+    }
+    let standings = state.redis.standings(student, &sections).await?;
+    Ok(standings
+        .iter()
+        .any(|s| s.enrolled || s.waitlist_position.is_some()))
 }
 
 #[cfg(test)]
