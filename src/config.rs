@@ -96,6 +96,9 @@ pub struct SyncSettings {
     pub queue_capacity: usize,
     /// Events per PostgreSQL transaction.
     pub batch_size: usize,
+    /// How long a shard holding less than a full batch waits for more
+    /// events before writing; 0 writes what is queued at once.
+    pub batch_linger_ms: u64,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
     pub sweep_interval_ms: u64,

@@ -309,6 +309,7 @@ mod tests {
             shards: 1,
             queue_capacity: 1,
             batch_size: 1,
+            batch_linger_ms: 0,
             retry_base_ms: 10,
             retry_max_ms: 100,
             sweep_interval_ms: 1,

@@ -8,7 +8,9 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_problem, eventually, spawn_app, TestApp, ADMIN_PASSWORD, PASSWORD};
+use crate::helpers::{
+    assert_problem, eventually, spawn_app, spawn_app_with, TestApp, ADMIN_PASSWORD, PASSWORD,
+};
 
 async fn ready_app() -> TestApp {
     let app = spawn_app().await;
@@ -223,6 +225,50 @@ async fn a_deleted_account_is_refused_whether_deleted_through_the_api_or_in_post
     // A token of an account that never existed is refused too.
     let unknown = app.token_for(Uuid::new_v4());
     revoked(app.register(&unknown, &[section]).await).await;
+}
+
+#[tokio::test]
+async fn an_account_whose_answered_enrolment_is_not_yet_in_postgresql_cannot_be_deleted() {
+    // The shards hold each batch open for 5 s: the enrolment is answered
+    // and in Redis, not yet in PostgreSQL, when the admin tries to delete.
+    let app = spawn_app_with(|s| s.sync.batch_linger_ms = 5_000).await;
+    app.wait_ready().await;
+    let seeded = app.seed_sections(1, 1, 5, 0).await;
+    let section = seeded.report.section_ids[0];
+    let (token, student) = app.student(1).await;
+    assert_eq!(
+        result_of(app.register(&token, &[section]).await).await["status"],
+        "enrolled"
+    );
+    let persisted = || async {
+        app.db
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "select count(*) from registrations where student_id = $1",
+                &[&student],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(persisted().await, 0, "the enrolment is still pending");
+    assert_problem(
+        delete_student(&app, &seeded.admin_token, student).await,
+        StatusCode::CONFLICT,
+        "has_records",
+    )
+    .await;
+    // The account stands and the enrolment lands.
+    assert!(
+        eventually(Duration::from_secs(15), || async { persisted().await == 1 }).await,
+        "the answered enrolment reaches PostgreSQL"
+    );
+    assert_eq!(
+        result_of(app.register(&token, &[section]).await).await["status"],
+        "already_enrolled"
+    );
 }
 
 #[tokio::test]

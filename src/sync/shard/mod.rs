@@ -38,7 +38,10 @@ mod gather;
 mod plan;
 mod write;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -100,7 +103,7 @@ impl Shard {
                 },
                 _ = self.stop.wait_for(|stop| *stop) => break,
             };
-            let jobs = self.fill(first);
+            let jobs = self.gather(first).await;
             self.process(jobs).await;
         }
         // Drain what is already queued; new work stays in the outbox.
@@ -114,11 +117,46 @@ impl Shard {
 
     fn fill(&mut self, first: Job) -> Vec<Job> {
         let mut jobs = vec![first];
+        self.top_up(&mut jobs);
+        jobs
+    }
+
+    /// Adds what is queued now, up to a full batch.
+    fn top_up(&mut self, jobs: &mut Vec<Job>) {
         while jobs.len() < self.settings.batch_size {
             match self.rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
+        }
+    }
+
+    /// A batch: what is queued, then, while it is not full, what arrives
+    /// within `sync.batch_linger_ms` of the first job. A transaction costs
+    /// PostgreSQL about as much as dozens of its rows, so at low backlog
+    /// waiting a few ms makes rows much cheaper; a flush (someone waits
+    /// for the write) or the stop signal ends the wait.
+    async fn gather(&mut self, first: Job) -> Vec<Job> {
+        let mut jobs = self.fill(first);
+        let linger = Duration::from_millis(self.settings.batch_linger_ms);
+        if linger.is_zero() {
+            return jobs;
+        }
+        let until = tokio::time::Instant::now() + linger;
+        while jobs.len() < self.settings.batch_size
+            && !jobs.iter().any(|j| matches!(j, Job::Flush(_)))
+        {
+            let job = tokio::select! {
+                biased;
+                _ = self.stop.wait_for(|stop| *stop) => break,
+                job = self.rx.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+                () = tokio::time::sleep_until(until) => break,
+            };
+            jobs.push(job);
+            self.top_up(&mut jobs);
         }
         jobs
     }
