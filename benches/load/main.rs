@@ -54,6 +54,9 @@ enum Scenario {
     ReserveQueue,
     /// Full sections with waitlists: concurrent drops and promotions.
     DropPromotion,
+    /// Every student logs in once (Argon2id), for the preset's duration:
+    /// the login storm's capacity (logins/s) before registration opens.
+    Login,
     /// Others register at a fixed rate, alone and then while one student
     /// floods; the server's rate limits are on (benches/load/flood.rs).
     Flood,
@@ -391,6 +394,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::ReserveQueue => (50, 40, 40),
         // 80 students fill each section, 40 more arrive during the drops.
         Scenario::DropPromotion => ((shape.students / 120).clamp(1, 50), 40, 40),
+        Scenario::Login => (1, args.seats, args.waitlist),
         // Room for every registration of the three phases.
         Scenario::Flood => (20, 2_000, 0),
     };
@@ -482,7 +486,16 @@ async fn main() -> anyhow::Result<()> {
         (drain_s, None)
     } else {
         // The scenario itself.
-        let time_bound = matches!(args.scenario, Scenario::Peak | Scenario::ReserveQueue);
+        let time_bound = matches!(
+            args.scenario,
+            Scenario::Peak | Scenario::ReserveQueue | Scenario::Login
+        );
+        let logins = match args.scenario {
+            Scenario::Login => Some(Arc::new(
+                workloads::Logins::of(&system, &seed_options.password).await?,
+            )),
+            _ => None,
+        };
         let workload: Arc<dyn Workload> = match args.scenario {
             Scenario::Enrol => Arc::new(workloads::enrol(
                 &students,
@@ -514,6 +527,7 @@ async fn main() -> anyhow::Result<()> {
                 workloads::drop_promotion(&system, &students, scenario_sections, ledger.clone())
                     .await?,
             ),
+            Scenario::Login => logins.clone().expect("built above"),
             Scenario::Flood => unreachable!("the flood runs its own phases above"),
         };
         let (cpu_before, eval_before) = redis_usec(&system.redis).await?;
@@ -571,6 +585,28 @@ async fn main() -> anyhow::Result<()> {
             .find(|(k, _)| k == "register")
             .map_or(0, |(_, l)| l.count);
         let register_phase = phase.clone();
+        if let Some(logins) = &logins {
+            let ok = logins.ok.load(std::sync::atomic::Ordering::Relaxed);
+            let refused = logins.refused.load(std::sync::atomic::Ordering::Relaxed);
+            let rate = ok as f64 / phase.duration_s.max(1e-9);
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            ratios.push(Ratio {
+                name: format!(
+                    "logins/s answered 200 ({ok} ok, {refused} refused, {cores} cores shared with everything else: {:.0} per core)",
+                    rate / cores as f64
+                ),
+                value: rate,
+                target: String::new(),
+                met: None,
+            });
+            // A registration day: 50,000 students logging in over 10 minutes.
+            ratios.push(Ratio {
+                name: "login capacity / 50,000 logins in 10 minutes (83/s)".into(),
+                value: rate / (50_000.0 / 600.0),
+                target: ">= 1".into(),
+                met: Some(rate >= 50_000.0 / 600.0),
+            });
+        }
         if registrations > 0 {
             // Where a registration's CPU went, over the scenario phase (the
             // shards' writes included; the load client is not counted).

@@ -375,6 +375,66 @@ pub fn enrol(students: &[(Uuid, String)], sections: &[Uuid], ledger: Arc<Ledger>
     )
 }
 
+/// The login storm: every student logs in once with their password
+/// (Argon2id on the server), in student-number order; counts the answers.
+pub struct Logins {
+    calls: Fixed,
+    pub ok: AtomicUsize,
+    pub refused: AtomicUsize,
+}
+
+impl Logins {
+    pub async fn of(system: &System, password: &str) -> anyhow::Result<Self> {
+        let rows = system
+            .db
+            .get()
+            .await?
+            .query(
+                "select student_number from students where role = 'student' order by student_number",
+                &[],
+            )
+            .await?;
+        let calls = rows
+            .iter()
+            .map(|r| {
+                let number: String = r.get(0);
+                let mut call = Call::post(
+                    "login",
+                    "/api/v1/auth/login",
+                    String::new(),
+                    json!({ "student_number": number, "password": password }),
+                );
+                call.token = None;
+                call
+            })
+            .collect();
+        Ok(Self {
+            calls: Fixed {
+                calls,
+                cursor: AtomicUsize::new(0),
+                ledger: None,
+            },
+            ok: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Workload for Logins {
+    fn next(&self, worker: usize) -> Option<Call> {
+        self.calls.next(worker)
+    }
+
+    fn observe(&self, _worker: usize, _call: &Call, status: StatusCode, _body: &Bytes) {
+        let counter = if status == StatusCode::OK {
+            &self.ok
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One worker's students and what they hold.
 struct WorkerState {
     rng: fastrand::Rng,
