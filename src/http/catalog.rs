@@ -6,8 +6,15 @@ use hyper::{http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{auth::authenticate, body, json, ApiError, ApiResult};
-use crate::{seats::LiveCounts, state::AppState, store::catalog};
+use super::{auth::authenticate, body, json, openapi::conditional, ApiError, ApiResult};
+use crate::{
+    catalog::{
+        self as catalog_index, IndexedSection, Page, PageKey, PageQuery, SemesterIndex, SortKey,
+    },
+    seats::LiveCounts,
+    state::AppState,
+    store::catalog,
+};
 
 #[derive(Serialize)]
 struct List<T> {
@@ -52,55 +59,174 @@ pub async fn semester(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     }
 }
 
-async fn sections_of(
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SectionsQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    course_code: Option<String>,
+    department: Option<String>,
+    open: Option<bool>,
+}
+
+/// Sections whose live counts one `open=true` page reads at most while it
+/// skips full ones: a page may then hold fewer rows than `limit`, and its
+/// `next_cursor` goes on from where it stopped.
+const OPEN_SCAN: usize = 2_000;
+
+/// How a repeat read is told to revalidate: the ETag makes that a 304.
+const PAGE_CACHE_CONTROL: &str = "private, no-cache";
+
+fn filter_text(name: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+    let Some(value) = value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    if value.contains(char::is_control) || value.chars().count() > max {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("{name} must be at most {max} characters without control characters"),
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// A page size from the query: `api.default_page_size` when absent, at
+/// most `api.max_page_size`.
+fn page_limit(state: &AppState, limit: Option<i64>) -> Result<i64, ApiError> {
+    let api = &state.settings.api;
+    let limit = limit.unwrap_or(api.default_page_size);
+    if !(1..=api.max_page_size).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {}", api.max_page_size),
+        ));
+    }
+    Ok(limit)
+}
+
+fn page_query(state: &AppState, req: &Parts) -> Result<PageQuery, ApiError> {
+    let q: SectionsQuery = body::query(req.uri.query())?;
+    let limit = page_limit(state, q.limit)?;
+    let after = match q.cursor.filter(|c| !c.is_empty()) {
+        None => None,
+        Some(cursor) => Some(SortKey::from_cursor(&cursor).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "cursor is not one this API answered: pass `next_cursor` back unchanged",
+            )
+        })?),
+    };
+    Ok(PageQuery {
+        limit: limit as usize,
+        after,
+        course_code: filter_text("course_code", q.course_code, 64)?.map(|c| c.to_uppercase()),
+        department: filter_text("department", q.department, 100)?.map(|d| d.to_lowercase()),
+        open: q.open.unwrap_or(false),
+    })
+}
+
+/// The semester's sections, from the cache or PostgreSQL; `None` if there
+/// is no such semester.
+async fn semester_index(
     state: &AppState,
     id: Uuid,
-) -> Result<Option<Arc<Vec<catalog::Section>>>, ApiError> {
+) -> Result<Option<Arc<SemesterIndex>>, ApiError> {
     let cache = &state.catalog_cache;
-    if let Some(items) = cache.get(&cache.semesters, id) {
-        return Ok(Some(items));
+    if let Some(index) = cache.get(&cache.semesters, id) {
+        return Ok(Some(index));
+    }
+    // One reload at a time; who waited finds the fresh index.
+    let _reloading = match state.settings.api.catalog_cache_ms {
+        0 => None,
+        _ => Some(cache.refresh.lock().await),
+    };
+    if let Some(index) = cache.get(&cache.semesters, id) {
+        return Ok(Some(index));
     }
     let db = state.read_db.get().await?;
     if catalog::semester_by_id(&db, id).await?.is_none() {
         return Ok(None);
     }
-    let items = Arc::new(catalog::sections_of_semester(&db, id).await?);
-    cache.put(&cache.semesters, id, items.clone());
-    Ok(Some(items))
+    let index = Arc::new(SemesterIndex::new(
+        catalog::sections_of_semester(&db, id).await?,
+    ));
+    cache.put(&cache.semesters, id, index.clone());
+    Ok(Some(index))
 }
 
+/// Selects and encodes one page. The second value says whether Redis
+/// answered (a page of persisted counts is not shared).
+async fn build_page(state: &AppState, index: &SemesterIndex, q: &PageQuery) -> (Page, bool) {
+    let mut rows: Vec<(&IndexedSection, Option<LiveCounts>)> = Vec::with_capacity(q.limit);
+    let mut matching = index.matching(index.start(q.after.as_ref()), q);
+    let mut last_examined = None;
+    let mut read = 0;
+    let mut redis_up = true;
+    while rows.len() < q.limit && !(q.open && read >= OPEN_SCAN) {
+        let want = if q.open {
+            q.limit.max(100)
+        } else {
+            q.limit - rows.len()
+        };
+        let chunk: Vec<(usize, &IndexedSection)> = matching.by_ref().take(want).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        read += chunk.len();
+        let ids: Vec<Uuid> = chunk.iter().map(|(_, row)| row.section.id).collect();
+        let counts = match redis_up {
+            true => state.redis.live_counts(&ids).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "live counts unavailable; showing persisted counts");
+                redis_up = false;
+                vec![None; ids.len()]
+            }),
+            false => vec![None; ids.len()],
+        };
+        for ((at, row), live) in chunk.into_iter().zip(counts) {
+            if rows.len() == q.limit {
+                break;
+            }
+            last_examined = Some(at);
+            if q.open && catalog_index::seats_available(row, live.as_ref()) <= 0 {
+                continue;
+            }
+            rows.push((row, live));
+        }
+    }
+    let next = last_examined
+        .filter(|at| index.matching(at + 1, q).next().is_some())
+        .map(|at| index.row(at).key());
+    (Page::new(catalog_index::encode_page(&rows, next)), redis_up)
+}
+
+fn page_response(req: &Parts, page: Page) -> ApiResult {
+    conditional(req, page.etag, PAGE_CACHE_CONTROL, page.body)
+}
+
+/// `GET /semesters/{id}/sections`: a page of the semester's sections with
+/// live counts. An answered page is shared for `api.live_counts_cache_ms`,
+/// so a browsing storm costs Redis one read per page per interval.
 pub async fn semester_sections(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     authenticate(state, req)?;
-    let Some(items) = sections_of(state, id).await? else {
+    let key = PageKey {
+        semester: id,
+        query: page_query(state, req)?,
+    };
+    let cache = &state.catalog_cache;
+    if let Some(page) = cache.page(&key) {
+        return page_response(req, page);
+    }
+    let Some(index) = semester_index(state, id).await? else {
         return Err(ApiError::not_found("semester"));
     };
-    let mut items = items.as_ref().clone();
-    // A full semester's counts cost four Redis commands per section; under a
-    // browsing storm one read serves every request for `live_ttl`.
-    let cache = &state.catalog_cache;
-    let counts = match cache.get_within(&cache.live, id, cache.live_ttl) {
-        Some(counts) if counts.len() == items.len() => Some(counts),
-        _ => {
-            let ids: Vec<Uuid> = items.iter().map(|s| s.id).collect();
-            match state.redis.live_counts(&ids).await {
-                Ok(counts) => {
-                    let counts = Arc::new(counts);
-                    if !cache.live_ttl.is_zero() {
-                        cache.put(&cache.live, id, counts.clone());
-                    }
-                    Some(counts)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "live counts unavailable; showing persisted counts");
-                    None
-                }
-            }
-        }
-    };
-    if let Some(counts) = counts {
-        apply_live(&mut items, &counts);
+    let (page, live) = build_page(state, &index, &key.query).await;
+    if live {
+        cache.put_page(key, page.clone());
     }
-    json(StatusCode::OK, &List { items })
+    page_response(req, page)
 }
 
 pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
@@ -133,14 +259,7 @@ struct AvailableQuery {
 pub async fn available(state: &AppState, req: &Parts) -> ApiResult {
     authenticate(state, req)?;
     let q: AvailableQuery = body::query(req.uri.query())?;
-    let api = &state.settings.api;
-    let limit = q.limit.unwrap_or(api.default_page_size);
-    if !(1..=api.max_page_size).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {}", api.max_page_size),
-        ));
-    }
+    let limit = page_limit(state, q.limit)?;
     let offset = q.offset.unwrap_or(0);
     if offset < 0 {
         return Err(ApiError::bad_request(

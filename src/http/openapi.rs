@@ -31,14 +31,30 @@ static ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
 });
 
 pub fn document(req: &Parts) -> ApiResult {
+    conditional(
+        req,
+        ETAG.clone(),
+        CACHE_CONTROL,
+        Bytes::from_static(DOCUMENT.as_bytes()),
+    )
+}
+
+/// A JSON body with its validator: 304 without the body when the client's
+/// `If-None-Match` names `etag`, 200 with it otherwise.
+pub fn conditional(
+    req: &Parts,
+    etag: HeaderValue,
+    cache_control: &'static str,
+    body: Bytes,
+) -> ApiResult {
     let fresh = req
         .headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
-        .any(|v| matches_etag(v, &ETAG));
+        .any(|v| matches_etag(v, &etag));
     let builder = Response::builder()
-        .header(header::ETAG, ETAG.clone())
-        .header(header::CACHE_CONTROL, CACHE_CONTROL);
+        .header(header::ETAG, etag)
+        .header(header::CACHE_CONTROL, cache_control);
     let response = if fresh {
         builder
             .status(StatusCode::NOT_MODIFIED)
@@ -47,7 +63,7 @@ pub fn document(req: &Parts) -> ApiResult {
         builder
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(DOCUMENT.as_bytes())))
+            .body(Full::new(body))
     };
     Ok(response.expect("static headers are valid"))
 }

@@ -36,6 +36,7 @@ pub struct Section {
     pub course_code: String,
     pub course_name: String,
     pub credits: i32,
+    pub department: String,
     pub semester_id: Uuid,
     pub section_number: String,
     pub instructor: String,
@@ -72,7 +73,8 @@ const SECTION_SELECT: &str = "select s.id, s.course_id, c.course_code, c.course_
      s.semester_id, s.section_number, s.instructor, s.schedule, s.room, s.total_seats, \
      s.enrolled_count, s.waitlist_limit, \
      (select count(*) from waitlist w \
-      where w.section_id = s.id and w.semester_id = s.semester_id)::integer, s.is_active \
+      where w.section_id = s.id and w.semester_id = s.semester_id)::integer, s.is_active, \
+     c.department \
      from sections s join courses c on c.id = s.course_id";
 
 fn section(row: &Row) -> Section {
@@ -84,6 +86,7 @@ fn section(row: &Row) -> Section {
         course_code: row.get(2),
         course_name: row.get(3),
         credits: row.get(4),
+        department: row.get(15),
         semester_id: row.get(5),
         section_number: row.get(6),
         instructor: row.get(7),
