@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmark matrix behind BENCHMARKS.md and prints its summary:
-#   bash scripts/bench-matrix.sh            (about 25 minutes; SOAK_SECONDS=600)
+#   bash scripts/bench-matrix.sh            (about 40 minutes; SOAK_SECONDS=600)
 # Each run writes JSON and HTML under target/load-reports/matrix/<run>/.
 # Ratios are taken within one run; the summary reports medians of the runs.
 set -euo pipefail
@@ -20,6 +20,12 @@ for i in 1 2 3; do
     # The rejection path: 50,000 students (not the default 10,000) so the race lasts seconds, not a blink.
     run "race-256-$i" --scenario race --preset load --connections 256 --students 50000
     run "race-64-$i" --scenario race --preset load --connections 64 --students 50000
+done
+for i in 1 2 3; do
+    # A login storm, then 10,000 sessions over a Zipf-popular 250-section catalogue.
+    run "registration-day-$i" --scenario registration-day --preset load
+    # Pages of 100 sections of a 20,000-section semester, picked uniformly.
+    run "catalogue-$i" --scenario catalogue --preset load --duration 10
 done
 for i in 1 2 3; do
     run "peak-load-$i" --scenario peak --preset load

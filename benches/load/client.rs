@@ -55,13 +55,24 @@ impl Call {
         }
     }
 
-    /// Sections a register call asks for (its body's `section_ids`).
+    /// How many sections a register call asks for (its body's `section_ids`).
     pub fn sections_asked(&self) -> u64 {
+        (self.sections().len() as u64).max(1)
+    }
+
+    /// The sections a register call asks for (its body's `section_ids`).
+    pub fn sections(&self) -> Vec<uuid::Uuid> {
         self.body
             .as_ref()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-            .and_then(|v| v["section_ids"].as_array().map(|a| a.len() as u64))
-            .unwrap_or(1)
+            .and_then(|v| {
+                v["section_ids"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().and_then(|s| uuid::Uuid::try_parse(s).ok()))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
     }
 
     pub fn tagged(mut self, student: uuid::Uuid, section: uuid::Uuid) -> Self {

@@ -13,6 +13,7 @@
 
 mod client;
 mod cpu;
+mod day;
 mod faults;
 mod flood;
 #[path = "../../tests/kit/mod.rs"]
@@ -40,6 +41,16 @@ use workloads::{Ledger, Workload};
 /// flood is the flood's doing.
 const FLOOD_RATE: f64 = 500.0;
 
+/// The registration day's catalogue, and the students of its login storm
+/// (at most; every other student's token is minted, as if obtained before).
+const REGISTRATION_DAY_SECTIONS: usize = 250;
+const LOGIN_STORM: usize = 1_000;
+
+/// The catalogue scenario's shape: courses of this many sections, browsed
+/// in pages of this many.
+const CATALOGUE_SECTIONS_PER_COURSE: usize = 10;
+const CATALOGUE_PAGE: usize = 100;
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Scenario {
     /// Every answer a new enrolment: each student registers once, spread
@@ -57,6 +68,14 @@ enum Scenario {
     /// Every student logs in once (Argon2id), for the preset's duration:
     /// the login storm's capacity (logins/s) before registration opens.
     Login,
+    /// A login storm, then every student's session over a Zipf-popular
+    /// catalogue of 250 sections: browse, view, register for 3 to 5 in one
+    /// request, replace the full ones, some drop, read their own (day.rs).
+    RegistrationDay,
+    /// Browse a university-scale semester (--sections, default 20,000, in
+    /// courses of 10): pages of 100 sections picked uniformly, with live
+    /// counts, for the preset's duration.
+    Catalogue,
     /// Others register at a fixed rate, alone and then while one student
     /// floods; the server's rate limits are on (benches/load/flood.rs).
     Flood,
@@ -141,9 +160,10 @@ struct Args {
     /// Open loop at this many requests per second (latency from intended send time).
     #[arg(long)]
     rate: Option<f64>,
-    /// Enrol: sections the students are spread over.
-    #[arg(long, default_value_t = 30)]
-    sections: usize,
+    /// Enrol: sections the students are spread over (default 30).
+    /// Catalogue: sections of the semester (default 20,000).
+    #[arg(long)]
+    sections: Option<usize>,
     /// Race: seats and waitlist of the section.
     #[arg(long, default_value_t = 100)]
     seats: i32,
@@ -365,6 +385,137 @@ async fn redis_usec(redis: &registrar::seats::Redis) -> anyhow::Result<(f64, u64
     Ok((cpu, eval_usec))
 }
 
+/// The database's size on disk, bytes.
+async fn database_bytes(system: &System) -> anyhow::Result<i64> {
+    Ok(system
+        .db
+        .get()
+        .await?
+        .query_one("select pg_database_size(current_database())", &[])
+        .await?
+        .get(0))
+}
+
+/// Sections (and students) whose Redis keys are weighed for the growth
+/// figures.
+const GROWTH_SAMPLE: usize = 100;
+
+/// `MEMORY USAGE` of the given keys, summed; `None` on a cluster (the
+/// bench weighs keys on one Redis only) or when Redis does not answer.
+async fn key_bytes(system: &System, keys: Vec<String>) -> Option<u64> {
+    let url = system.settings.redis.url.expose();
+    if !url.starts_with("redis://") || url.contains(',') {
+        return None;
+    }
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0);
+    }
+    let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await.ok()?;
+    Some(sizes.into_iter().flatten().sum())
+}
+
+/// What the sampled sections' keys weigh in Redis.
+async fn section_bytes(system: &System, sections: &[uuid::Uuid]) -> Option<u64> {
+    let keys = sections
+        .iter()
+        .flat_map(|s| {
+            let k = system.redis.section_keys(*s);
+            [
+                k.meta, k.seats, k.enrolled, k.waitlist, k.seq, k.outbox, k.reverted, k.undone,
+                k.since,
+            ]
+        })
+        .collect();
+    key_bytes(system, keys).await
+}
+
+/// What the start cost and what the run left behind, per section and per
+/// registration (issue 13, item 5): everything drained, so the growth is
+/// what the rows and the sections' Redis state hold, not queues.
+async fn growth(
+    system: &System,
+    db_ready: i64,
+    sampled: &[uuid::Uuid],
+    sections_ready: Option<u64>,
+    students: &[(uuid::Uuid, String)],
+) -> anyhow::Result<Vec<model::Measure>> {
+    let db = system.db.get().await?;
+    let count = "select (select count(*) from registrations where $1::uuid[] is null or section_id = any($1)) \
+                 + (select count(*) from waitlist where $1::uuid[] is null or section_id = any($1))";
+    let rows: i64 = db
+        .query_one(count, &[&None::<Vec<uuid::Uuid>>])
+        .await?
+        .get(0);
+    let sampled_rows: i64 = db.query_one(count, &[&sampled]).await?.get(0);
+    drop(db);
+    let db_end = database_bytes(system).await?;
+    let sections_end = section_bytes(system, sampled).await;
+    let namespace = &system.settings.redis.namespace;
+    let student_keys = students
+        .iter()
+        .step_by((students.len() / GROWTH_SAMPLE).max(1))
+        .flat_map(|(s, _)| {
+            [
+                registrar::seats::keys::student_sections(namespace, *s),
+                registrar::seats::keys::student_access(namespace, *s),
+                registrar::seats::keys::student_rate(namespace, *s),
+            ]
+        })
+        .collect::<Vec<_>>();
+    let weighed_students = student_keys.len() / 3;
+    let students_end = key_bytes(system, student_keys).await;
+    let warm = &system.warm;
+    let measure = |name: String, value: f64| model::Measure { name, value };
+    let mut measures = vec![
+        measure(
+            format!(
+                "warm-up to ready (s): {} students, {} sections",
+                warm.students, warm.sections
+            ),
+            warm.ready_s,
+        ),
+        measure("server RSS once ready (MiB)".into(), warm.rss_mib),
+        measure(
+            "Redis used_memory growth over the warm-up (MiB)".into(),
+            warm.redis_bytes as f64 / 1024.0 / 1024.0,
+        ),
+        measure(
+            "PostgreSQL database growth per registration (bytes)".into(),
+            (db_end - db_ready).max(0) as f64 / rows.max(1) as f64,
+        ),
+    ];
+    if let (Some(ready), Some(end)) = (sections_ready, sections_end) {
+        let n = sampled.len().max(1) as f64;
+        measures.push(measure(
+            format!(
+                "Redis bytes per section once ready (its keys, {} sampled)",
+                sampled.len()
+            ),
+            ready as f64 / n,
+        ));
+        measures.push(measure(
+            format!(
+                "Redis bytes per registration in its section's keys ({sampled_rows} in the sample)"
+            ),
+            end.saturating_sub(ready) as f64 / sampled_rows.max(1) as f64,
+        ));
+    }
+    if let Some(bytes) = students_end {
+        measures.push(measure(
+            format!("Redis bytes per student (access copy, sections index, rate bucket; {weighed_students} sampled)"),
+            bytes as f64 / weighed_students.max(1) as f64,
+        ));
+    }
+    Ok(measures)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -386,9 +537,24 @@ async fn main() -> anyhow::Result<()> {
     let connections = shape.stages.iter().map(|s| s.0).max().unwrap_or(1);
     let (sections, seats, waitlist) = match args.scenario {
         Scenario::Enrol => {
-            let sections = args.sections.max(1);
+            let sections = args.sections.unwrap_or(30).max(1);
             (sections, shape.students.div_ceil(sections) as i32, 0)
         }
+        // Seats for 1.2 × the first requests' asks; Zipf popularity fills the
+        // top sections and waitlists them, the tail keeps room.
+        Scenario::RegistrationDay => (
+            REGISTRATION_DAY_SECTIONS,
+            (shape.students * day::MEAN_ASK * 6 / 5).div_ceil(REGISTRATION_DAY_SECTIONS) as i32,
+            20,
+        ),
+        Scenario::Catalogue => (
+            args.sections
+                .unwrap_or(20_000)
+                .div_ceil(CATALOGUE_SECTIONS_PER_COURSE)
+                * CATALOGUE_SECTIONS_PER_COURSE,
+            40,
+            10,
+        ),
         Scenario::Race => (1, args.seats, args.waitlist),
         Scenario::Peak => (200, 30, 10),
         Scenario::ReserveQueue => (50, 40, 40),
@@ -409,10 +575,14 @@ async fn main() -> anyhow::Result<()> {
     }
     // Extra sections for the drain measurement, big enough for every event.
     let drain_sections = 8;
+    let per_course = match args.scenario {
+        Scenario::Catalogue => CATALOGUE_SECTIONS_PER_COURSE,
+        _ => 1,
+    };
     let seed_options = SeedOptions {
         students: shape.students,
-        courses: sections + drain_sections,
-        sections_per_course: 1,
+        courses: (sections + drain_sections).div_ceil(per_course),
+        sections_per_course: per_course,
         seats,
         waitlist,
         password: "bench-password".into(),
@@ -455,6 +625,13 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let all_sections = workloads::sections(&system).await?;
+    let db_ready = database_bytes(&system).await?;
+    let sampled: Vec<uuid::Uuid> = all_sections
+        .iter()
+        .step_by((all_sections.len() / GROWTH_SAMPLE).max(1))
+        .copied()
+        .collect();
+    let sections_ready = section_bytes(&system, &sampled).await;
     let (scenario_sections, drain_targets) = all_sections.split_at(sections);
     workloads::make_room(&system, drain_targets, shape.drain_events).await?;
     let students = workloads::students(&system).await?;
@@ -464,7 +641,10 @@ async fn main() -> anyhow::Result<()> {
     let mut samples = Vec::new();
     let mut ratios = Vec::new();
 
-    let name = format!("{:?}", args.scenario).to_lowercase();
+    let name = args
+        .scenario
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string());
     let (drain_s, fault_report) = if args.scenario == Scenario::Flood {
         let flood = flood::run(
             &system,
@@ -488,12 +668,65 @@ async fn main() -> anyhow::Result<()> {
         // The scenario itself.
         let time_bound = matches!(
             args.scenario,
-            Scenario::Peak | Scenario::ReserveQueue | Scenario::Login
+            Scenario::Peak
+                | Scenario::ReserveQueue
+                | Scenario::Login
+                | Scenario::Catalogue
+                | Scenario::RegistrationDay
         );
+        if args.scenario == Scenario::RegistrationDay {
+            anyhow::ensure!(
+                shape.rate.is_none(),
+                "registration-day sessions wait for each answer: closed loop only (no --rate, no soak)"
+            );
+            // The login storm first: students sign in before the window opens.
+            let storm = Arc::new(
+                workloads::Logins::of(&system, &seed_options.password, LOGIN_STORM).await?,
+            );
+            let (phase, storm_samples) = measure(
+                &system,
+                "login storm",
+                storm.clone(),
+                &[(connections.min(64), 600)],
+                None,
+                false,
+            )
+            .await;
+            let ok = storm.ok.load(std::sync::atomic::Ordering::Relaxed);
+            let refused = storm.refused.load(std::sync::atomic::Ordering::Relaxed);
+            ratios.push(Ratio {
+                name: format!("login storm: logins/s ({ok} ok, {refused} refused)"),
+                value: ok as f64 / phase.duration_s.max(1e-9),
+                target: String::new(),
+                met: None,
+            });
+            phases.push(phase);
+            samples.extend(storm_samples);
+        }
         let logins = match args.scenario {
             Scenario::Login => Some(Arc::new(
-                workloads::Logins::of(&system, &seed_options.password).await?,
+                workloads::Logins::of(&system, &seed_options.password, usize::MAX).await?,
             )),
+            _ => None,
+        };
+        let catalogue = match args.scenario {
+            Scenario::Catalogue => {
+                let semester = workloads::semester(&system).await?;
+                let catalogue = workloads::Catalogue::of(
+                    &system,
+                    &students,
+                    semester,
+                    CATALOGUE_PAGE,
+                    connections,
+                )
+                .await?;
+                eprintln!(
+                    "catalogue: {} sections in {} pages of {CATALOGUE_PAGE}",
+                    scenario_sections.len() + drain_targets.len(),
+                    catalogue.pages()
+                );
+                Some(Arc::new(catalogue))
+            }
             _ => None,
         };
         let workload: Arc<dyn Workload> = match args.scenario {
@@ -528,6 +761,17 @@ async fn main() -> anyhow::Result<()> {
                     .await?,
             ),
             Scenario::Login => logins.clone().expect("built above"),
+            Scenario::Catalogue => catalogue.clone().expect("built above"),
+            Scenario::RegistrationDay => Arc::new(
+                day::Day::new(
+                    &system,
+                    &students,
+                    scenario_sections,
+                    connections,
+                    ledger.clone(),
+                )
+                .await?,
+            ),
             Scenario::Flood => unreachable!("the flood runs its own phases above"),
         };
         let (cpu_before, eval_before) = redis_usec(&system.redis).await?;
@@ -579,11 +823,12 @@ async fn main() -> anyhow::Result<()> {
             .drain(scenario_sections, Duration::from_secs(120))
             .await?
             .as_secs_f64();
-        let registrations = phase
-            .by_kind
-            .iter()
-            .find(|(k, _)| k == "register")
-            .map_or(0, |(_, l)| l.count);
+        // Costs per registration only where registering is all the phase
+        // did: in a mix, the reads' costs would be charged to the registers.
+        let registrations = match phase.by_kind.as_slice() {
+            [(kind, l)] if kind == "register" => l.count,
+            _ => 0,
+        };
         let register_phase = phase.clone();
         if let Some(logins) = &logins {
             let ok = logins.ok.load(std::sync::atomic::Ordering::Relaxed);
@@ -605,6 +850,20 @@ async fn main() -> anyhow::Result<()> {
                 value: rate / (50_000.0 / 600.0),
                 target: ">= 1".into(),
                 met: Some(rate >= 50_000.0 / 600.0),
+            });
+        }
+        if let Some(catalogue) = &catalogue {
+            let ok = catalogue.ok.load(std::sync::atomic::Ordering::Relaxed);
+            let other = catalogue.other.load(std::sync::atomic::Ordering::Relaxed);
+            let bytes = catalogue.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            ratios.push(Ratio {
+                name: format!(
+                    "catalogue pages/s ({ok} answered 200, {other} other; {:.1} KiB per page)",
+                    bytes as f64 / 1024.0 / ok.max(1) as f64
+                ),
+                value: ok as f64 / phase.duration_s.max(1e-9),
+                target: String::new(),
+                met: None,
             });
         }
         if registrations > 0 {
@@ -648,13 +907,36 @@ async fn main() -> anyhow::Result<()> {
                 true,
             )
             .await;
-            if let Some((_, reg)) = register_phase.by_kind.iter().find(|(k, _)| k == "register") {
+            if let Some((_, page)) = register_phase.by_kind.iter().find(|(k, _)| k == "page") {
+                let rate = page.count as f64 / register_phase.duration_s.max(1e-9);
+                let ratio = rate / live_phase.throughput.max(1e-9);
+                ratios.push(Ratio {
+                    name: format!(
+                        "catalogue page of {CATALOGUE_PAGE} sections throughput / GET /live throughput"
+                    ),
+                    value: ratio,
+                    target: ">= 0.1".into(),
+                    met: Some(ratio >= 0.1),
+                });
+            }
+            let mix = register_phase
+                .outcomes
+                .map(|o| o.describe())
+                .unwrap_or_default();
+            if args.scenario == Scenario::RegistrationDay {
+                ratios.push(Ratio {
+                    name: format!(
+                        "registration-day requests of every kind / GET /live throughput (registers: {mix})"
+                    ),
+                    value: register_phase.throughput / live_phase.throughput.max(1e-9),
+                    target: String::new(),
+                    met: None,
+                });
+            } else if let Some((_, reg)) =
+                register_phase.by_kind.iter().find(|(k, _)| k == "register")
+            {
                 let reg_rate = reg.count as f64 / register_phase.duration_s.max(1e-9);
                 let ratio = reg_rate / live_phase.throughput.max(1e-9);
-                let mix = register_phase
-                    .outcomes
-                    .map(|o| o.describe())
-                    .unwrap_or_default();
                 // Enrol is registration proper (every answer a seat taken and
                 // persisted); the race is mostly the rejection path.
                 let (target, met) = match args.scenario {
@@ -766,6 +1048,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(report) = &fault_report {
         audit.push(faults::recovery_check(report));
     }
+    let measures = growth(&system, db_ready, &sampled, sections_ready, &students).await?;
     let rss_peak = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
     let rss_end = system.rss_mib();
     let report = RunReport {
@@ -781,6 +1064,7 @@ async fn main() -> anyhow::Result<()> {
         ratios,
         rss_peak_mib: rss_peak,
         rss_end_mib: rss_end,
+        measures,
         faults: fault_report,
     };
     system.stop().await;

@@ -133,9 +133,19 @@ pub struct RunReport {
     /// Peak and final server RSS, MiB.
     pub rss_peak_mib: f64,
     pub rss_end_mib: f64,
+    /// Start-up and growth figures (warm-up time, memory per section, per
+    /// registration), in the order printed.
+    pub measures: Vec<Measure>,
     /// Fault injection (`--faults`): the windows and what they did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub faults: Option<FaultReport>,
+}
+
+/// A named figure of the run as a whole.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measure {
+    pub name: String,
+    pub value: f64,
 }
 
 /// One window of a fault run: a fault, or the normal operation between them.

@@ -368,6 +368,9 @@ fn run_table(report: &RunReport) -> Table {
         "server RSS end (MiB)".into(),
         num(report.rss_end_mib, 1),
     ]);
+    for m in &report.measures {
+        t.row(vec![m.name.clone(), num(m.value, 1)]);
+    }
     t
 }
 

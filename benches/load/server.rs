@@ -59,8 +59,39 @@ pub struct System {
     pub redis_proxy: Option<Proxy>,
     // Fields drop in order: the servers are killed before their stores go.
     servers: Vec<ChildServer>,
+    /// What starting cost, measured once every instance was ready.
+    pub warm: Warm,
     _namespace: Namespace,
     _database: Database,
+}
+
+/// The cost of a start: the warm-up (sections loaded into Redis) and what
+/// it left in memory.
+#[derive(Debug, Clone)]
+pub struct Warm {
+    /// From spawning the servers to every one answering /ready.
+    pub ready_s: f64,
+    /// Redis `used_memory` growth over the warm-up (summed over primaries).
+    pub redis_bytes: u64,
+    /// Server RSS once ready, MiB (all instances).
+    pub rss_mib: f64,
+    pub sections: usize,
+    pub students: usize,
+}
+
+/// Redis's `used_memory`, summed over every primary (0 if unreadable).
+pub async fn used_memory(redis: &Redis) -> u64 {
+    redis
+        .info_per_primary("memory")
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// How long the server may take to become ready (warming up a big seed).
@@ -127,15 +158,27 @@ impl System {
             }
             servers.push(launch.spawn());
         }
+        let redis = Redis::new(&settings.redis)?;
+        let redis_before = used_memory(&redis).await;
+        let spawned = Instant::now();
         for server in &servers {
             server.wait_ready().await;
         }
+        let ready_s = spawned.elapsed().as_secs_f64();
+        let warm = Warm {
+            ready_s,
+            redis_bytes: used_memory(&redis).await.saturating_sub(redis_before),
+            rss_mib: servers.iter().map(|s| rss_mib(s.pid())).sum(),
+            sections: seed_options.courses * seed_options.sections_per_course,
+            students: seed_options.students,
+        };
         let addrs: Addrs = servers
             .iter()
             .map(|s| SocketAddr::from(([127, 0, 0, 1], s.port)))
             .collect();
         Ok(Self {
-            redis: Redis::new(&settings.redis)?,
+            redis,
+            warm,
             db,
             settings,
             addr: addrs[0],

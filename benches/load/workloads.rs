@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use hyper::StatusCode;
 use registrar::{auth::Tokens, domain::Role, domain::SectionSnapshot, seats::Reserve};
@@ -100,11 +101,22 @@ impl Ledger {
             return;
         };
         match call.kind {
-            "register" => match v["results"][0]["status"].as_str() {
-                Some("enrolled" | "already_enrolled") => self.note(student, section, true),
-                Some("waitlisted" | "already_waitlisted") => self.note(student, section, false),
-                _ => {}
-            },
+            "register" => {
+                // Each result names its section (a request may ask for several).
+                for result in v["results"].as_array().into_iter().flatten() {
+                    let section = result["section_id"]
+                        .as_str()
+                        .and_then(|s| Uuid::try_parse(s).ok())
+                        .unwrap_or(section);
+                    match result["status"].as_str() {
+                        Some("enrolled" | "already_enrolled") => self.note(student, section, true),
+                        Some("waitlisted" | "already_waitlisted") => {
+                            self.note(student, section, false)
+                        }
+                        _ => {}
+                    }
+                }
+            }
             "drop" => {
                 if matches!(v["status"].as_str(), Some("dropped" | "left_waitlist")) {
                     self.note(student, section, false);
@@ -122,8 +134,17 @@ impl Ledger {
 
     /// A register or drop that got no answer (connection lost, timeout).
     pub fn failed(&self, call: &Call) {
-        if let (Some((student, section)), "register" | "drop") = (call.tag, call.kind) {
-            self.record(student, section, None);
+        let Some((student, section)) = call.tag else {
+            return;
+        };
+        match call.kind {
+            "register" => {
+                for section in call.sections() {
+                    self.record(student, section, None);
+                }
+            }
+            "drop" => self.record(student, section, None),
+            _ => {}
         }
     }
 }
@@ -331,16 +352,21 @@ impl Workload for Fixed {
 }
 
 pub fn register_call(token: &str, student: Uuid, section: Uuid) -> Call {
+    register_many(token, student, &[section])
+}
+
+/// One request for several sections (tagged with the first).
+pub fn register_many(token: &str, student: Uuid, sections: &[Uuid]) -> Call {
     Call::post(
         "register",
         "/api/v1/register",
         token.to_string(),
-        json!({ "section_ids": [section] }),
+        json!({ "section_ids": sections }),
     )
-    .tagged(student, section)
+    .tagged(student, sections[0])
 }
 
-fn drop_call(token: &str, student: Uuid, section: Uuid) -> Call {
+pub fn drop_call(token: &str, student: Uuid, section: Uuid) -> Call {
     Call::post(
         "drop",
         "/api/v1/register/drop",
@@ -384,14 +410,16 @@ pub struct Logins {
 }
 
 impl Logins {
-    pub async fn of(system: &System, password: &str) -> anyhow::Result<Self> {
+    /// The first `limit` students by number.
+    pub async fn of(system: &System, password: &str, limit: usize) -> anyhow::Result<Self> {
         let rows = system
             .db
             .get()
             .await?
             .query(
-                "select student_number from students where role = 'student' order by student_number",
-                &[],
+                "select student_number from students where role = 'student' \
+                 order by student_number limit $1",
+                &[&i64::try_from(limit).unwrap_or(i64::MAX)],
             )
             .await?;
         let calls = rows
@@ -432,6 +460,84 @@ impl Workload for Logins {
             &self.refused
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Browsing a university-scale catalogue: every call asks one page of
+/// `limit` sections of the semester, pages picked uniformly over the whole
+/// semester (the first page's cursor walk is done before the clock starts),
+/// each by a random student. Counts 200 answers and their bytes.
+pub struct Catalogue {
+    pages: Vec<String>,
+    tokens: Vec<String>,
+    rng: Vec<Mutex<fastrand::Rng>>,
+    pub ok: AtomicUsize,
+    pub other: AtomicUsize,
+    pub bytes: AtomicUsize,
+}
+
+impl Catalogue {
+    pub async fn of(
+        system: &System,
+        students: &[(Uuid, String)],
+        semester: Uuid,
+        limit: usize,
+        workers: usize,
+    ) -> anyhow::Result<Self> {
+        let token = &students.first().context("no students seeded")?.1;
+        let first = format!("/api/v1/semesters/{semester}/sections?limit={limit}");
+        let http = reqwest::Client::new();
+        let mut pages = vec![first.clone()];
+        loop {
+            let page: serde_json::Value = http
+                .get(format!("http://{}{}", system.addr, pages.last().unwrap()))
+                .bearer_auth(token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            match page["next_cursor"].as_str() {
+                Some(cursor) => pages.push(format!("{first}&cursor={cursor}")),
+                None => break,
+            }
+            anyhow::ensure!(pages.len() <= 100_000, "the cursor walk does not end");
+        }
+        Ok(Self {
+            pages,
+            tokens: students
+                .iter()
+                .map(|(_, t)| format!("Bearer {t}"))
+                .collect(),
+            rng: (0..workers.max(1))
+                .map(|w| Mutex::new(fastrand::Rng::with_seed(w as u64)))
+                .collect(),
+            ok: AtomicUsize::new(0),
+            other: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn pages(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+impl Workload for Catalogue {
+    fn next(&self, worker: usize) -> Option<Call> {
+        let mut rng = self.rng[worker % self.rng.len()].lock().unwrap();
+        let path = self.pages[rng.usize(..self.pages.len())].clone();
+        let token = self.tokens[rng.usize(..self.tokens.len())].clone();
+        Some(Call::get("page", path, Some(token)))
+    }
+
+    fn observe(&self, _worker: usize, _call: &Call, status: StatusCode, body: &Bytes) {
+        if status == StatusCode::OK {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(body.len(), Ordering::Relaxed);
+        } else {
+            self.other.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
