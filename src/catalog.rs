@@ -31,7 +31,7 @@ pub struct CatalogCache {
     /// included) is shared between requests.
     pub(crate) live_ttl: Duration,
     /// Encoded pages by semester and query, for `live_ttl`.
-    pub(crate) pages: Mutex<HashMap<PageKey, (Instant, Page)>>,
+    pub(crate) pages: Mutex<Pages>,
     /// One reader of a semester's rows at a time: when the cache expires
     /// under a browsing storm, one request reads PostgreSQL and the others
     /// wait for its result instead of each reading 20,000 rows.
@@ -48,6 +48,18 @@ const CACHE_ENTRIES: usize = 20_000;
 /// Pages kept at once before the map is emptied: a semester of 20,000
 /// sections has 200 pages of 100 per filter combination.
 const PAGE_ENTRIES: usize = 4_096;
+
+/// Bytes of pages kept at once before the map is emptied. Any cursor a
+/// client makes up is a valid start, so the number of distinct pages is
+/// the client's choice; what they may cost in memory is not.
+const PAGE_BYTES: usize = 64 << 20;
+
+/// The shared pages and what their bodies weigh together.
+#[derive(Default)]
+pub(crate) struct Pages {
+    map: HashMap<PageKey, (Instant, Page)>,
+    bytes: usize,
+}
 
 impl CatalogCache {
     pub fn new(ttl: Duration, live_ttl: Duration) -> Self {
@@ -88,6 +100,7 @@ impl CatalogCache {
 
     pub(crate) fn page(&self, key: &PageKey) -> Option<Page> {
         lock(&self.pages)
+            .map
             .get(key)
             .filter(|(at, _)| at.elapsed() < self.live_ttl)
             .map(|(_, page)| page.clone())
@@ -98,10 +111,21 @@ impl CatalogCache {
             return;
         }
         let mut pages = lock(&self.pages);
-        if pages.len() >= PAGE_ENTRIES {
+        let size = page.body.len();
+        if pages.map.len() >= PAGE_ENTRIES || pages.bytes + size > PAGE_BYTES {
             pages.clear();
         }
-        pages.insert(key, (Instant::now(), page));
+        pages.bytes += size;
+        if let Some((_, old)) = pages.map.insert(key, (Instant::now(), page)) {
+            pages.bytes -= old.body.len();
+        }
+    }
+}
+
+impl Pages {
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
     }
 }
 
@@ -410,6 +434,33 @@ mod tests {
             is_active: true,
             live: false,
         }
+    }
+
+    #[test]
+    fn shared_pages_are_bounded_in_bytes_and_replacing_one_does_not_count_twice() {
+        let cache = CatalogCache::new(Duration::from_secs(60), Duration::from_secs(60));
+        let key = |i: usize| PageKey {
+            semester: Uuid::nil(),
+            query: PageQuery {
+                limit: i,
+                ..PageQuery::default()
+            },
+        };
+        let page = || Page::new(vec![b' '; 1 << 20]);
+        for _ in 0..3 {
+            cache.put_page(key(0), page());
+        }
+        assert_eq!(lock(&cache.pages).bytes, 1 << 20);
+        for i in 1..=PAGE_BYTES >> 20 {
+            cache.put_page(key(i), page());
+        }
+        let pages = lock(&cache.pages);
+        assert!(pages.bytes <= PAGE_BYTES, "{} bytes kept", pages.bytes);
+        assert_eq!(pages.bytes, pages.map.len() << 20);
+        assert!(
+            pages.map.contains_key(&key(PAGE_BYTES >> 20)),
+            "the newest stays"
+        );
     }
 
     #[test]

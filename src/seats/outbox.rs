@@ -156,6 +156,28 @@ impl Redis {
         cmd.query_async::<()>(&mut conn).await
     }
 
+    /// [`Self::ack`] for many sections in one round trip (one per slot on a
+    /// cluster): a batch spread over hundreds of sections would otherwise
+    /// wait on one XDEL after another.
+    pub async fn ack_all(&self, acks: &[(Uuid, Vec<i64>)]) -> RedisResult<()> {
+        let groups: Vec<redis::Pipeline> = acks
+            .iter()
+            .filter(|(_, seqs)| !seqs.is_empty())
+            .map(|(section, seqs)| {
+                let mut pipe = redis::pipe();
+                let xdel = pipe.cmd("XDEL").arg(self.section_keys(*section).outbox);
+                for seq in seqs {
+                    xdel.arg(format!("{seq}-0"));
+                }
+                pipe
+            })
+            .collect();
+        if groups.is_empty() {
+            return Ok(());
+        }
+        self.per_slot(false, groups).await.map(drop)
+    }
+
     /// Removes outbox entries up to and including sequence `applied` (already
     /// in PostgreSQL; their acknowledgement was lost, e.g. to a crash
     /// between commit and XDEL).

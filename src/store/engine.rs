@@ -209,6 +209,104 @@ pub async fn advance(
         }))
 }
 
+/// [`advance`] for every section of a batch in one statement: each moves
+/// from its `from` to its `to` under the same optimistic check, its row
+/// locked in id order first. Returns the keys in the order of `moves`, or
+/// the first section whose check failed (another writer moved it).
+pub async fn advance_all(
+    tx: &Transaction<'_>,
+    moves: &[(Uuid, i64, i64)],
+) -> Result<Result<Vec<SectionKey>, Uuid>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = moves.iter().map(|m| m.0).collect();
+    let from: Vec<i64> = moves.iter().map(|m| m.1).collect();
+    let to: Vec<i64> = moves.iter().map(|m| m.2).collect();
+    let stmt = tx
+        .prepare_cached(
+            "with locked as materialized \
+                  (select id from sections where id = any($1) order by id for update) \
+             update sections s set last_seq = u.to_seq, version = s.version + 1 \
+               from unnest($1::uuid[], $2::bigint[], $3::bigint[]) as u(id, from_seq, to_seq), \
+                    locked l \
+              where l.id = u.id and s.id = u.id and s.last_seq = u.from_seq \
+             returning s.id, s.semester_id",
+        )
+        .await?;
+    let semesters: HashMap<Uuid, Uuid> = tx
+        .query(&stmt, &[&ids, &from, &to])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(ids
+        .iter()
+        .map(|section| {
+            semesters.get(section).map(|semester| SectionKey {
+                section: *section,
+                semester: *semester,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            *ids.iter()
+                .find(|s| !semesters.contains_key(s))
+                .expect("a key is missing")
+        }))
+}
+
+/// Whether [`apply_enrolments`] can write these events: enrolments only.
+pub fn only_enrolments(events: &[Event]) -> bool {
+    events.iter().all(|e| e.kind == EventKind::Enroll)
+}
+
+/// Applies many sections' events that are all enrolments (see
+/// [`only_enrolments`]) in one statement, as [`apply`] would one by one: a
+/// batch spread over many sections costs one round trip, not one each.
+pub async fn apply_enrolments(
+    tx: &Transaction<'_>,
+    sections: &[(SectionKey, &[Event])],
+) -> Result<(), tokio_postgres::Error> {
+    let rows = sections.iter().map(|(_, e)| e.len()).sum();
+    let (mut ids, mut students, mut keys, mut semesters, mut times) = (
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+    );
+    for (key, events) in sections {
+        for event in *events {
+            let Some(student) = event.student else {
+                continue;
+            };
+            ids.push(event.row_id());
+            students.push(student);
+            keys.push(key.section);
+            semesters.push(key.semester);
+            times.push(at(event));
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "insert into registrations \
+                    (id, student_id, section_id, semester_id, status, registration_date) \
+             select u.id, u.student, u.section, u.semester, 'enrolled', u.at \
+               from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[]) \
+                    as u(id, student, section, semester, at) \
+             on conflict (student_id, section_id, semester_id) do update \
+                set status = 'enrolled', dropped_date = null, \
+                    registration_date = excluded.registration_date, \
+                    version = registrations.version + 1 \
+              where registrations.status = 'dropped'",
+        )
+        .await?;
+    tx.execute(&stmt, &[&ids, &students, &keys, &semesters, &times])
+        .await?;
+    Ok(())
+}
+
 /// The last applied sequence of each section (absent: no such section).
 pub async fn last_seqs(
     db: &impl GenericClient,

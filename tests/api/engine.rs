@@ -607,3 +607,97 @@ async fn an_event_committed_but_never_acknowledged_leaves_the_outbox() {
     app.wait_persisted(&[section]).await;
     app.assert_converged(section).await;
 }
+
+/// The shards write a batch over many sections in a few statements: every
+/// section advanced in one (a stale one fails it whole), the enrolments of
+/// every enrolment-only section in one insert, each section's count moving
+/// by its own rows.
+#[tokio::test]
+async fn a_batch_over_several_sections_advances_all_or_none_and_counts_each() {
+    use registrar::{
+        domain::{now_ms, Event, EventKind},
+        store::engine,
+    };
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(4, 3, 10, 0).await;
+    let sections = seeded.report.section_ids.clone();
+    let students = app.student_ids().await;
+    let event = |section, seq, student| Event {
+        section,
+        seq,
+        kind: EventKind::Enroll,
+        student: Some(student),
+        at_ms: now_ms(),
+        config: None,
+    };
+    let mut client = app.db.get().await.unwrap();
+
+    // Act: a batch in which the second section is stale (said at 5, at 0).
+    let tx = client.transaction().await.unwrap();
+    let stale = engine::advance_all(
+        &tx,
+        &[
+            (sections[0], 0, 1),
+            (sections[1], 5, 6),
+            (sections[2], 0, 1),
+        ],
+    )
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    // Then a good batch over the first and the third.
+    let tx = client.transaction().await.unwrap();
+    let keys = engine::advance_all(&tx, &[(sections[0], 0, 2), (sections[2], 0, 1)])
+        .await
+        .unwrap()
+        .expect("both at their expected last_seq");
+    let first = [
+        event(sections[0], 1, students[0]),
+        event(sections[0], 2, students[1]),
+    ];
+    let third = [event(sections[2], 1, students[0])];
+    engine::apply_enrolments(&tx, &[(keys[0], &first[..]), (keys[1], &third[..])])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // Assert
+    assert_eq!(stale.unwrap_err(), sections[1]);
+    assert!(engine::only_enrolments(&first));
+    assert_eq!(
+        keys.iter().map(|k| k.section).collect::<Vec<_>>(),
+        [sections[0], sections[2]]
+    );
+    assert!(keys.iter().all(|k| k.semester == seeded.report.semester_id));
+    let rows = client
+        .query(
+            "select s.id, s.last_seq, s.enrolled_count, \
+                    array(select r.student_id from registrations r \
+                           where r.section_id = s.id and r.status = 'enrolled' \
+                           order by r.student_id) \
+               from sections s where s.id = any($1)",
+            &[&sections],
+        )
+        .await
+        .unwrap();
+    let state = |section: Uuid| {
+        let row = rows
+            .iter()
+            .find(|r| r.get::<_, Uuid>(0) == section)
+            .unwrap();
+        (
+            row.get::<_, i64>(1),
+            row.get::<_, i32>(2),
+            row.get::<_, Vec<Uuid>>(3),
+        )
+    };
+    let mut two = vec![students[0], students[1]];
+    two.sort();
+    assert_eq!(state(sections[0]), (2, 2, two));
+    assert_eq!(
+        state(sections[1]),
+        (0, 0, vec![]),
+        "the failed batch left no trace"
+    );
+    assert_eq!(state(sections[2]), (1, 1, vec![students[0]]));
+}

@@ -31,16 +31,27 @@ impl Shard {
         // rows (where a constraint could fail and look permanent).
         // The same statement returns the section's semester, the partition
         // key of the rows written next.
-        let mut keys = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let last = plan.events.last().map_or(plan.applied, |e| e.seq);
-            match engine::advance(&tx, plan.section, plan.applied, last).await? {
-                Some(key) => keys.push(key),
-                None => return Err(WriteError::Conflict(plan.section)),
-            }
-        }
-        for (plan, key) in plans.iter().zip(keys) {
-            engine::apply(&tx, key, &plan.events).await?;
+        // One statement for every section, and one for the enrolments of
+        // all sections that have nothing else: a batch spread over many
+        // sections costs a few round trips, not two per section.
+        let moves: Vec<(uuid::Uuid, i64, i64)> = plans
+            .iter()
+            .map(|p| {
+                let last = p.events.last().map_or(p.applied, |e| e.seq);
+                (p.section, p.applied, last)
+            })
+            .collect();
+        let keys = engine::advance_all(&tx, &moves)
+            .await?
+            .map_err(WriteError::Conflict)?;
+        let (enrolments, others): (Vec<_>, Vec<_>) = plans
+            .iter()
+            .zip(keys)
+            .map(|(plan, key)| (key, plan.events.as_slice()))
+            .partition(|(_, events)| engine::only_enrolments(events));
+        engine::apply_enrolments(&tx, &enrolments).await?;
+        for (key, events) in others {
+            engine::apply(&tx, key, events).await?;
         }
         journal::record(&tx, plans.iter().flat_map(|p| &p.events)).await?;
         tx.commit().await?;
@@ -51,6 +62,7 @@ impl Shard {
     pub(super) async fn committed(&mut self, plans: &[Planned]) {
         let now = now_ms();
         let mut total = 0;
+        let mut acks = Vec::with_capacity(plans.len());
         for plan in plans {
             let Some(last) = plan.events.last() else {
                 continue;
@@ -61,11 +73,11 @@ impl Shard {
                 metrics::counter!(EVENTS_APPLIED, "kind" => e.kind.as_str()).increment(1);
                 metrics::histogram!(PERSIST_LAG).record((now - e.at_ms).max(0) as f64 / 1000.0);
             }
-            let seqs: Vec<i64> = plan.events.iter().map(|e| e.seq).collect();
-            if let Err(e) = self.redis.ack(plan.section, &seqs).await {
-                // Harmless: the entries are skipped (seq ≤ last_seq) and acknowledged next time.
-                tracing::warn!(section = %plan.section, error = %e, "failed to acknowledge outbox entries");
-            }
+            acks.push((plan.section, plan.events.iter().map(|e| e.seq).collect()));
+        }
+        if let Err(e) = self.redis.ack_all(&acks).await {
+            // Harmless: the entries are skipped (seq ≤ last_seq) and acknowledged next time.
+            tracing::warn!(shard = self.id, sections = acks.len(), error = %e, "failed to acknowledge outbox entries");
         }
         if total > 0 {
             metrics::histogram!(BATCH_SIZE).record(total as f64);
