@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_partition_by_semester.sql",
         sql: include_str!("../../sql/0007_partition_by_semester.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_sections_fillfactor.sql",
+        sql: include_str!("../../sql/0008_sections_fillfactor.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).

@@ -100,7 +100,13 @@ async fn the_migration_converts_a_0006_database_in_place_keeping_every_row() {
     let applied = migrate::run(&mut client).await.unwrap();
 
     // Assert: the same rows, each in its semester's partition, counts kept.
-    assert_eq!(applied, vec!["0007_partition_by_semester.sql"]);
+    assert_eq!(
+        applied,
+        vec![
+            "0007_partition_by_semester.sql",
+            "0008_sections_fillfactor.sql"
+        ]
+    );
     let after = rows(&**client).await;
     assert_eq!(before.0.len(), 14);
     assert_eq!(before.1.len(), 6);
