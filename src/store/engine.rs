@@ -128,12 +128,28 @@ async fn insert_enrolled(
     students: &[Uuid],
     times: &[DateTime<Utc>],
 ) -> Result<(), tokio_postgres::Error> {
+    let sections = vec![key.section; ids.len()];
+    let semesters = vec![key.semester; ids.len()];
+    insert_enrolled_rows(tx, ids, students, &sections, &semesters, times).await
+}
+
+/// Inserts enrolled rows (or re-enrols dropped ones), each naming its
+/// section and semester.
+async fn insert_enrolled_rows(
+    tx: &Transaction<'_>,
+    ids: &[Uuid],
+    students: &[Uuid],
+    sections: &[Uuid],
+    semesters: &[Uuid],
+    times: &[DateTime<Utc>],
+) -> Result<(), tokio_postgres::Error> {
     let stmt = tx
         .prepare_cached(
             "insert into registrations \
                     (id, student_id, section_id, semester_id, status, registration_date) \
-             select u.id, u.student, $1, $5, 'enrolled', u.at \
-               from unnest($2::uuid[], $3::uuid[], $4::timestamptz[]) as u(id, student, at) \
+             select u.id, u.student, u.section, u.semester, 'enrolled', u.at \
+               from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[]) \
+                    as u(id, student, section, semester, at) \
              on conflict (student_id, section_id, semester_id) do update \
                 set status = 'enrolled', dropped_date = null, \
                     registration_date = excluded.registration_date, \
@@ -141,11 +157,8 @@ async fn insert_enrolled(
               where registrations.status = 'dropped'",
         )
         .await?;
-    tx.execute(
-        &stmt,
-        &[&key.section, &ids, &students, &times, &key.semester],
-    )
-    .await?;
+    tx.execute(&stmt, &[&ids, &students, &sections, &semesters, &times])
+        .await?;
     Ok(())
 }
 
@@ -288,23 +301,7 @@ pub async fn apply_enrolments(
     if ids.is_empty() {
         return Ok(());
     }
-    let stmt = tx
-        .prepare_cached(
-            "insert into registrations \
-                    (id, student_id, section_id, semester_id, status, registration_date) \
-             select u.id, u.student, u.section, u.semester, 'enrolled', u.at \
-               from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[]) \
-                    as u(id, student, section, semester, at) \
-             on conflict (student_id, section_id, semester_id) do update \
-                set status = 'enrolled', dropped_date = null, \
-                    registration_date = excluded.registration_date, \
-                    version = registrations.version + 1 \
-              where registrations.status = 'dropped'",
-        )
-        .await?;
-    tx.execute(&stmt, &[&ids, &students, &keys, &semesters, &times])
-        .await?;
-    Ok(())
+    insert_enrolled_rows(tx, &ids, &students, &keys, &semesters, &times).await
 }
 
 /// The last applied sequence of each section (absent: no such section).
