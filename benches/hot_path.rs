@@ -136,6 +136,7 @@ fn results(n: usize) -> RegisterResponse {
                     waitlist_position: None,
                     reason: None,
                     hold: None,
+                    rule: Default::default(),
                 },
                 1 => SectionResult {
                     section_id,
@@ -143,6 +144,7 @@ fn results(n: usize) -> RegisterResponse {
                     waitlist_position: Some(i as i64 + 1),
                     reason: None,
                     hold: None,
+                    rule: Default::default(),
                 },
                 _ => SectionResult {
                     section_id,
@@ -150,6 +152,7 @@ fn results(n: usize) -> RegisterResponse {
                     waitlist_position: None,
                     reason: Some("full"),
                     hold: None,
+                    rule: Default::default(),
                 },
             }
         })

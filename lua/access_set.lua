@@ -3,10 +3,26 @@
 -- so writers that race (a request that loaded the record, the admin API
 -- after a change, the NOTIFY listener) always leave the newest.
 --
--- KEYS[1] the student's access record
+-- The record carries the student's own facts the registration rules read
+-- (sql/0009_registration_rules.sql; lua/claim.lua): their priority group
+-- and credit limit per semester, their permits, and, in KEYS[2], the
+-- courses they completed. Field r = 1 says a record has them (a record
+-- written before the rules existed has not: the claim reloads it).
+--
+-- A schedule (lua/claim.lua) is started here when the student has none,
+-- from the places PostgreSQL has (ARGV after the completed courses): so a
+-- student's first registration needs no PostgreSQL round trip.
+--
+-- KEYS[1] the student's access record; KEYS[2] their completed courses (set);
+-- KEYS[3] their schedule
 -- ARGV[1] version; ARGV[2] token epoch; ARGV[3] '1' if the account is gone;
 -- ARGV[4] a registration-blocking hold or ''; ARGV[5] lifetime in ms, 0 for
--- no expiry (a live account's copy is kept current, not aged out)
+-- no expiry (a live account's copy is kept current, not aged out);
+-- ARGV[6] n, the number of fact fields; ARGV[7 .. 6+2n] field, value pairs:
+-- g:<semester> group code, c:<semester> credit limit, p:<section> rules a
+-- permit waives (comma-separated); then m, the number of completed course
+-- ids, and the ids; then '1' to start a schedule if there is none (or '0'),
+-- and its entries: section id, "h|semester|course|credits|meetings|0|0"
 --
 -- Returns 1 if stored, 0 if a record at least as new was kept.
 local current = tonumber(redis.call('HGET', KEYS[1], 'v'))
@@ -14,9 +30,32 @@ local version = tonumber(ARGV[1])
 if current and current >= version then
   return 0
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'ep', ARGV[2], 'gone', ARGV[3], 'hold', ARGV[4])
+redis.call('DEL', KEYS[1], KEYS[2])
+local fields = {'v', ARGV[1], 'ep', ARGV[2], 'gone', ARGV[3], 'hold', ARGV[4], 'r', '1'}
+local n = tonumber(ARGV[6] or '0')
+for i = 7, 6 + 2 * n do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+local m = tonumber(ARGV[7 + 2 * n] or '0')
+local first, last = 8 + 2 * n, 7 + 2 * n + m
+-- unpack spreads a bounded number of values: add in chunks.
+for i = first, last, 1000 do
+  redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + 999, last)))
+end
 if ARGV[5] ~= '0' then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  if m > 0 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  end
+end
+if ARGV[last + 1] == '1' and KEYS[3] and redis.call('HEXISTS', KEYS[3], '#') == 0 then
+  -- Stamps start at Redis's clock, as in lua/schedule_init.lua.
+  local time = redis.call('TIME')
+  local entries = {'#', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)}
+  for i = last + 2, #ARGV do
+    entries[#entries + 1] = ARGV[i]
+  end
+  redis.call('HSET', KEYS[3], unpack(entries))
 end
 return 1

@@ -16,6 +16,11 @@
 --                   (compensate.lua) removes only that incarnation
 -- ARGV[1] student id
 -- ARGV[2] now (unix ms, the calling instance's clock): the events' `at`
+-- ARGV[3] (optional) the deadline of the student's claim (lua/claim.lua),
+--         unix ms by Redis's clock: past it nothing is decided, so a claim
+--         judged later from this section is judged on its final state
+-- ARGV[4] (with ARGV[3]) the claim's stamp: refused if lua/judge.lua fenced
+--         it (KEYS[9] fence: student id -> highest stamp fenced)
 --
 -- The window is judged by Redis's own clock (TIME), not by ARGV[2]: every
 -- instance then opens and closes registration at the same instant, however
@@ -30,6 +35,8 @@
 --   {"already_waitlisted", {}, pos}      pos = live position (1-based)
 --   {"inactive", {}}                     section or semester inactive
 --   {"window_closed", {}}                Redis TIME outside [reg_start, reg_end)
+--   {"claim_expired", {}}                Redis TIME at or past ARGV[3], or
+--                                        the claim was fenced (judged)
 --   {"enrolled", {enroll}}
 --   {"waitlisted", {waitlist}, pos}
 --   {"full", {}}                         no seat and the waitlist is at its limit
@@ -55,6 +62,12 @@ local time = redis.call('TIME')
 local clock = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if clock < tonumber(meta[2]) or clock >= tonumber(meta[3]) then
   return {'window_closed', events}
+end
+if ARGV[3] then
+  if clock >= tonumber(ARGV[3])
+    or tonumber(redis.call('HGET', KEYS[9], student) or '0') >= tonumber(ARGV[4]) then
+    return {'claim_expired', events}
+  end
 end
 local seats = tonumber(redis.call('GET', KEYS[2]) or '0')
 if seats > 0 then

@@ -71,19 +71,25 @@ pub async fn store(
     student: Uuid,
     record: &AccessRecord,
 ) -> redis::RedisResult<()> {
+    let records = [(student, record.clone())];
+    let schedules = state.registrar.schedule_entries(&records).await;
     state
         .redis
-        .access_set(&[(student, record.clone())], gone_ttl(state))
+        .access_set(&records, schedules.as_deref(), gone_ttl(state))
         .await
         .map(|_| ())
 }
 
 /// Rereads `students` from PostgreSQL and stores their records.
-async fn refresh(state: &AppState, students: &[Uuid]) -> anyhow::Result<()> {
+pub async fn refresh(state: &AppState, students: &[Uuid]) -> anyhow::Result<()> {
     let db = state.db.get().await?;
     let records = store::students::access_many(&db, students).await?;
     drop(db);
-    state.redis.access_set(&records, gone_ttl(state)).await?;
+    let schedules = state.registrar.schedule_entries(&records).await;
+    state
+        .redis
+        .access_set(&records, schedules.as_deref(), gone_ttl(state))
+        .await?;
     metrics::counter!(ACCESS_REFRESHES).increment(records.len() as u64);
     Ok(())
 }
@@ -102,7 +108,11 @@ async fn copy_all(state: &AppState) -> anyhow::Result<usize> {
             return Ok(copied);
         };
         after = *last;
-        state.redis.access_set(&page, gone_ttl(state)).await?;
+        let schedules = state.registrar.schedule_entries(&page).await;
+        state
+            .redis
+            .access_set(&page, schedules.as_deref(), gone_ttl(state))
+            .await?;
         copied += page.len();
     }
 }

@@ -30,7 +30,28 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
+    pub rules: RulesSettings,
     pub log: LogSettings,
+}
+
+/// The registration rules (issue 14, SPEC §14; `src/rules.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSettings {
+    /// Off: a registration checks the seat, the window and the holds only
+    /// (no claim in the student's slot). For measuring what the rules cost.
+    pub enabled: bool,
+    /// How long a claim may wait for its section's decision; the seat script
+    /// refuses it afterwards.
+    pub claim_ttl_ms: u64,
+    /// After a claim's deadline, how long before a later request judges an
+    /// unsettled claim from its section (the two slots' clocks may differ).
+    pub claim_grace_ms: u64,
+    /// How long a server reuses a semester's catalogue facts (credits,
+    /// meetings, requisites, group opening times) before rereading them.
+    pub facts_ttl_ms: u64,
+    /// Lifetime of a student's rules copy in Redis (reloaded when missing).
+    pub copy_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -481,6 +502,15 @@ impl Settings {
             return Err(invalid("http.metrics_port", "must differ from http.port"));
         }
         self.rate_limit.validate()?;
+        for (name, value) in [
+            ("rules.claim_ttl_ms", self.rules.claim_ttl_ms),
+            ("rules.facts_ttl_ms", self.rules.facts_ttl_ms),
+            ("rules.copy_ttl_ms", self.rules.copy_ttl_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "must be at least 1"));
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
         Ok(())

@@ -54,6 +54,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod registration;
+pub mod rules;
 pub mod seats;
 pub mod seed;
 pub mod startup;

@@ -18,7 +18,8 @@ use crate::{
     config::Settings,
     health::DependencyChecks,
     http, metrics,
-    registration::Registrar,
+    registration::{Registrar, Rules},
+    rules::RuleBook,
     seats::{limits::Limiter, Redis},
     state::AppState,
     store,
@@ -131,7 +132,19 @@ impl Application {
             shutting_down: AtomicBool::new(false),
             warmed_up: AtomicBool::new(false),
             access_copied: AtomicBool::new(false),
-            registrar: Registrar::new(redis.clone(), loader.clone(), persistence.clone()),
+            registrar: Registrar::new(
+                redis.clone(),
+                loader.clone(),
+                persistence.clone(),
+                settings.rules.enabled.then(|| Rules {
+                    book: Arc::new(RuleBook::new(Duration::from_millis(
+                        settings.rules.facts_ttl_ms,
+                    ))),
+                    db: db.clone(),
+                    settings: settings.rules.clone(),
+                    read_timeout: settings.sync.load_timeout_ms.duration(),
+                }),
+            ),
             supervisor,
             persistence,
             backlog,
@@ -299,7 +312,9 @@ async fn warm_up(state: Arc<AppState>, loader: Arc<warmup::Loader>) {
     loop {
         let attempt = async {
             state.redis.load_scripts().await?;
-            loader.warm_up().await
+            let warmed = loader.warm_up().await?;
+            state.registrar.prime_rules(&loader.known()).await;
+            anyhow::Ok(warmed)
         };
         match attempt.await {
             Ok(warmed) => {

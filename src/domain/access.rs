@@ -5,6 +5,20 @@
 /// (they count changes of one account), and exact in Lua's doubles.
 pub const GONE_VERSION: i64 = (1 << 53) - 1;
 
+/// A student's own facts the registration rules read (sql/0009): part of
+/// their access record, so one version and one copy cover both.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StudentFacts {
+    /// (semester, priority group code)
+    pub groups: Vec<(uuid::Uuid, String)>,
+    /// (semester, the student's own credit limit)
+    pub credit_limits: Vec<(uuid::Uuid, i32)>,
+    /// (section, rule a permit waives), by section
+    pub permits: Vec<(uuid::Uuid, String)>,
+    /// Completed course ids.
+    pub completed: Vec<uuid::Uuid>,
+}
+
 /// One student's access record, as PostgreSQL has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessRecord {
@@ -16,6 +30,12 @@ pub struct AccessRecord {
     pub hold: Option<String>,
     /// The account does not exist (deleted, or never did).
     pub gone: bool,
+    /// What the registration rules need of the student.
+    pub facts: StudentFacts,
+    /// Sections PostgreSQL has the student enrolled or waitlisted in: their
+    /// schedule in Redis starts from these when Redis has none
+    /// (`lua/access_set.lua`).
+    pub places: Vec<uuid::Uuid>,
 }
 
 impl AccessRecord {
@@ -26,6 +46,8 @@ impl AccessRecord {
             epoch: GONE_VERSION,
             hold: None,
             gone: true,
+            facts: StudentFacts::default(),
+            places: Vec::new(),
         }
     }
 }

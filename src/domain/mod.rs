@@ -6,7 +6,7 @@ mod section;
 
 use std::fmt;
 
-pub use access::{AccessRecord, GONE_VERSION};
+pub use access::{AccessRecord, StudentFacts, GONE_VERSION};
 pub use event::{Event, EventKind, SectionConfig};
 pub use section::SectionSnapshot;
 

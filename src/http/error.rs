@@ -259,6 +259,14 @@ impl From<RegistrationError> for ApiError {
                 }
             }
             RegistrationError::Redis(e) => e.into(),
+            RegistrationError::RulesUnavailable(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not read the registration rules");
+                ApiError::Unavailable {
+                    code: "rules_unavailable",
+                    detail: "the registration rules could not be read; retry shortly",
+                    retry_after_secs: 1,
+                }
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod probes;
 pub mod registration;
 pub mod router;
+pub mod rules;
 pub mod server;
 pub mod students;
 

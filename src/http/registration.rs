@@ -5,6 +5,8 @@
 //! decisions; the service runs the scripts and hands their events to
 //! persistence.
 
+use std::collections::HashMap;
+
 use hyper::{body::Incoming, http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -15,6 +17,7 @@ use crate::{
     domain::{now_ms, Role},
     metrics::{DROPS, REGISTRATIONS},
     registration::Registered,
+    rules::Refusal,
     seats::{watch::RedisWatch, Drop, Reserve},
     state::{AppState, NotServing},
     store,
@@ -123,6 +126,29 @@ pub struct SectionResult {
     /// With reason `hold`: which hold (its code) blocks the registration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,
+    /// With the registrar's rules: what the refusal rests on.
+    #[serde(flatten)]
+    pub rule: RuleDetail,
+}
+
+/// The particulars of a rule's refusal (`crate::rules::Refusal`).
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleDetail {
+    /// `not_your_time_yet`: when the student's registration opens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `prerequisite_missing`: the course codes, one of which is needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_courses: Option<Vec<String>>,
+    /// `already_in_course`, `time_conflict`: the section in the way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicting_section_id: Option<Uuid>,
+    /// `credit_limit`: credits held this semester (enrolled, waitlisted and
+    /// being registered) and the student's limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits_held: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credit_limit: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -138,6 +164,8 @@ fn result_of(section: Uuid, outcome: Reserve) -> SectionResult {
         Reserve::AlreadyWaitlisted { position } => ("already_waitlisted", Some(position), None),
         Reserve::Full => ("rejected", None, Some("full")),
         Reserve::WindowClosed => ("rejected", None, Some("window_closed")),
+        // The claim lapsed before the seat was decided: nothing changed.
+        Reserve::ClaimExpired => ("rejected", None, Some("unavailable")),
         Reserve::Inactive => ("rejected", None, Some("inactive")),
         Reserve::NotLoaded => ("rejected", None, Some("not_found")),
     };
@@ -147,7 +175,68 @@ fn result_of(section: Uuid, outcome: Reserve) -> SectionResult {
         waitlist_position: position,
         reason,
         hold: None,
+        rule: RuleDetail::default(),
     }
+}
+
+/// The answer for a section a rule refused; course ids are named by their
+/// codes (`codes`, read for the refusals that name courses).
+fn refused(section: Uuid, refusal: &Refusal, codes: &HashMap<Uuid, String>) -> SectionResult {
+    let mut rule = RuleDetail::default();
+    match refusal {
+        Refusal::NotYourTimeYet { opens_at_ms } => {
+            rule.opens_at = chrono::DateTime::from_timestamp_millis(*opens_at_ms);
+        }
+        Refusal::PrerequisiteMissing { courses } => {
+            rule.missing_courses = Some(
+                courses
+                    .iter()
+                    .map(|c| codes.get(c).cloned().unwrap_or_else(|| c.to_string()))
+                    .collect(),
+            );
+        }
+        Refusal::AlreadyInCourse { section } | Refusal::TimeConflict { section } => {
+            rule.conflicting_section_id = Some(*section);
+        }
+        Refusal::CreditLimit { held, limit } => {
+            rule.credits_held = Some(*held);
+            rule.credit_limit = Some(*limit);
+        }
+        Refusal::Busy { .. } => {}
+    }
+    SectionResult {
+        section_id: section,
+        status: "rejected",
+        waitlist_position: None,
+        reason: Some(refusal.reason()),
+        hold: None,
+        rule,
+    }
+}
+
+/// Course codes of the courses refusals name; ids stay ids if PostgreSQL
+/// cannot be asked (the decision stands either way).
+async fn course_codes(state: &AppState, outcomes: &[Registered]) -> HashMap<Uuid, String> {
+    let ids: Vec<Uuid> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Registered::Refused(Refusal::PrerequisiteMissing { courses }) => Some(courses),
+            _ => None,
+        })
+        .flatten()
+        .copied()
+        .collect();
+    if ids.is_empty() {
+        return HashMap::new();
+    }
+    let read = async {
+        let db = state.read_db.get().await?;
+        anyhow::Ok(store::rules::course_codes(&db, &ids).await?)
+    };
+    read.await.unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "course codes unreadable; answering with ids");
+        HashMap::new()
+    })
 }
 
 fn outcome_label(r: &SectionResult) -> &'static str {
@@ -194,6 +283,7 @@ pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResul
                     waitlist_position: None,
                     reason: Some(reason),
                     hold: hold.cloned(),
+                    rule: RuleDetail::default(),
                 })
                 .collect()
         };
@@ -221,10 +311,12 @@ async fn reserve_all(
         .registrar
         .register(student, sections, now_ms())
         .await?;
+    let codes = course_codes(state, &outcomes).await;
     Ok(sections
         .iter()
         .zip(outcomes)
         .map(|(s, o)| match o {
+            Registered::Refused(refusal) => refused(*s, &refusal, &codes),
             Registered::Decided(outcome) => result_of(*s, outcome),
             Registered::Unknown => result_of(*s, Reserve::NotLoaded),
             Registered::Undecided => SectionResult {
@@ -233,6 +325,7 @@ async fn reserve_all(
                 waitlist_position: None,
                 reason: Some("unavailable"),
                 hold: None,
+                rule: RuleDetail::default(),
             },
         })
         .collect())

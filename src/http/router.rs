@@ -16,7 +16,7 @@ use super::{
     body::BodyWait,
     catalog,
     limits::{self, Charge},
-    openapi, path_id, probes, registration, students, ApiError, ApiResult, Body,
+    openapi, path_id, probes, registration, rules, students, ApiError, ApiResult, Body,
 };
 use crate::{
     metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS},
@@ -98,6 +98,18 @@ routes! {
     AdminStudentChange   PATCH "/api/v1/admin/students/{id}"         Api   => accounts::patch(state, req, body, path_id(id)?).await,
     AdminStudentDelete   DELETE "/api/v1/admin/students/{id}"        Api   => accounts::delete(state, req, path_id(id)?).await,
     AdminStudentRevoke   POST  "/api/v1/admin/students/{id}/revoke-tokens" Api => accounts::revoke_tokens(state, req, path_id(id)?).await,
+    AdminSemesterRules   GET   "/api/v1/admin/semesters/{id}/rules"  Api   => rules::semester_rules(state, req, path_id(id)?).await,
+    AdminSemesterRulesSet PUT  "/api/v1/admin/semesters/{id}/rules"  Api   => rules::set_semester_rules(state, req, body, path_id(id)?).await,
+    AdminPriorityAssign  POST  "/api/v1/admin/semesters/{id}/priority-groups/assign" Api => rules::assign_group(state, req, body, path_id(id)?).await,
+    AdminCourseRules     GET   "/api/v1/admin/courses/{id}/rules"    Api   => rules::course_rules(state, req, path_id(id)?).await,
+    AdminCourseRulesSet  PUT   "/api/v1/admin/courses/{id}/rules"    Api   => rules::set_course_rules(state, req, body, path_id(id)?).await,
+    AdminSectionMeetings GET   "/api/v1/admin/sections/{id}/meetings" Api  => rules::section_meetings(state, req, path_id(id)?).await,
+    AdminSectionMeetingsSet PUT "/api/v1/admin/sections/{id}/meetings" Api => rules::set_section_meetings(state, req, body, path_id(id)?).await,
+    AdminCompleted       POST  "/api/v1/admin/completed-courses"     Api   => rules::import_completed(state, req, body).await,
+    AdminCreditLimit     PUT   "/api/v1/admin/students/{id}/credit-limit" Api => rules::set_credit_limit(state, req, body, path_id(id)?).await,
+    AdminPermits         GET   "/api/v1/admin/students/{id}/permits" Api   => rules::permits(state, req, path_id(id)?).await,
+    AdminPermitGrant     POST  "/api/v1/admin/students/{id}/permits" Api   => rules::grant_permit(state, req, body, path_id(id)?).await,
+    AdminPermitRevoke    POST  "/api/v1/admin/students/{id}/permits/revoke" Api => rules::revoke_permit(state, req, body, path_id(id)?).await,
 }
 
 /// Who a route is for, which decides the listeners that answer it.

@@ -10,7 +10,30 @@ use redis::RedisResult;
 use uuid::Uuid;
 
 use super::{keys, Redis};
-use crate::domain::AccessRecord;
+use crate::domain::{AccessRecord, StudentFacts};
+
+/// The access record's fields for a student's rule facts
+/// (`lua/access_set.lua`, read by `lua/claim.lua`).
+fn fact_fields(facts: &StudentFacts) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    for (semester, code) in &facts.groups {
+        fields.push((format!("g:{semester}"), code.clone()));
+    }
+    for (semester, limit) in &facts.credit_limits {
+        fields.push((format!("c:{semester}"), limit.to_string()));
+    }
+    let mut permits: Vec<(Uuid, Vec<&str>)> = Vec::new();
+    for (section, rule) in &facts.permits {
+        match permits.last_mut() {
+            Some((s, rules)) if s == section => rules.push(rule),
+            _ => permits.push((*section, vec![rule])),
+        }
+    }
+    for (section, rules) in permits {
+        fields.push((format!("p:{section}"), rules.join(",")));
+    }
+    fields
+}
 
 /// What `lua/access.lua` said of a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,9 +52,14 @@ impl Redis {
     /// A live account's copy does not expire (it is kept current); a gone
     /// one's lives `gone_ttl` (as long as a token could), then is forgotten.
     /// Returns how many were stored.
+    ///
+    /// `schedules`, one per record when given: the schedule entries to
+    /// start the student's schedule with if they have none (the places of
+    /// [`AccessRecord::places`] with their catalogue facts).
     pub async fn access_set(
         &self,
         records: &[(Uuid, AccessRecord)],
+        schedules: Option<&[Vec<(Uuid, String)>]>,
         gone_ttl: Duration,
     ) -> RedisResult<usize> {
         if records.is_empty() {
@@ -39,9 +67,12 @@ impl Redis {
         }
         let invocations: Vec<_> = records
             .iter()
-            .map(|(student, record)| {
+            .enumerate()
+            .map(|(i, (student, record))| {
                 let mut call = self.scripts().access_set.prepare_invoke();
                 call.key(keys::student_access(self.namespace(), *student))
+                    .key(keys::student_completed(self.namespace(), *student))
+                    .key(keys::student_schedule(self.namespace(), *student))
                     .arg(record.version)
                     .arg(record.epoch)
                     .arg(if record.gone { "1" } else { "0" })
@@ -51,6 +82,26 @@ impl Redis {
                     } else {
                         0
                     });
+                let fields = fact_fields(&record.facts);
+                call.arg(fields.len());
+                for (field, value) in &fields {
+                    call.arg(field).arg(value);
+                }
+                call.arg(record.facts.completed.len());
+                for course in &record.facts.completed {
+                    call.arg(course.to_string());
+                }
+                match schedules.and_then(|s| s.get(i)) {
+                    Some(entries) if !record.gone => {
+                        call.arg("1");
+                        for (section, entry) in entries {
+                            call.arg(section.to_string()).arg(entry);
+                        }
+                    }
+                    _ => {
+                        call.arg("0");
+                    }
+                }
                 call
             })
             .collect();

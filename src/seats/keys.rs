@@ -19,6 +19,8 @@ pub struct SectionKeys {
     pub undone: String,
     /// Enrolled student → sequence of the event that gave them their seat.
     pub since: String,
+    /// Student → highest claim stamp judged (`lua/judge.lua`).
+    pub fence: String,
 }
 
 impl SectionKeys {
@@ -34,6 +36,7 @@ impl SectionKeys {
             reverted: format!("{tag}:reverted"),
             undone: format!("{tag}:undone"),
             since: format!("{tag}:since"),
+            fence: format!("{tag}:fence"),
         }
     }
 
@@ -69,6 +72,16 @@ pub fn student_rate(namespace: &str, student: Uuid) -> String {
 /// What a student's tokens vouch for now (`lua/access.lua`).
 pub fn student_access(namespace: &str, student: Uuid) -> String {
     format!("{namespace}:{{u:{student}}}:access")
+}
+
+/// The courses a student has completed (ids), beside their access record.
+pub fn student_completed(namespace: &str, student: Uuid) -> String {
+    format!("{namespace}:{{u:{student}}}:done")
+}
+
+/// What a student holds and has claimed, per section (`lua/claim.lua`).
+pub fn student_schedule(namespace: &str, student: Uuid) -> String {
+    format!("{namespace}:{{u:{student}}}:sched")
 }
 
 /// A client address's rate-limit bucket (every API request from it).

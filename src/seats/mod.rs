@@ -18,6 +18,7 @@ pub mod limits;
 pub mod link;
 pub mod outbox;
 pub mod replication;
+pub mod rules;
 pub mod scripts;
 pub mod watch;
 

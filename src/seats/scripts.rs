@@ -37,7 +37,7 @@ macro_rules! bucket_script {
 }
 
 /// Every script's source, in the order of [`Scripts`]' fields.
-const SOURCES: [&str; 11] = [
+const SOURCES: [&str; 15] = [
     section_script!("reserve.lua"),
     section_script!("drop.lua"),
     section_script!("compensate.lua"),
@@ -49,6 +49,10 @@ const SOURCES: [&str; 11] = [
     include_str!("../../lua/login_guard.lua"),
     bucket_script!("access.lua"),
     include_str!("../../lua/access_set.lua"),
+    include_str!("../../lua/claim.lua"),
+    include_str!("../../lua/settle.lua"),
+    include_str!("../../lua/schedule_init.lua"),
+    include_str!("../../lua/judge.lua"),
 ];
 
 /// The compiled scripts, shared by every call.
@@ -64,11 +68,15 @@ pub struct Scripts {
     pub login_guard: Script,
     pub access: Script,
     pub access_set: Script,
+    pub claim: Script,
+    pub settle: Script,
+    pub schedule_init: Script,
+    pub judge: Script,
 }
 
 impl Scripts {
     pub fn new() -> Self {
-        let [reserve, drop, compensate, resize, load, inspect, idempotency, rate_limit, login_guard, access, access_set] =
+        let [reserve, drop, compensate, resize, load, inspect, idempotency, rate_limit, login_guard, access, access_set, claim, settle, schedule_init, judge] =
             SOURCES.map(Script::new);
         Self {
             reserve,
@@ -82,6 +90,10 @@ impl Scripts {
             login_guard,
             access,
             access_set,
+            claim,
+            settle,
+            schedule_init,
+            judge,
         }
     }
 
@@ -128,11 +140,21 @@ pub fn is_contract_violation(e: &redis::RedisError) -> bool {
 pub enum Reserve {
     NotLoaded,
     AlreadyEnrolled,
-    AlreadyWaitlisted { position: i64 },
+    AlreadyWaitlisted {
+        position: i64,
+    },
     Inactive,
     WindowClosed,
-    Enrolled { seq: i64 },
-    Waitlisted { seq: i64, position: i64 },
+    /// The registration's claim (`lua/claim.lua`) passed its deadline
+    /// before the seat was decided: nothing changed.
+    ClaimExpired,
+    Enrolled {
+        seq: i64,
+    },
+    Waitlisted {
+        seq: i64,
+        position: i64,
+    },
     Full,
 }
 
@@ -404,13 +426,30 @@ impl Redis {
         student: Uuid,
         now_ms: i64,
     ) -> RedisResult<Scripted<Reserve>> {
+        self.reserve_claimed(section, student, now_ms, None).await
+    }
+
+    /// [`Redis::reserve`] for a claim (`lua/claim.lua`): its deadline (unix
+    /// ms by Redis's clock) and stamp; refused past the deadline or once the
+    /// claim was judged (`lua/judge.lua`).
+    pub async fn reserve_claimed(
+        &self,
+        section: Uuid,
+        student: Uuid,
+        now_ms: i64,
+        claim: Option<(i64, &str)>,
+    ) -> RedisResult<Scripted<Reserve>> {
         let keys = self.section_keys(section);
         let mut call = self.scripts().reserve.prepare_invoke();
         call.key(&keys.core()[..])
             .key(&keys.reverted)
             .key(&keys.since)
+            .key(&keys.fence)
             .arg(student.to_string())
             .arg(now_ms);
+        if let Some((deadline, stamp)) = claim {
+            call.arg(deadline).arg(stamp);
+        }
         let reply = self.run_gated("reserve", section, call).await?;
         let outcome = match reply.code().as_str() {
             "not_loaded" => Reserve::NotLoaded,
@@ -420,6 +459,7 @@ impl Redis {
             },
             "inactive" => Reserve::Inactive,
             "window_closed" => Reserve::WindowClosed,
+            "claim_expired" => Reserve::ClaimExpired,
             "enrolled" => Reserve::Enrolled {
                 seq: reply.first_seq()?,
             },

@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_sections_fillfactor.sql",
         sql: include_str!("../../sql/0008_sections_fillfactor.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_registration_rules.sql",
+        sql: include_str!("../../sql/0009_registration_rules.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).

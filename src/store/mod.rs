@@ -9,6 +9,7 @@ pub mod leases;
 pub mod migrate;
 pub mod notify;
 pub mod partitions;
+pub mod rules;
 pub mod students;
 
 use std::str::FromStr;
@@ -176,5 +177,12 @@ pub fn unique_violation(err: &tokio_postgres::Error) -> Option<&str> {
 pub fn foreign_key_violation(err: &tokio_postgres::Error) -> Option<&str> {
     let db = err.as_db_error()?;
     (db.code() == &tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+        .then(|| db.constraint().unwrap_or(""))
+}
+
+/// The constraint named by a check violation, if that is what `err` is.
+pub fn check_violation(err: &tokio_postgres::Error) -> Option<&str> {
+    let db = err.as_db_error()?;
+    (db.code() == &tokio_postgres::error::SqlState::CHECK_VIOLATION)
         .then(|| db.constraint().unwrap_or(""))
 }

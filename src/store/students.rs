@@ -5,7 +5,7 @@ use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::{AccessRecord, EnrollmentStatus, Role};
+use crate::domain::{AccessRecord, EnrollmentStatus, Role, StudentFacts};
 
 /// What login needs of an account.
 #[derive(Debug, Clone)]
@@ -22,14 +22,40 @@ pub struct Credentials {
 /// The columns of an account's access record, after `from students s`.
 const ACCESS_COLUMNS: &str = "s.access_version, s.token_epoch, \
      (select h.code from student_holds h where h.student_id = s.id \
-       order by h.placed_at, h.code limit 1)";
+       order by h.placed_at, h.code limit 1), \
+     array(select p.semester_id from student_priority p where p.student_id = s.id order by p.semester_id), \
+     array(select p.code from student_priority p where p.student_id = s.id order by p.semester_id), \
+     array(select l.semester_id from student_credit_limits l where l.student_id = s.id order by l.semester_id), \
+     array(select l.credit_limit from student_credit_limits l where l.student_id = s.id order by l.semester_id), \
+     array(select r.section_id from registration_permits r where r.student_id = s.id order by r.section_id, r.rule), \
+     array(select r.rule from registration_permits r where r.student_id = s.id order by r.section_id, r.rule), \
+     array(select c.course_id from completed_courses c where c.student_id = s.id order by c.course_id), \
+     array(select r.section_id from registrations r where r.student_id = s.id and r.status = 'enrolled' \
+           union select w.section_id from waitlist w where w.student_id = s.id)";
 
 fn access_of(row: &tokio_postgres::Row, first: usize) -> AccessRecord {
+    let pairs = |a: usize| -> Vec<(Uuid, String)> {
+        let ids: Vec<Uuid> = row.get(first + a);
+        ids.into_iter()
+            .zip(row.get::<_, Vec<String>>(first + a + 1))
+            .collect()
+    };
     AccessRecord {
         version: row.get(first),
         epoch: row.get(first + 1),
         hold: row.get(first + 2),
         gone: false,
+        facts: StudentFacts {
+            groups: pairs(3),
+            credit_limits: row
+                .get::<_, Vec<Uuid>>(first + 5)
+                .into_iter()
+                .zip(row.get::<_, Vec<i32>>(first + 6))
+                .collect(),
+            permits: pairs(7),
+            completed: row.get(first + 9),
+        },
+        places: row.get(first + 10),
     }
 }
 

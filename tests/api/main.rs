@@ -28,6 +28,7 @@ mod reconcile;
 mod recovery;
 mod revocation;
 mod rolling;
+mod rules;
 mod scripts;
 mod security;
 mod shutdown;

@@ -104,7 +104,8 @@ async fn the_migration_converts_a_0006_database_in_place_keeping_every_row() {
         applied,
         vec![
             "0007_partition_by_semester.sql",
-            "0008_sections_fillfactor.sql"
+            "0008_sections_fillfactor.sql",
+            "0009_registration_rules.sql"
         ]
     );
     let after = rows(&**client).await;

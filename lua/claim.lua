@@ -1,0 +1,254 @@
+-- claim: the student's half of a registration (SPEC §14). Checks every
+-- student-scoped rule for the sections of one request against what the
+-- student holds and has claimed this semester, and claims the sections that
+-- pass, all in the student's slot: parallel requests of one student see each
+-- other's claims, so no limit can be overshot. The sections' scripts decide
+-- the seats afterwards (reserve.lua, which refuses a claim past its
+-- deadline), and settle.lua turns each claim into a schedule entry or
+-- releases it.
+--
+-- KEYS[1] access record (lua/access_set.lua), with the student's facts:
+--         g:<semester> group, c:<semester> credit limit, p:<section> permits
+-- KEYS[2] completed courses (set of course ids)
+-- KEYS[3] schedule hash: '#' -> stamp counter; section id ->
+--         "state|semester|course|credits|meetings|stamp|deadline", state
+--         c (claimed, in flight) or h (held: enrolled or waitlisted),
+--         meetings "days:start:end,..." (days a bit set, minutes)
+-- ARGV[1] semester id
+-- ARGV[2] the semester's group opening times: "code=ms code=ms ..."
+-- ARGV[3] the semester's default credit limit, '' for none
+-- ARGV[4] claim lifetime (ms); ARGV[5] grace after a deadline before an
+--         unsettled claim may be judged from its section (clock skew)
+-- ARGV[6] '1': answer 'verify' instead of refusing on entries that may be
+--         stale; '0': decide on what is here
+-- ARGV[7 ..] per section, 7 values: id, course id, credits, meetings,
+--         repeatable ('1'/'0'), prerequisites ("a,b;c": AND of ORs of
+--         course ids), corequisites ("a,b")
+--
+-- Returns one of
+--   {'not_loaded'}                 the access record lacks the facts (written
+--                                  before the rules existed): load it again
+--   {'no_schedule'}                no schedule (no '#' field): rebuild it
+--                                  (lua/schedule_init.lua), then ask again
+--   {'verify', {section, stamp, ...}}
+--                                  nothing claimed: these entries may be
+--                                  stale (an unsettled claim past its
+--                                  deadline, or a held entry a refusal rests
+--                                  on); settle them from their sections,
+--                                  then ask again with ARGV[6] = '0'
+--   {'ok', stamp, deadline, {code, detail, ...}} per section, code one of
+--     claimed                      detail ''
+--     busy                         another request's claim is in flight;
+--                                  detail: its stamp (lua/judge.lua)
+--     not_your_time_yet            detail: when the student's group opens (ms)
+--     prerequisite_missing         detail: missing course ids, comma-separated
+--     already_in_course            detail: the other section
+--     time_conflict                detail: the other section
+--     credit_limit                 detail: "credits held|limit"
+if not redis.call('HGET', KEYS[1], 'r') then
+  return {'not_loaded'}
+end
+if redis.call('HEXISTS', KEYS[3], '#') == 0 then
+  return {'no_schedule'}
+end
+local semester = ARGV[1]
+local time = redis.call('TIME')
+local clock = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local grace = tonumber(ARGV[5])
+local verify = ARGV[6] == '1'
+
+local function meetings(text)
+  local list = {}
+  for d, s, e in string.gmatch(text, '(%d+):(%d+):(%d+)') do
+    list[#list + 1] = {tonumber(d), tonumber(s), tonumber(e)}
+  end
+  return list
+end
+
+local function overlap(a, b)
+  for _, x in ipairs(a) do
+    for _, y in ipairs(b) do
+      if bit.band(x[1], y[1]) ~= 0 and x[2] < y[3] and y[2] < x[3] then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+-- The student's own facts for this semester and these sections.
+local n = math.floor((#ARGV - 6) / 7)
+local wanted = {'g:' .. semester, 'c:' .. semester}
+for i = 0, n - 1 do
+  wanted[#wanted + 1] = 'p:' .. ARGV[7 + i * 7]
+end
+local own = redis.call('HMGET', KEYS[1], unpack(wanted))
+local opens = nil
+if own[1] then
+  opens = tonumber(string.match(' ' .. ARGV[2] .. ' ', ' ' .. own[1] .. '=(%d+) '))
+end
+local limit = tonumber(own[2] or ARGV[3])
+
+-- What the student holds and has claimed this semester.
+local entries, by_section = {}, {}
+local flat = redis.call('HGETALL', KEYS[3])
+for i = 1, #flat, 2 do
+  local field = flat[i]
+  if field ~= '#' then
+    local state, sem, course, credits, meet, stamp, deadline =
+      string.match(flat[i + 1], '^(%a)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    if state and sem == semester then
+      local e = {
+        section = field, state = state, course = course, credits = tonumber(credits),
+        meet = meetings(meet), stamp = stamp, deadline = tonumber(deadline),
+      }
+      -- An unsettled claim past its deadline (and the grace): its section
+      -- has decided for good (reserve.lua refuses a late claim).
+      e.stale = state == 'h' or (state == 'c' and clock > e.deadline + grace)
+      e.expired = state == 'c' and clock > e.deadline + grace
+      entries[#entries + 1] = e
+      by_section[field] = e
+    end
+  end
+end
+
+local suspects, suspected = {}, {}
+local function suspect(e)
+  if e.stale and not suspected[e.section] then
+    suspected[e.section] = true
+    suspects[#suspects + 1] = e.section
+    suspects[#suspects + 1] = e.stamp
+  end
+end
+
+local results, accepted = {}, {}
+local credits_held = 0
+for _, e in ipairs(entries) do
+  credits_held = credits_held + e.credits
+end
+
+for i = 0, n - 1 do
+  local base = 7 + i * 7
+  local id, course, credits = ARGV[base], ARGV[base + 1], tonumber(ARGV[base + 2])
+  local meet, repeatable = meetings(ARGV[base + 3]), ARGV[base + 4] == '1'
+  local prereqs, coreqs = ARGV[base + 5], ARGV[base + 6]
+  local permit = ',' .. (own[3 + i] or '') .. ','
+  local function waived(rule)
+    return string.find(permit, ',' .. rule .. ',', 1, true) ~= nil
+  end
+  local code, detail = nil, ''
+  local mine = by_section[id]
+  if mine then
+    if mine.state == 'c' and not mine.expired then
+      code, detail = 'busy', mine.stamp
+    elseif mine.expired then
+      -- Claimed before, never settled: judge it from the section first.
+      suspect(mine)
+      code, detail = 'busy', mine.stamp
+    else
+      -- Held already: claimed again (a new stamp), the seat script answers.
+      code = 'claimed'
+    end
+  end
+  if not code and opens and clock < opens and not waived('time_ticket') then
+    code, detail = 'not_your_time_yet', tostring(opens)
+  end
+  if not code and not waived('prerequisite') then
+    for group in string.gmatch(prereqs, '[^;]+') do
+      local met = false
+      for c in string.gmatch(group, '[^,]+') do
+        if redis.call('SISMEMBER', KEYS[2], c) == 1 then
+          met = true
+          break
+        end
+      end
+      if not met then
+        code, detail = 'prerequisite_missing', group
+        break
+      end
+    end
+    if not code then
+      for c in string.gmatch(coreqs, '[^,]+') do
+        local met = redis.call('SISMEMBER', KEYS[2], c) == 1
+        for _, e in ipairs(entries) do
+          met = met or e.course == c
+        end
+        for j = 0, n - 1 do
+          met = met or ARGV[7 + j * 7 + 1] == c
+        end
+        if not met then
+          code, detail = 'prerequisite_missing', c
+          break
+        end
+      end
+    end
+  end
+  if not code and not repeatable and not waived('course_repeat') then
+    for _, e in ipairs(entries) do
+      if e.course == course and e.section ~= id then
+        suspect(e)
+        code, detail = 'already_in_course', e.section
+        break
+      end
+    end
+    for _, a in ipairs(accepted) do
+      if not code and a.course == course then
+        code, detail = 'already_in_course', a.section
+      end
+    end
+  end
+  if not code and not waived('time_conflict') then
+    for _, e in ipairs(entries) do
+      if e.section ~= id and overlap(meet, e.meet) then
+        suspect(e)
+        code, detail = 'time_conflict', e.section
+        break
+      end
+    end
+    for _, a in ipairs(accepted) do
+      if not code and overlap(meet, a.meet) then
+        code, detail = 'time_conflict', a.section
+      end
+    end
+  end
+  if not code and limit and not waived('credit_limit') and credits_held + credits > limit then
+    for _, e in ipairs(entries) do
+      suspect(e)
+    end
+    code, detail = 'credit_limit', credits_held .. '|' .. limit
+  end
+  if not code then
+    code = 'claimed'
+    credits_held = credits_held + credits
+    accepted[#accepted + 1] = {section = id, course = course, meet = meet}
+  end
+  results[#results + 1] = code
+  results[#results + 1] = detail
+end
+
+if verify and #suspects > 0 then
+  return {'verify', suspects}
+end
+local claimed = false
+for i = 1, #results, 2 do
+  claimed = claimed or results[i] == 'claimed'
+end
+if not claimed then
+  return {'ok', 0, 0, results}
+end
+local stamp = redis.call('HINCRBY', KEYS[3], '#', 1)
+local deadline = clock + tonumber(ARGV[4])
+for i = 0, n - 1 do
+  if results[2 * i + 1] == 'claimed' then
+    local base = 7 + i * 7
+    local id = ARGV[base]
+    local state = 'c'
+    if by_section[id] and by_section[id].state == 'h' then
+      state = 'h'
+    end
+    redis.call('HSET', KEYS[3], id, table.concat({
+      state, semester, ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], stamp, deadline,
+    }, '|'))
+  end
+end
+return {'ok', stamp, deadline, results}

@@ -1,0 +1,40 @@
+-- settle: the student's last step of a registration (SPEC §14), and the
+-- repair of entries found stale. Each claim or entry named by its stamp
+-- becomes a held entry (the section enrolled or waitlisted the student) or
+-- is released; an entry whose stamp moved on (claimed again since) is left
+-- to its newer claim. A drop removes the held entry whatever its stamp.
+--
+-- KEYS[1] schedule hash (lua/claim.lua); KEYS[2] the student's index of
+--         sections (their views)
+-- ARGV    triples: section id, stamp, verdict: h (held), r (release),
+--         d (dropped: remove a held entry, whatever its stamp)
+--
+-- Returns how many entries changed.
+local changed = 0
+for i = 1, #ARGV, 3 do
+  local section, stamp, verdict = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local entry = redis.call('HGET', KEYS[1], section)
+  if entry then
+    local state, mid, own, deadline = string.match(entry, '^(%a)(|.*|)([^|]*)|([^|]*)$')
+    if verdict == 'd' then
+      if state == 'h' then
+        redis.call('HDEL', KEYS[1], section)
+        changed = changed + 1
+      end
+    elseif own == stamp then
+      if verdict == 'h' then
+        if state ~= 'h' then
+          redis.call('HSET', KEYS[1], section, 'h' .. mid .. own .. '|' .. deadline)
+        end
+        changed = changed + 1
+      elseif verdict == 'r' then
+        redis.call('HDEL', KEYS[1], section)
+        changed = changed + 1
+      end
+    end
+  end
+  if verdict == 'h' then
+    redis.call('SADD', KEYS[2], section)
+  end
+end
+return changed

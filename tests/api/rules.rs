@@ -1,0 +1,644 @@
+//! The registrar's rules (issue 14, `src/rules.rs`): each rule refuses with
+//! its reason, a permit waives it, limits hold under parallel requests of
+//! one student, and a claim left by a crash is judged from its section.
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::Barrier;
+use uuid::Uuid;
+
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Seeded, TestApp};
+use registrar::{
+    seats::rules::{Claim, ClaimArgs},
+    store::rules::SectionFacts,
+};
+
+async fn put(app: &TestApp, path: &str, token: &str, body: &Value) -> reqwest::Response {
+    app.http
+        .put(app.url(path))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+async fn ok_json(response: reqwest::Response) -> Value {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+/// The one section result of a register answer.
+async fn register_one(app: &TestApp, token: &str, section: Uuid) -> Value {
+    let body = ok_json(app.register(token, &[section]).await).await;
+    body["results"][0].clone()
+}
+
+fn reason(result: &Value) -> &str {
+    result["reason"]
+        .as_str()
+        .unwrap_or(result["status"].as_str().unwrap())
+}
+
+async fn course_of(app: &TestApp, section: Uuid) -> (Uuid, String) {
+    let db = app.db.get().await.unwrap();
+    let row = db
+        .query_one(
+            "select c.id, c.course_code from sections s join courses c on c.id = s.course_id where s.id = $1",
+            &[&section],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn set_meetings(app: &TestApp, admin: &str, section: Uuid, meetings: Value) {
+    ok_json(
+        put(
+            app,
+            &format!("/api/v1/admin/sections/{section}/meetings"),
+            admin,
+            &json!({ "meetings": meetings }),
+        )
+        .await,
+    )
+    .await;
+}
+
+async fn set_semester_rules(app: &TestApp, seeded: &Seeded, rules: Value) -> Value {
+    let path = format!(
+        "/api/v1/admin/semesters/{}/rules",
+        seeded.report.semester_id
+    );
+    ok_json(put(app, &path, &seeded.admin_token, &rules).await).await
+}
+
+#[tokio::test]
+async fn each_rule_refuses_with_its_reason_and_holds_or_frees_what_it_should() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(3, 6, 5, 2).await;
+    let admin = seeded.admin_token.as_str();
+    let s = &seeded.report.section_ids;
+    let (token, me) = app.student(1).await;
+
+    // Time conflict: s0 and s1 overlap on Monday, s2 meets on other days.
+    set_meetings(
+        &app,
+        admin,
+        s[0],
+        json!([{"days": "MWF", "start": "09:00", "end": "09:50"}]),
+    )
+    .await;
+    set_meetings(
+        &app,
+        admin,
+        s[1],
+        json!([{"days": "M", "start": "09:30", "end": "10:20"}]),
+    )
+    .await;
+    set_meetings(
+        &app,
+        admin,
+        s[2],
+        json!([{"days": "TR", "start": "09:00", "end": "10:15"}]),
+    )
+    .await;
+    assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
+    let conflict = register_one(&app, &token, s[1]).await;
+    assert_eq!(reason(&conflict), "time_conflict");
+    assert_eq!(conflict["conflicting_section_id"], s[0].to_string());
+
+    // Prerequisites: s2's course needs DEMO106 (s5's course) completed.
+    let (course2, _) = course_of(&app, s[2]).await;
+    let (_, code5) = course_of(&app, s[5]).await;
+    let rules = ok_json(
+        put(
+            &app,
+            &format!("/api/v1/admin/courses/{course2}/rules"),
+            admin,
+            &json!({"prerequisites": [[code5]]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(rules["prerequisites"], json!([[code5]]));
+    let missing = register_one(&app, &token, s[2]).await;
+    assert_eq!(reason(&missing), "prerequisite_missing");
+    assert_eq!(missing["missing_courses"], json!([code5]));
+    let imported = ok_json(
+        app.post(
+            "/api/v1/admin/completed-courses",
+            Some(admin),
+            &json!({"items": [{"student_id": me, "course_code": code5}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(imported["recorded"], 1);
+    assert_eq!(register_one(&app, &token, s[2]).await["status"], "enrolled");
+
+    // Credit limit: 9 credits a semester, 3 per course; 6 held now.
+    set_semester_rules(&app, &seeded, json!({"credit_limit": 9})).await;
+    assert_eq!(register_one(&app, &token, s[3]).await["status"], "enrolled");
+    let over = register_one(&app, &token, s[4]).await;
+    assert_eq!(reason(&over), "credit_limit");
+    assert_eq!(
+        (over["credits_held"].clone(), over["credit_limit"].clone()),
+        (json!(9), json!(9))
+    );
+    // The student's own limit overrides the semester's, at once.
+    ok_json(
+        put(
+            &app,
+            &format!("/api/v1/admin/students/{me}/credit-limit"),
+            admin,
+            &json!({"semester_id": seeded.report.semester_id, "credit_limit": 12}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(register_one(&app, &token, s[4]).await["status"], "enrolled");
+
+    // One section per course: a second section of s0's course.
+    let (course0, _) = course_of(&app, s[0]).await;
+    let other = ok_json(
+        app.post(
+            "/api/v1/admin/sections",
+            Some(admin),
+            &json!({"course_id": course0, "semester_id": seeded.report.semester_id,
+                    "section_number": "002", "total_seats": 5}),
+        )
+        .await,
+    )
+    .await;
+    let other: Uuid = other["id"].as_str().unwrap().parse().unwrap();
+    let twice = register_one(&app, &token, other).await;
+    assert_eq!(reason(&twice), "already_in_course");
+    assert_eq!(twice["conflicting_section_id"], s[0].to_string());
+    // Dropping frees the course, the time and the credits.
+    assert_eq!(app.drop_from(&token, s[0]).await.status(), StatusCode::OK);
+    assert_eq!(
+        register_one(&app, &token, other).await["status"],
+        "enrolled"
+    );
+    // A repeatable course takes a second section (within the credits: 12
+    // held, so the limit goes up to 15 first).
+    let full = register_one(&app, &token, s[0]).await;
+    assert_eq!(reason(&full), "already_in_course");
+    ok_json(
+        put(
+            &app,
+            &format!("/api/v1/admin/students/{me}/credit-limit"),
+            admin,
+            &json!({"semester_id": seeded.report.semester_id, "credit_limit": 15}),
+        )
+        .await,
+    )
+    .await;
+    ok_json(
+        put(
+            &app,
+            &format!("/api/v1/admin/courses/{course0}/rules"),
+            admin,
+            &json!({"repeatable": true}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
+
+    // Everything the student holds is exactly what the sections say.
+    let schedule = app.state.redis.schedule(me).await.unwrap();
+    let mut held: Vec<Uuid> = schedule
+        .iter()
+        .filter(|(_, e)| e.starts_with('h'))
+        .map(|(s, _)| *s)
+        .collect();
+    held.sort();
+    let mut expected = vec![s[0], s[2], s[3], s[4], other];
+    expected.sort();
+    assert_eq!(held, expected);
+}
+
+#[tokio::test]
+async fn time_tickets_open_per_group_and_permits_waive_a_rule_with_who_and_when() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(3, 3, 5, 2).await;
+    let admin = seeded.admin_token.as_str();
+    let s = &seeded.report.section_ids;
+    let (token, me) = app.student(1).await;
+    let (_, other) = app.student(2).await;
+    let later = chrono::Utc::now() + chrono::Duration::days(3);
+    let rules = set_semester_rules(
+        &app,
+        &seeded,
+        json!({"credit_limit": null, "priority_groups": [
+            {"code": "seniors", "opens_at": "2020-01-01T00:00:00Z"},
+            {"code": "juniors", "opens_at": later}
+        ]}),
+    )
+    .await;
+    assert_eq!(rules["priority_groups"][1]["code"], "juniors");
+    let assign = |group: &'static str, students: Vec<Uuid>| {
+        let path = format!(
+            "/api/v1/admin/semesters/{}/priority-groups/assign",
+            seeded.report.semester_id
+        );
+        let app = &app;
+        async move {
+            ok_json(
+                app.post(
+                    &path,
+                    Some(admin),
+                    &json!({"priority_group": group, "student_ids": students}),
+                )
+                .await,
+            )
+            .await
+        }
+    };
+    assert_eq!(assign("juniors", vec![me, other]).await["assigned"], 2);
+    let early = register_one(&app, &token, s[0]).await;
+    assert_eq!(reason(&early), "not_your_time_yet");
+    let opens: chrono::DateTime<chrono::Utc> = early["opens_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(opens.timestamp_millis(), later.timestamp_millis());
+
+    // A permit for this section only, recorded with who and when.
+    let permit = app
+        .post(
+            &format!("/api/v1/admin/students/{me}/permits"),
+            Some(admin),
+            &json!({"section_id": s[0], "rule": "time_ticket", "note": "orientation leader"}),
+        )
+        .await;
+    assert_eq!(permit.status(), StatusCode::CREATED);
+    let permit: Value = permit.json().await.unwrap();
+    assert_eq!(permit["rule"], "time_ticket");
+    assert!(permit["granted_by"].is_string() && permit["granted_at"].is_string());
+    assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
+    assert_eq!(
+        reason(&register_one(&app, &token, s[1]).await),
+        "not_your_time_yet"
+    );
+    let listed = ok_json(
+        app.get(&format!("/api/v1/admin/students/{me}/permits"), Some(admin))
+            .await,
+    )
+    .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+
+    // Moving the student to an open group takes effect on the next request.
+    assign("seniors", vec![me]).await;
+    assert_eq!(register_one(&app, &token, s[1]).await["status"], "enrolled");
+
+    // Revoked: the other rules are back for the next request.
+    let revoke = app
+        .post(
+            &format!("/api/v1/admin/students/{me}/permits/revoke"),
+            Some(admin),
+            &json!({"section_id": s[0], "rule": "time_ticket"}),
+        )
+        .await;
+    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+    let again = app
+        .post(
+            &format!("/api/v1/admin/students/{me}/permits/revoke"),
+            Some(admin),
+            &json!({"section_id": s[0], "rule": "time_ticket"}),
+        )
+        .await;
+    assert_problem(again, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn parallel_requests_of_one_student_never_exceed_the_credit_limit() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(4, 8, 10, 5).await;
+    set_semester_rules(&app, &seeded, json!({"credit_limit": 6})).await;
+    let sections = seeded.report.section_ids.clone();
+    for student in 1..=4 {
+        let (token, _) = app.student(student).await;
+        let barrier = Arc::new(Barrier::new(sections.len()));
+        let app = &app;
+        let results = futures_util::future::join_all(sections.iter().map(|s| {
+            let (barrier, token) = (barrier.clone(), token.clone());
+            async move {
+                barrier.wait().await;
+                register_one(app, &token, *s).await
+            }
+        }))
+        .await;
+        let enrolled = results.iter().filter(|r| r["status"] == "enrolled").count();
+        let refused: Vec<&str> = results
+            .iter()
+            .filter(|r| r["status"] != "enrolled")
+            .map(reason)
+            .collect();
+        // 6 credits of 3 each: two sections, never three.
+        assert_eq!(enrolled, 2, "student {student}: {results:?}");
+        assert!(
+            refused.iter().all(|r| *r == "credit_limit"),
+            "student {student}: {refused:?}"
+        );
+    }
+    app.wait_persisted(&sections).await;
+    for s in &sections {
+        app.assert_converged(*s).await;
+    }
+}
+
+/// A crash between the claim and its settling: the claim counts against
+/// the limit until its deadline, then the next request that it would refuse
+/// judges it from the section (whose seat script refuses a late claim).
+#[tokio::test]
+async fn a_claim_left_by_a_crash_is_judged_from_its_section_after_its_deadline() {
+    let app = spawn_app_with(|s| {
+        s.rules.claim_ttl_ms = 300;
+        s.rules.claim_grace_ms = 200;
+    })
+    .await;
+    app.wait_ready().await;
+    let seeded = app.seed_sections(2, 4, 10, 5).await;
+    set_semester_rules(&app, &seeded, json!({"credit_limit": 6})).await;
+    let s = &seeded.report.section_ids;
+    let (token, me) = app.student(1).await;
+    // Make sure the student's rules copy is in Redis (the first register
+    // loads it), then leave two claims behind as a crash would: one whose
+    // seat was taken (s0), one that never reached its section (s1).
+    assert_eq!(register_one(&app, &token, s[3]).await["status"], "enrolled");
+    assert_eq!(app.drop_from(&token, s[3]).await.status(), StatusCode::OK);
+    let facts = |course| SectionFacts {
+        semester_id: seeded.report.semester_id,
+        course_id: course,
+        credits: 3,
+        repeatable: false,
+        meetings: String::new(),
+        prerequisites: String::new(),
+        corequisites: String::new(),
+    };
+    let (c0, _) = course_of(&app, s[0]).await;
+    let (c1, _) = course_of(&app, s[1]).await;
+    let (f0, f1) = (facts(c0), facts(c1));
+    let args = ClaimArgs {
+        semester: seeded.report.semester_id,
+        group_windows: "",
+        credit_limit: Some(6),
+        ttl: Duration::from_millis(300),
+        grace: Duration::from_millis(200),
+        verify: true,
+    };
+    let claim = app
+        .state
+        .redis
+        .claim_rules(me, &args, &[(s[0], &f0), (s[1], &f1)])
+        .await
+        .unwrap();
+    let Claim::Decided {
+        deadline,
+        results,
+        stamp,
+    } = claim
+    else {
+        panic!("expected a decision, got {claim:?}");
+    };
+    assert_eq!(results, vec![None, None]);
+    let seat = app
+        .state
+        .redis
+        .reserve_claimed(
+            s[0],
+            me,
+            registrar::domain::now_ms(),
+            Some((deadline, &stamp)),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        seat.outcome,
+        registrar::seats::Reserve::Enrolled { .. }
+    ));
+    for event in seat.events {
+        app.state.persistence.submit(event);
+    }
+
+    // Until the deadline the claims count: 6 credits claimed, the limit 6.
+    assert_eq!(
+        reason(&register_one(&app, &token, s[2]).await),
+        "credit_limit"
+    );
+
+    // Past the deadline (and the grace) nothing can take s1's seat any more.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let late = app
+        .state
+        .redis
+        .reserve_claimed(
+            s[1],
+            me,
+            registrar::domain::now_ms(),
+            Some((deadline, &stamp)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.outcome, registrar::seats::Reserve::ClaimExpired);
+    assert!(late.events.is_empty());
+    // The next request judges both: s0 is held (the seat was taken), s1 is
+    // released, so s2 fits under the limit.
+    assert_eq!(register_one(&app, &token, s[2]).await["status"], "enrolled");
+    let schedule = app.state.redis.schedule(me).await.unwrap();
+    let mut held: Vec<Uuid> = schedule.iter().map(|(s, _)| *s).collect();
+    held.sort();
+    let mut expected = vec![s[0], s[2]];
+    expected.sort();
+    assert_eq!(held, expected, "{schedule:?}");
+    assert_eq!(
+        reason(&register_one(&app, &token, s[1]).await),
+        "credit_limit"
+    );
+    app.wait_persisted(s).await;
+    for section in s {
+        app.assert_converged(*section).await;
+    }
+}
+
+#[tokio::test]
+async fn with_the_rules_off_only_seats_windows_and_holds_decide() {
+    let app = spawn_app_with(|s| s.rules.enabled = false).await;
+    app.wait_ready().await;
+    let seeded = app.seed_sections(2, 3, 5, 2).await;
+    set_semester_rules(&app, &seeded, json!({"credit_limit": 3})).await;
+    let (token, _) = app.student(1).await;
+    let body = ok_json(app.register(&token, &seeded.report.section_ids).await).await;
+    let statuses: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["enrolled"; 3]);
+}
+
+#[tokio::test]
+async fn rule_changes_are_validated_and_unknown_references_named() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(1, 2, 5, 2).await;
+    let admin = seeded.admin_token.as_str();
+    let s = &seeded.report.section_ids;
+    let (course, code) = course_of(&app, s[0]).await;
+    let cases: Vec<(String, Value, &str)> = vec![
+        (
+            format!("/api/v1/admin/courses/{course}/rules"),
+            json!({"prerequisites": [["NOPE999"]]}),
+            "unknown_reference",
+        ),
+        (
+            format!("/api/v1/admin/courses/{course}/rules"),
+            json!({"prerequisites": [[code]]}),
+            "validation_failed",
+        ),
+        (
+            format!("/api/v1/admin/courses/{course}/rules"),
+            json!({"prerequisites": [[]]}),
+            "validation_failed",
+        ),
+        (
+            format!("/api/v1/admin/sections/{}/meetings", s[0]),
+            json!({"meetings": [{"days": "MX", "start": "09:00", "end": "10:00"}]}),
+            "validation_failed",
+        ),
+        (
+            format!(
+                "/api/v1/admin/semesters/{}/rules",
+                seeded.report.semester_id
+            ),
+            json!({"credit_limit": 500}),
+            "validation_failed",
+        ),
+        (
+            format!(
+                "/api/v1/admin/semesters/{}/rules",
+                seeded.report.semester_id
+            ),
+            json!({"priority_groups": [{"code": "A", "opens_at": "2027-01-01T00:00:00Z"}]}),
+            "validation_failed",
+        ),
+    ];
+    for (path, body, code) in cases {
+        let response = put(&app, &path, admin, &body).await;
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, code).await;
+    }
+    let unknown_student = app
+        .post(
+            &format!(
+                "/api/v1/admin/semesters/{}/priority-groups/assign",
+                seeded.report.semester_id
+            ),
+            Some(admin),
+            &json!({"priority_group": "nobody", "student_ids": [Uuid::new_v4()]}),
+        )
+        .await;
+    assert_problem(
+        unknown_student,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_reference",
+    )
+    .await;
+    let missing = put(
+        &app,
+        &format!("/api/v1/admin/courses/{}/rules", Uuid::new_v4()),
+        admin,
+        &json!({}),
+    )
+    .await;
+    assert_problem(missing, StatusCode::NOT_FOUND, "not_found").await;
+    let (student_token, _) = app.student(1).await;
+    let forbidden = put(
+        &app,
+        &format!("/api/v1/admin/courses/{course}/rules"),
+        &student_token,
+        &json!({}),
+    )
+    .await;
+    assert_problem(forbidden, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+/// A request that died between its claim and its seat leaves a claim that
+/// is not yet past its deadline: the student's retry does not wait for the
+/// deadline, it judges the claim (fencing it in its section) and goes on;
+/// the dead request's seat call, should it still arrive, is refused.
+#[tokio::test]
+async fn a_retry_after_a_crash_judges_the_dead_claim_at_once() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(2, 2, 10, 5).await;
+    let s = &seeded.report.section_ids;
+    let (token, me) = app.student(1).await;
+    // The first registration starts the student's schedule.
+    assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
+    let (course, _) = course_of(&app, s[1]).await;
+    let facts = SectionFacts {
+        semester_id: seeded.report.semester_id,
+        course_id: course,
+        credits: 3,
+        repeatable: false,
+        meetings: String::new(),
+        prerequisites: String::new(),
+        corequisites: String::new(),
+    };
+    let args = ClaimArgs {
+        semester: seeded.report.semester_id,
+        group_windows: "",
+        credit_limit: None,
+        ttl: Duration::from_secs(60),
+        grace: Duration::from_secs(5),
+        verify: true,
+    };
+    let Claim::Decided {
+        deadline, stamp, ..
+    } = app
+        .state
+        .redis
+        .claim_rules(me, &args, &[(s[1], &facts)])
+        .await
+        .unwrap()
+    else {
+        panic!("expected a decision");
+    };
+
+    let started = std::time::Instant::now();
+    let retry = register_one(&app, &token, s[1]).await;
+    assert_eq!(retry["status"], "enrolled", "{retry}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the retry waited for the deadline"
+    );
+    let schedule = app.state.redis.schedule(me).await.unwrap();
+    assert_eq!(schedule.len(), 2);
+    assert!(
+        schedule.iter().all(|(_, e)| e.starts_with('h')),
+        "{schedule:?}"
+    );
+    // Even with the seat free again, the dead request's seat call cannot
+    // take it: its claim was fenced.
+    assert_eq!(app.drop_from(&token, s[1]).await.status(), StatusCode::OK);
+    let late = app
+        .state
+        .redis
+        .reserve_claimed(
+            s[1],
+            me,
+            registrar::domain::now_ms(),
+            Some((deadline, &stamp)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.outcome, registrar::seats::Reserve::ClaimExpired);
+    assert!(late.events.is_empty());
+    app.wait_persisted(s).await;
+    for section in s {
+        app.assert_converged(*section).await;
+    }
+}
