@@ -23,7 +23,7 @@ export APP__REDIS__URL=${APP__REDIS__URL:-redis://127.0.0.1:6379/0}
 cargo build --release --quiet
 bin=target/release/registrar
 "$bin" migrate
-"$bin" seed --students "${DEMO_STUDENTS:-1000}"
+"$bin" seed --students "${DEMO_STUDENTS:-1000}" --with-rules
 
 cat <<'TXT'
 

@@ -52,6 +52,13 @@ pub enum Command {
         /// Password of the `admin` account.
         #[arg(long, default_value = "admin-password")]
         admin_password: String,
+        /// Also put the registrar's rules on the demo (credit limit,
+        /// meetings, prerequisites, a corequisite, priority groups, a hold;
+        /// README "Registration rules") and print the sections' ids as
+        /// shell variables (S101_1=... for DEMO101-001, STUDENT1=... for
+        /// S0000001).
+        #[arg(long)]
+        with_rules: bool,
     },
     /// Compare Redis with PostgreSQL per section, each at a consistent point
     /// (outbox empty, same sequence on both sides), and print any drift;
@@ -124,6 +131,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             waitlist,
             password,
             admin_password,
+            with_rules,
         } => {
             anyhow::ensure!(
                 seats >= 0 && waitlist >= 0,
@@ -163,6 +171,27 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 seed::ADMIN_NUMBER,
                 opts.admin_password
             );
+            if with_rules {
+                let demo = seed::seed_rules(&pool, report.semester_id).await?;
+                println!(
+                    "rules on: README \"Registration rules\"; the sections, as shell variables:"
+                );
+                let mut vars: Vec<String> = demo
+                    .sections
+                    .iter()
+                    .map(|(course, number, id)| {
+                        let n = number.trim_start_matches('0');
+                        format!("S{}_{}={id}", &course[4..], n)
+                    })
+                    .collect();
+                vars.extend(
+                    demo.students
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| format!("STUDENT{}={id}", i + 1)),
+                );
+                println!("export SEMESTER={} {}", report.semester_id, vars.join(" "));
+            }
             Ok(())
         }
         Command::Reconcile { fix } => {

@@ -175,3 +175,150 @@ pub async fn seed(
         students_inserted: inserted,
     })
 }
+
+/// What the demo's rules give to try: section ids by course code and
+/// section number, and who plays which part.
+#[derive(Debug, Clone)]
+pub struct RulesDemo {
+    /// (course code, section number, section id)
+    pub sections: Vec<(String, String, Uuid)>,
+    /// The ids of the first five demo students, S0000001 first.
+    pub students: Vec<Uuid>,
+}
+
+impl RulesDemo {
+    /// The id of a demo section, e.g. `section("DEMO101", "001")`.
+    pub fn section(&self, course: &str, number: &str) -> Option<Uuid> {
+        self.sections
+            .iter()
+            .find(|(c, n, _)| c == course && n == number)
+            .map(|(_, _, id)| *id)
+    }
+}
+
+/// Puts the registrar's rules on the demo catalogue (README "Registration
+/// rules" shows each one answer): a 9-credit limit (three courses),
+/// meetings an hour apart except DEMO102-001, which overlaps DEMO101-001;
+/// DEMO103 requires DEMO101 completed (S0000002 has it), DEMO104 requires
+/// DEMO105 alongside; a `freshmen` group that opens in a week (S0000003)
+/// and a `seniors` group open now; a financial hold on S0000004. Needs at
+/// least 5 courses and 4 students. Safe to run again.
+pub async fn seed_rules(pool: &Pool, semester: Uuid) -> anyhow::Result<RulesDemo> {
+    let mut db = pool
+        .get()
+        .await
+        .context("failed to connect to PostgreSQL")?;
+    let tx = db.transaction().await?;
+    let rows = tx
+        .query(
+            "select c.course_code, s.section_number, s.id, c.id from sections s \
+               join courses c on c.id = s.course_id \
+              where s.semester_id = $1 and c.course_code like 'DEMO%' \
+              order by c.course_code, s.section_number",
+            &[&semester],
+        )
+        .await?;
+    let sections: Vec<(String, String, Uuid)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let course = |code: &str| -> anyhow::Result<Uuid> {
+        rows.iter()
+            .find(|r| r.get::<_, String>(0) == code)
+            .map(|r| r.get(3))
+            .with_context(|| format!("the demo has no course {code}: seed at least 5 courses"))
+    };
+    tx.execute(
+        "update semesters set credit_limit = 9 where id = $1",
+        &[&semester],
+    )
+    .await?;
+    for (code, number, id) in &sections {
+        let c: i16 = code[4..].parse::<i16>().unwrap_or(101) - 101;
+        let odd = number.ends_with(['1', '3', '5', '7', '9']);
+        // An hour apart (8:00, 9:00, ...; MWF for odd sections, TR else),
+        // except DEMO102-001, half an hour into DEMO101-001.
+        let (days, start, length): (i16, i16, i16) = if odd {
+            (0b10101, 480 + (c % 10) * 60, 50)
+        } else {
+            (0b01010, 480 + (c % 10) * 60, 75)
+        };
+        let start = if code == "DEMO102" && number == "001" {
+            510
+        } else {
+            start
+        };
+        tx.execute("delete from section_meetings where section_id = $1", &[id])
+            .await?;
+        tx.execute(
+            "insert into section_meetings (section_id, days, start_minute, end_minute) \
+             values ($1, $2, $3, $4)",
+            &[id, &days, &start, &(start + length)],
+        )
+        .await?;
+    }
+    let (c101, c103, c104, c105) = (
+        course("DEMO101")?,
+        course("DEMO103")?,
+        course("DEMO104")?,
+        course("DEMO105")?,
+    );
+    tx.execute(
+        "insert into course_prerequisites (course_id, alternative_group, required_course_id) \
+         values ($1, 0, $2) on conflict do nothing",
+        &[&c103, &c101],
+    )
+    .await?;
+    tx.execute(
+        "insert into course_corequisites (course_id, corequisite_course_id) \
+         values ($1, $2) on conflict do nothing",
+        &[&c104, &c105],
+    )
+    .await?;
+    let now = Utc::now();
+    tx.execute(
+        "insert into priority_groups (semester_id, code, opens_at) values \
+         ($1, 'seniors', $2), ($1, 'freshmen', $3) \
+         on conflict (semester_id, code) do update set opens_at = excluded.opens_at",
+        &[
+            &semester,
+            &(now - Duration::hours(1)),
+            &(now + Duration::days(7)),
+        ],
+    )
+    .await?;
+    let student = |i: usize| student_number(i);
+    tx.execute(
+        "insert into student_priority (student_id, semester_id, code) \
+         select id, $2, 'freshmen' from students where student_number = $1 \
+         on conflict (student_id, semester_id) do update set code = excluded.code",
+        &[&student(3), &semester],
+    )
+    .await?;
+    tx.execute(
+        "insert into completed_courses (student_id, course_id) \
+         select id, $2 from students where student_number = $1 on conflict do nothing",
+        &[&student(2), &c101],
+    )
+    .await?;
+    tx.execute(
+        "insert into student_holds (student_id, code) \
+         select id, 'financial' from students where student_number = $1 on conflict do nothing",
+        &[&student(4)],
+    )
+    .await?;
+    let numbers: Vec<String> = (1..=5).map(student_number).collect();
+    let students = tx
+        .query(
+            "select id from students where student_number = any($1) order by student_number",
+            &[&numbers],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.commit()
+        .await
+        .context("failed to commit the demo rules")?;
+    Ok(RulesDemo { sections, students })
+}
