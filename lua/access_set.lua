@@ -11,7 +11,8 @@
 --
 -- A schedule (lua/claim.lua) is started here when the student has none,
 -- from the places PostgreSQL has (ARGV after the completed courses): so a
--- student's first registration needs no PostgreSQL round trip.
+-- student's first registration needs no PostgreSQL round trip. With no
+-- places, field sc = 1 says so instead (the claim starts the schedule).
 --
 -- KEYS[1] the student's access record; KEYS[2] their completed courses (set);
 -- KEYS[3] their schedule
@@ -24,12 +25,19 @@
 -- ids, and the ids; then '1' to start a schedule if there is none (or '0'),
 -- and its entries: section id, "h|semester|course|credits|meetings|0|0"
 --
--- Returns 1 if stored, 0 if a record at least as new was kept.
-local current = tonumber(redis.call('HGET', KEYS[1], 'v'))
+-- Returns 1 if stored, 0 if a record at least as new was kept, 2 if stored
+-- and the student lost the right to register with it (a hold where the
+-- record it replaced had none): the caller takes them off their waitlists
+-- (README "Registration rules"). A deleted account has no places to leave
+-- (deletion refuses an account with records).
+local before = redis.call('HMGET', KEYS[1], 'v', 'gone', 'hold')
+local current = tonumber(before[1])
 local version = tonumber(ARGV[1])
 if current and current >= version then
   return 0
 end
+local lost = current and before[2] ~= '1' and (before[3] or '') == ''
+  and ARGV[3] ~= '1' and ARGV[4] ~= ''
 redis.call('DEL', KEYS[1], KEYS[2])
 local fields = {'v', ARGV[1], 'ep', ARGV[2], 'gone', ARGV[3], 'hold', ARGV[4], 'r', '1'}
 local n = tonumber(ARGV[6] or '0')
@@ -50,12 +58,21 @@ if ARGV[5] ~= '0' then
   end
 end
 if ARGV[last + 1] == '1' and KEYS[3] and redis.call('HEXISTS', KEYS[3], '#') == 0 then
-  -- Stamps start at Redis's clock, as in lua/schedule_init.lua.
-  local time = redis.call('TIME')
-  local entries = {'#', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)}
-  for i = last + 2, #ARGV do
-    entries[#entries + 1] = ARGV[i]
+  if #ARGV == last + 1 then
+    -- No places: field sc tells the claim to start an empty schedule
+    -- itself, which costs the many students who never register nothing.
+    redis.call('HSET', KEYS[1], 'sc', '1')
+  else
+    -- Stamps start at Redis's clock, as in lua/schedule_init.lua.
+    local time = redis.call('TIME')
+    local entries = {'#', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)}
+    for i = last + 2, #ARGV do
+      entries[#entries + 1] = ARGV[i]
+    end
+    redis.call('HSET', KEYS[3], unpack(entries))
   end
-  redis.call('HSET', KEYS[3], unpack(entries))
+end
+if lost then
+  return 2
 end
 return 1

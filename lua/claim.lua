@@ -28,7 +28,8 @@
 -- Returns one of
 --   {'not_loaded'}                 the access record lacks the facts (written
 --                                  before the rules existed): load it again
---   {'no_schedule'}                no schedule (no '#' field): rebuild it
+--   {'no_schedule'}                no schedule (no '#' field) and no sc = 1
+--                                  in the access record: rebuild it
 --                                  (lua/schedule_init.lua), then ask again
 --   {'verify', {section, stamp, ...}}
 --                                  nothing claimed: these entries may be
@@ -45,15 +46,22 @@
 --     already_in_course            detail: the other section
 --     time_conflict                detail: the other section
 --     credit_limit                 detail: "credits held|limit"
-if not redis.call('HGET', KEYS[1], 'r') then
+local record = redis.call('HMGET', KEYS[1], 'r', 'sc')
+if not record[1] then
   return {'not_loaded'}
 end
-if redis.call('HEXISTS', KEYS[3], '#') == 0 then
-  return {'no_schedule'}
-end
-local semester = ARGV[1]
 local time = redis.call('TIME')
 local clock = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if redis.call('HEXISTS', KEYS[3], '#') == 0 then
+  if record[2] ~= '1' then
+    return {'no_schedule'}
+  end
+  -- The access record says PostgreSQL had no places for the student when
+  -- it was copied: start their schedule empty (stamps from Redis's clock,
+  -- as in lua/schedule_init.lua).
+  redis.call('HSET', KEYS[3], '#', clock)
+end
+local semester = ARGV[1]
 local grace = tonumber(ARGV[5])
 local verify = ARGV[6] == '1'
 

@@ -8,6 +8,8 @@
 -- to be told about, nor a seat to be undone.
 -- ARGV[1] student id
 -- ARGV[2] now (unix ms)
+-- ARGV[3] (optional) 'waitlist': leave the waitlist only, never a seat (a
+--         student who became ineligible, src/registration.rs)
 --
 -- Returns {code, events}; events as lua/lib/emit.lua describes:
 --   {"not_loaded", {}}               section state absent: load it, then retry
@@ -19,7 +21,7 @@ local student, now = ARGV[1], ARGV[2]
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded', events}
 end
-if redis.call('SREM', KEYS[3], student) == 1 then
+if ARGV[3] ~= 'waitlist' and redis.call('SREM', KEYS[3], student) == 1 then
   redis.call('HDEL', KEYS[7], student)
   redis.call('HDEL', KEYS[8], student)
   emit('drop', student, now)

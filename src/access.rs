@@ -73,11 +73,27 @@ pub async fn store(
 ) -> redis::RedisResult<()> {
     let records = [(student, record.clone())];
     let schedules = state.registrar.schedule_entries(&records).await;
-    state
+    let stored = state
         .redis
         .access_set(&records, schedules.as_deref(), gone_ttl(state))
-        .await
-        .map(|_| ())
+        .await?;
+    withdraw(state, &stored.lost_eligibility).await;
+    Ok(())
+}
+
+/// Takes students who just lost the right to register off their waitlists
+/// (`Registrar::withdraw_waitlists`). A failure is logged: the hold already
+/// refuses new registrations, and the next change of the account retries.
+async fn withdraw(state: &AppState, students: &[Uuid]) {
+    for student in students {
+        if let Err(e) = state
+            .registrar
+            .withdraw_waitlists(*student, crate::domain::now_ms())
+            .await
+        {
+            tracing::warn!(error = %e, %student, "could not take an ineligible student off their waitlists");
+        }
+    }
 }
 
 /// Rereads `students` from PostgreSQL and stores their records.
@@ -86,10 +102,11 @@ pub async fn refresh(state: &AppState, students: &[Uuid]) -> anyhow::Result<()> 
     let records = store::students::access_many(&db, students).await?;
     drop(db);
     let schedules = state.registrar.schedule_entries(&records).await;
-    state
+    let stored = state
         .redis
         .access_set(&records, schedules.as_deref(), gone_ttl(state))
         .await?;
+    withdraw(state, &stored.lost_eligibility).await;
     metrics::counter!(ACCESS_REFRESHES).increment(records.len() as u64);
     Ok(())
 }
@@ -109,10 +126,11 @@ async fn copy_all(state: &AppState) -> anyhow::Result<usize> {
         };
         after = *last;
         let schedules = state.registrar.schedule_entries(&page).await;
-        state
+        let stored = state
             .redis
             .access_set(&page, schedules.as_deref(), gone_ttl(state))
             .await?;
+        withdraw(state, &stored.lost_eligibility).await;
         copied += page.len();
     }
 }

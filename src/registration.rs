@@ -592,6 +592,48 @@ impl Registrar {
         Ok(Some(outcome))
     }
 
+    /// Takes a student who may no longer register (a new hold) off every
+    /// waitlist they are on, so a promotion never gives
+    /// them a seat; their enrolments stay. The rule: they lose those places
+    /// (README "Registration rules"). Returns the sections they left.
+    pub async fn withdraw_waitlists(
+        &self,
+        student: Uuid,
+        now_ms: i64,
+    ) -> Result<Vec<Uuid>, RegistrationError> {
+        let mut sections = self.redis.remembered_sections(student).await?;
+        if self.rules.is_some() {
+            sections.extend(
+                self.redis
+                    .schedule(student)
+                    .await?
+                    .into_iter()
+                    .map(|(s, _)| s),
+            );
+        }
+        sections.sort_unstable();
+        sections.dedup();
+        let standings = self.redis.standings(student, &sections).await?;
+        let mut left = Vec::new();
+        for (section, standing) in sections.iter().zip(standings) {
+            if standing.waitlist_position.is_none() {
+                continue;
+            }
+            let outcome = self.redis.leave_waitlist(*section, student, now_ms).await?;
+            if matches!(self.persist(outcome), Drop::LeftWaitlist { .. }) {
+                left.push(*section);
+            }
+        }
+        if self.rules.is_some() && !left.is_empty() {
+            let dropped: Vec<_> = left.iter().map(|s| (*s, "", Verdict::Dropped)).collect();
+            self.settle(student, &dropped).await;
+        }
+        if !left.is_empty() {
+            tracing::info!(%student, sections = left.len(), "a student who may no longer register left their waitlists");
+        }
+        Ok(left)
+    }
+
     /// Changes a section's capacity, waitlist limit or active flag
     /// (`resize.lua`: new seats go to the waitlist head first). The caller
     /// has made sure the section is loaded.

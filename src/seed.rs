@@ -322,3 +322,91 @@ pub async fn seed_rules(pool: &Pool, semester: Uuid) -> anyhow::Result<RulesDemo
         .context("failed to commit the demo rules")?;
     Ok(RulesDemo { sections, students })
 }
+
+/// Registration rules at scale, for the load tool's registration day
+/// (`--rules`): a 15-credit limit; every section meets at one of 30 times
+/// (MWF, TR or MW, from 8:00 on the hour), so some requests conflict; every
+/// tenth course requires the one before it, which the even-numbered
+/// students have completed; priority groups `seniors` (open for an hour,
+/// half the students), `juniors` (open for a minute) and `freshmen` (opens
+/// tomorrow, one student in twenty); a financial hold on one in fifty.
+pub async fn seed_realistic_rules(pool: &Pool, semester: Uuid) -> anyhow::Result<()> {
+    let mut db = pool
+        .get()
+        .await
+        .context("failed to connect to PostgreSQL")?;
+    let tx = db.transaction().await?;
+    let now = Utc::now();
+    tx.execute(
+        "update semesters set credit_limit = 15 where id = $1",
+        &[&semester],
+    )
+    .await?;
+    tx.execute(
+        "delete from section_meetings where section_id in (select id from sections where semester_id = $1)",
+        &[&semester],
+    )
+    .await?;
+    // Slot k of 30: days (MWF, TR, MW) by k % 3, hour 8 + k / 3.
+    tx.execute(
+        "insert into section_meetings (section_id, days, start_minute, end_minute) \
+         select s.id, (array[21, 10, 5])[k % 3 + 1], 480 + (k / 3) * 60, \
+                480 + (k / 3) * 60 + (case when k % 3 = 1 then 75 else 50 end) \
+           from (select id, abs(hashtext(id::text)) % 30 as k from sections where semester_id = $1) s",
+        &[&semester],
+    )
+    .await?;
+    tx.execute(
+        "insert into course_prerequisites (course_id, alternative_group, required_course_id) \
+         select c.id, 0, p.id from \
+           (select id, row_number() over (order by course_code) as n from courses where course_code like 'DEMO%') c \
+           join (select id, row_number() over (order by course_code) as n from courses where course_code like 'DEMO%') p \
+             on p.n = c.n - 1 \
+          where c.n % 10 = 0 on conflict do nothing",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        "insert into completed_courses (student_id, course_id) \
+         select s.id, p.id from students s, \
+           (select id, row_number() over (order by course_code) as n from courses where course_code like 'DEMO%') p \
+          where p.n % 10 = 9 and s.student_number like 'S%' \
+            and (substring(s.student_number from 2))::int % 2 = 0 \
+         on conflict do nothing",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        "insert into priority_groups (semester_id, code, opens_at) values \
+         ($1, 'seniors', $2), ($1, 'juniors', $3), ($1, 'freshmen', $4) \
+         on conflict (semester_id, code) do update set opens_at = excluded.opens_at",
+        &[
+            &semester,
+            &(now - Duration::hours(1)),
+            &(now - Duration::minutes(1)),
+            &(now + Duration::days(1)),
+        ],
+    )
+    .await?;
+    tx.execute(
+        "insert into student_priority (student_id, semester_id, code) \
+         select id, $1, case when n % 20 = 0 then 'freshmen' when n % 2 = 0 then 'seniors' else 'juniors' end \
+           from (select id, (substring(student_number from 2))::int as n from students \
+                  where student_number like 'S%') s \
+         on conflict (student_id, semester_id) do update set code = excluded.code",
+        &[&semester],
+    )
+    .await?;
+    tx.execute(
+        "insert into student_holds (student_id, code) \
+         select id, 'financial' from students where student_number like 'S%' \
+            and (substring(student_number from 2))::int % 50 = 7 \
+         on conflict do nothing",
+        &[],
+    )
+    .await?;
+    tx.commit()
+        .await
+        .context("failed to commit the registration-day rules")?;
+    Ok(())
+}

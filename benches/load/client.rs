@@ -242,6 +242,17 @@ impl Local {
                 (Some("enrolled"), _) => &mut self.outcomes.enrolled,
                 (Some("waitlisted"), _) => &mut self.outcomes.waitlisted,
                 (Some("rejected"), Some("full")) => &mut self.outcomes.full,
+                (
+                    Some("rejected"),
+                    Some(
+                        "hold"
+                        | "not_your_time_yet"
+                        | "prerequisite_missing"
+                        | "credit_limit"
+                        | "time_conflict"
+                        | "already_in_course",
+                    ),
+                ) => &mut self.outcomes.ruled,
                 _ => &mut self.outcomes.other,
             };
             *counter += 1;
@@ -310,6 +321,7 @@ impl Recorder {
         inner.outcomes.enrolled += o.enrolled;
         inner.outcomes.waitlisted += o.waitlisted;
         inner.outcomes.full += o.full;
+        inner.outcomes.ruled += o.ruled;
         inner.outcomes.other += o.other;
     }
 

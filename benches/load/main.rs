@@ -209,6 +209,12 @@ struct Args {
     /// client here is one loopback address); the flood scenario always does.
     #[arg(long)]
     rate_limits: bool,
+    /// Put realistic registration rules on the seeded catalogue (a credit
+    /// limit, meeting times that sometimes conflict, prerequisites, priority
+    /// groups, a few holds: `registrar::seed::seed_realistic_rules`). The
+    /// server enforces rules unless APP__RULES__ENABLED=false.
+    #[arg(long)]
+    rules: bool,
     /// Flood: connections the flooding student sends on, as fast as they can.
     #[arg(long, default_value_t = 8)]
     flood_connections: usize,
@@ -622,6 +628,7 @@ async fn main() -> anyhow::Result<()> {
         redis_proxy,
         args.rate_limits || args.scenario == Scenario::Flood,
         usize::from(args.instances),
+        args.rules,
     )
     .await?;
     let all_sections = workloads::sections(&system).await?;

@@ -48,6 +48,9 @@ pub struct Outcomes {
     pub waitlisted: u64,
     /// Refused because the section and its waitlist are full.
     pub full: u64,
+    /// Refused by a registration rule (a hold, a time ticket, a
+    /// prerequisite, the credit limit, a time conflict, one per course).
+    pub ruled: u64,
     /// Everything else: already enrolled or waitlisted, refused for
     /// another reason, an error status or no answer.
     pub other: u64,
@@ -55,15 +58,21 @@ pub struct Outcomes {
 
 impl Outcomes {
     pub fn total(&self) -> u64 {
-        self.enrolled + self.waitlisted + self.full + self.other
+        self.enrolled + self.waitlisted + self.full + self.ruled + self.other
     }
 
-    /// "enrolled 97.0%, waitlisted 1.0%, full 2.0%, other 0.0% of 30,000".
+    /// "enrolled 97.0%, waitlisted 1.0%, full 2.0%, other 0.0% of 30,000",
+    /// with "rules x%" before "other" when a rule refused any.
     pub fn describe(&self) -> String {
         let total = self.total().max(1) as f64;
         let pct = |n: u64| 100.0 * n as f64 / total;
+        let rules = if self.ruled > 0 {
+            format!("rules {:.1}%, ", pct(self.ruled))
+        } else {
+            String::new()
+        };
         format!(
-            "enrolled {:.1}%, waitlisted {:.1}%, full {:.1}%, other {:.1}% of {}",
+            "enrolled {:.1}%, waitlisted {:.1}%, full {:.1}%, {rules}other {:.1}% of {}",
             pct(self.enrolled),
             pct(self.waitlisted),
             pct(self.full),

@@ -108,6 +108,7 @@ impl System {
         redis_proxy: bool,
         rate_limits: bool,
         instances: usize,
+        rules: bool,
     ) -> anyhow::Result<Self> {
         let database = Database::create(&target.admin_database_url, "regbench").await;
         let namespace = Namespace::new("bench", &target.redis_url);
@@ -121,7 +122,10 @@ impl System {
         store::migrate::run(&mut client).await?;
         drop(client);
         let started = Instant::now();
-        seed::seed(&db, seed_options, |_, _| {}).await?;
+        let report = seed::seed(&db, seed_options, |_, _| {}).await?;
+        if rules {
+            seed::seed_realistic_rules(&db, report.semester_id).await?;
+        }
         eprintln!(
             "seeded {} students and {} sections in {:.1}s",
             seed_options.students,

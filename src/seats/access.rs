@@ -35,6 +35,16 @@ fn fact_fields(facts: &StudentFacts) -> Vec<(String, String)> {
     fields
 }
 
+/// What [`Redis::access_set`] stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Records stored (the others were older than Redis's).
+    pub stored: usize,
+    /// Students whose stored record took away the right to register (a new
+    /// hold): they leave their waitlists.
+    pub lost_eligibility: Vec<Uuid>,
+}
+
 /// What `lua/access.lua` said of a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
@@ -51,7 +61,7 @@ impl Redis {
     /// Stores each record unless Redis has a newer one, in one round trip.
     /// A live account's copy does not expire (it is kept current); a gone
     /// one's lives `gone_ttl` (as long as a token could), then is forgotten.
-    /// Returns how many were stored.
+    /// Returns what was stored.
     ///
     /// `schedules`, one per record when given: the schedule entries to
     /// start the student's schedule with if they have none (the places of
@@ -61,9 +71,9 @@ impl Redis {
         records: &[(Uuid, AccessRecord)],
         schedules: Option<&[Vec<(Uuid, String)>]>,
         gone_ttl: Duration,
-    ) -> RedisResult<usize> {
+    ) -> RedisResult<Stored> {
         if records.is_empty() {
-            return Ok(0);
+            return Ok(Stored::default());
         }
         let invocations: Vec<_> = records
             .iter()
@@ -106,7 +116,15 @@ impl Redis {
             })
             .collect();
         let stored: Vec<i64> = self.pipelined(&invocations).await?;
-        Ok(stored.iter().filter(|s| **s == 1).count())
+        Ok(Stored {
+            stored: stored.iter().filter(|s| **s != 0).count(),
+            lost_eligibility: records
+                .iter()
+                .zip(&stored)
+                .filter(|(_, s)| **s == 2)
+                .map(|((student, _), _)| *student)
+                .collect(),
+        })
     }
 
     /// Whether Redis holds a copy of each student's access record.

@@ -480,6 +480,27 @@ impl Redis {
         student: Uuid,
         now_ms: i64,
     ) -> RedisResult<Scripted<Drop>> {
+        self.drop_from(section, student, now_ms, false).await
+    }
+
+    /// Takes `student` off `section`'s waitlist only, never off its roster
+    /// (`drop.lua` with ARGV[3] = waitlist).
+    pub async fn leave_waitlist(
+        &self,
+        section: Uuid,
+        student: Uuid,
+        now_ms: i64,
+    ) -> RedisResult<Scripted<Drop>> {
+        self.drop_from(section, student, now_ms, true).await
+    }
+
+    async fn drop_from(
+        &self,
+        section: Uuid,
+        student: Uuid,
+        now_ms: i64,
+        waitlist_only: bool,
+    ) -> RedisResult<Scripted<Drop>> {
         let keys = self.section_keys(section);
         let mut call = self.scripts().drop.prepare_invoke();
         call.key(&keys.core()[..])
@@ -487,6 +508,9 @@ impl Redis {
             .key(&keys.since)
             .arg(student.to_string())
             .arg(now_ms);
+        if waitlist_only {
+            call.arg("waitlist");
+        }
         let reply = self.run_gated("drop", section, call).await?;
         let outcome = match reply.code().as_str() {
             "not_loaded" => Drop::NotLoaded,

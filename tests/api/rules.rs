@@ -642,3 +642,66 @@ async fn a_retry_after_a_crash_judges_the_dead_claim_at_once() {
         app.assert_converged(*section).await;
     }
 }
+
+/// A waitlisted student who may no longer register (a hold placed by an
+/// admin or by psql) leaves the waitlist, so no promotion gives them a seat;
+/// the next in line gets it. Their enrolments stay.
+#[tokio::test]
+async fn a_student_who_becomes_ineligible_leaves_the_waitlist_and_is_never_promoted() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(4, 2, 1, 5).await;
+    let admin = seeded.admin_token.as_str();
+    let (full, other) = (seeded.report.section_ids[0], seeded.report.section_ids[1]);
+    let (t1, _) = app.student(1).await;
+    let (t2, s2) = app.student(2).await;
+    let (t3, s3) = app.student(3).await;
+    assert_eq!(register_one(&app, &t1, full).await["status"], "enrolled");
+    assert_eq!(register_one(&app, &t2, other).await["status"], "enrolled");
+    assert_eq!(register_one(&app, &t2, full).await["waitlist_position"], 1);
+    assert_eq!(register_one(&app, &t3, full).await["waitlist_position"], 2);
+
+    let patched = app
+        .http
+        .patch(app.url(&format!("/api/v1/admin/students/{s2}")))
+        .bearer_auth(admin)
+        .json(&json!({"holds": ["financial"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    let standing = app.state.redis.standings(s2, &[full, other]).await.unwrap();
+    assert_eq!(standing[0].waitlist_position, None, "left the waitlist");
+    assert!(standing[1].enrolled, "the enrolment stays");
+    assert_eq!(
+        app.state.redis.standings(s3, &[full]).await.unwrap()[0].waitlist_position,
+        Some(1)
+    );
+
+    // The seat goes to the next eligible student.
+    let dropped: Value = ok_json(app.drop_from(&t1, full).await).await;
+    assert_eq!(dropped["promoted_student_id"], s3.to_string());
+
+    // A hold placed with psql has the same effect once the servers hear of it.
+    let (t4, s4) = app.student(4).await;
+    assert_eq!(register_one(&app, &t4, other).await["waitlist_position"], 1);
+    let db = app.db.get().await.unwrap();
+    db.execute(
+        "insert into student_holds (student_id, code) values ($1, 'advising')",
+        &[&s4],
+    )
+    .await
+    .unwrap();
+    let left = crate::helpers::eventually(Duration::from_secs(10), || async {
+        app.state.redis.standings(s4, &[other]).await.unwrap()[0]
+            .waitlist_position
+            .is_none()
+    })
+    .await;
+    assert!(
+        left,
+        "a hold placed with psql took the student off the waitlist"
+    );
+    app.wait_persisted(&[full, other]).await;
+    app.assert_converged(full).await;
+    app.assert_converged(other).await;
+}
