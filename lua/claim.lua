@@ -46,20 +46,35 @@
 --     already_in_course            detail: the other section
 --     time_conflict                detail: the other section
 --     credit_limit                 detail: "credits held|limit"
-local record = redis.call('HMGET', KEYS[1], 'r', 'sc')
-if not record[1] then
+-- One read of each key: the access record's facts, then the schedule.
+local semester = ARGV[1]
+local n = math.floor((#ARGV - 6) / 7)
+local wanted = {'r', 'sc', 'g:' .. semester, 'c:' .. semester}
+for i = 0, n - 1 do
+  wanted[#wanted + 1] = 'p:' .. ARGV[7 + i * 7]
+end
+local own = redis.call('HMGET', KEYS[1], unpack(wanted))
+if not own[1] then
   return {'not_loaded'}
 end
 local time = redis.call('TIME')
 local clock = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-if redis.call('HEXISTS', KEYS[3], '#') == 0 then
-  if record[2] ~= '1' then
+local flat = redis.call('HGETALL', KEYS[3])
+local counter = nil
+for i = 1, #flat, 2 do
+  if flat[i] == '#' then
+    counter = tonumber(flat[i + 1])
+    break
+  end
+end
+if not counter then
+  if own[2] ~= '1' then
     return {'no_schedule'}
   end
   -- The access record says PostgreSQL had no places for the student when
   -- it was copied: start their schedule empty (stamps from Redis's clock,
-  -- as in lua/schedule_init.lua).
-  redis.call('HSET', KEYS[3], '#', clock)
+  -- as in lua/schedule_init.lua), written with the first claim below.
+  counter = clock
 end
 local semester = ARGV[1]
 local grace = tonumber(ARGV[5])
@@ -84,22 +99,14 @@ local function overlap(a, b)
   return false
 end
 
--- The student's own facts for this semester and these sections.
-local n = math.floor((#ARGV - 6) / 7)
-local wanted = {'g:' .. semester, 'c:' .. semester}
-for i = 0, n - 1 do
-  wanted[#wanted + 1] = 'p:' .. ARGV[7 + i * 7]
-end
-local own = redis.call('HMGET', KEYS[1], unpack(wanted))
 local opens = nil
-if own[1] then
-  opens = tonumber(string.match(' ' .. ARGV[2] .. ' ', ' ' .. own[1] .. '=(%d+) '))
+if own[3] then
+  opens = tonumber(string.match(' ' .. ARGV[2] .. ' ', ' ' .. own[3] .. '=(%d+) '))
 end
-local limit = tonumber(own[2] or ARGV[3])
+local limit = tonumber(own[4] or ARGV[3])
 
 -- What the student holds and has claimed this semester.
 local entries, by_section = {}, {}
-local flat = redis.call('HGETALL', KEYS[3])
 for i = 1, #flat, 2 do
   local field = flat[i]
   if field ~= '#' then
@@ -140,7 +147,7 @@ for i = 0, n - 1 do
   local id, course, credits = ARGV[base], ARGV[base + 1], tonumber(ARGV[base + 2])
   local meet, repeatable = meetings(ARGV[base + 3]), ARGV[base + 4] == '1'
   local prereqs, coreqs = ARGV[base + 5], ARGV[base + 6]
-  local permit = ',' .. (own[3 + i] or '') .. ','
+  local permit = ',' .. (own[5 + i] or '') .. ','
   local function waived(rule)
     return string.find(permit, ',' .. rule .. ',', 1, true) ~= nil
   end
@@ -244,8 +251,9 @@ end
 if not claimed then
   return {'ok', 0, 0, results}
 end
-local stamp = redis.call('HINCRBY', KEYS[3], '#', 1)
+local stamp = counter + 1
 local deadline = clock + tonumber(ARGV[4])
+local writes = {'#', stamp}
 for i = 0, n - 1 do
   if results[2 * i + 1] == 'claimed' then
     local base = 7 + i * 7
@@ -254,9 +262,11 @@ for i = 0, n - 1 do
     if by_section[id] and by_section[id].state == 'h' then
       state = 'h'
     end
-    redis.call('HSET', KEYS[3], id, table.concat({
+    writes[#writes + 1] = id
+    writes[#writes + 1] = table.concat({
       state, semester, ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], stamp, deadline,
-    }, '|'))
+    }, '|')
   end
 end
+redis.call('HSET', KEYS[3], unpack(writes))
 return {'ok', stamp, deadline, results}
