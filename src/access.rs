@@ -71,19 +71,25 @@ pub async fn store(
     student: Uuid,
     record: &AccessRecord,
 ) -> redis::RedisResult<()> {
-    let records = [(student, record.clone())];
-    let schedules = state.registrar.schedule_entries(&records).await;
+    store_all(state, &[(student, record.clone())]).await
+}
+
+/// Stores records (starting the schedules of students who have none) and
+/// takes students who just lost the right to register off their waitlists.
+async fn store_all(state: &AppState, records: &[(Uuid, AccessRecord)]) -> redis::RedisResult<()> {
+    let schedules = state.registrar.schedule_entries(records).await;
     let stored = state
         .redis
-        .access_set(&records, schedules.as_deref(), gone_ttl(state))
+        .access_set(records, schedules.as_deref(), gone_ttl(state))
         .await?;
     withdraw(state, &stored.lost_eligibility).await;
     Ok(())
 }
 
 /// Takes students who just lost the right to register off their waitlists
-/// (`Registrar::withdraw_waitlists`). A failure is logged: the hold already
-/// refuses new registrations, and the next change of the account retries.
+/// (`Registrar::withdraw_waitlists`). A failure is logged and not retried:
+/// the hold still refuses every new registration, but the places kept
+/// could be promoted (README "Registration rules").
 async fn withdraw(state: &AppState, students: &[Uuid]) {
     for student in students {
         if let Err(e) = state
@@ -101,12 +107,7 @@ pub async fn refresh(state: &AppState, students: &[Uuid]) -> anyhow::Result<()> 
     let db = state.db.get().await?;
     let records = store::students::access_many(&db, students).await?;
     drop(db);
-    let schedules = state.registrar.schedule_entries(&records).await;
-    let stored = state
-        .redis
-        .access_set(&records, schedules.as_deref(), gone_ttl(state))
-        .await?;
-    withdraw(state, &stored.lost_eligibility).await;
+    store_all(state, &records).await?;
     metrics::counter!(ACCESS_REFRESHES).increment(records.len() as u64);
     Ok(())
 }
@@ -125,12 +126,7 @@ async fn copy_all(state: &AppState) -> anyhow::Result<usize> {
             return Ok(copied);
         };
         after = *last;
-        let schedules = state.registrar.schedule_entries(&page).await;
-        let stored = state
-            .redis
-            .access_set(&page, schedules.as_deref(), gone_ttl(state))
-            .await?;
-        withdraw(state, &stored.lost_eligibility).await;
+        store_all(state, &page).await?;
         copied += page.len();
     }
 }
