@@ -705,3 +705,86 @@ async fn a_student_who_becomes_ineligible_leaves_the_waitlist_and_is_never_promo
     app.assert_converged(full).await;
     app.assert_converged(other).await;
 }
+
+/// Two instances, one student, parallel requests split between them: the
+/// claims meet in the student's slot, so the credit limit holds across
+/// instances as within one; and a rule change made through one instance
+/// is in force on the other at once for the student's own facts.
+#[tokio::test]
+async fn the_credit_limit_holds_across_two_instances() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(3, 8, 10, 5).await;
+    set_semester_rules(&app, &seeded, json!({"credit_limit": 9})).await;
+    let second = app.sibling().await;
+    second.wait_ready().await;
+    let sections = seeded.report.section_ids.clone();
+    let http = reqwest::Client::new();
+    for student in 1..=3 {
+        let (token, me) = app.student(student).await;
+        let barrier = Arc::new(Barrier::new(sections.len()));
+        let results = futures_util::future::join_all(sections.iter().enumerate().map(|(i, s)| {
+            let (barrier, token, http) = (barrier.clone(), token.clone(), http.clone());
+            let base = if i % 2 == 0 {
+                app.base.clone()
+            } else {
+                second.base.clone()
+            };
+            async move {
+                barrier.wait().await;
+                let response = http
+                    .post(format!("{base}/api/v1/register"))
+                    .bearer_auth(&token)
+                    .json(&json!({ "section_ids": [s] }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                let body: Value = response.json().await.unwrap();
+                body["results"][0].clone()
+            }
+        }))
+        .await;
+        let enrolled = results.iter().filter(|r| r["status"] == "enrolled").count();
+        assert_eq!(enrolled, 3, "student {student}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .filter(|r| r["status"] != "enrolled")
+                .all(|r| r["reason"] == "credit_limit"),
+            "student {student}: {results:?}"
+        );
+        if student == 1 {
+            // Raised through the first instance, in force on the second.
+            ok_json(
+                put(
+                    &app,
+                    &format!("/api/v1/admin/students/{me}/credit-limit"),
+                    &seeded.admin_token,
+                    &json!({"semester_id": seeded.report.semester_id, "credit_limit": 12}),
+                )
+                .await,
+            )
+            .await;
+            let spare = results
+                .iter()
+                .find(|r| r["status"] != "enrolled")
+                .and_then(|r| r["section_id"].as_str())
+                .unwrap()
+                .to_string();
+            let response = http
+                .post(format!("{}/api/v1/register", second.base))
+                .bearer_auth(&token)
+                .json(&json!({ "section_ids": [spare] }))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["results"][0]["status"], "enrolled", "{body}");
+        }
+    }
+    app.wait_persisted(&sections).await;
+    for s in &sections {
+        app.assert_converged(*s).await;
+    }
+    second.stop().await;
+}
