@@ -16,7 +16,7 @@
 //! identity the revalidator watches is the set of primaries
 //! ([`Link::identity`]).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bb8_redis::RedisConnectionManager;
@@ -57,7 +57,40 @@ pub enum Link {
 #[derive(Clone)]
 pub enum BulkPool {
     Single(bb8::Pool<RedisConnectionManager>),
-    Cluster(ClusterConnection),
+    Cluster(Arc<Renewable>),
+}
+
+/// A cluster connection that can be replaced by a fresh one. After a
+/// primary died, redis-rs's client can keep its slot map pointing at the
+/// dead node (it is told MOVED to it by nodes that have not yet heard of
+/// the failover, and refreshes only on errors): every request of those
+/// slots then times out while the cluster itself has recovered. A new
+/// client asks the seeds afresh.
+pub struct Renewable {
+    seeds: Vec<String>,
+    settings: RedisSettings,
+    conn: std::sync::RwLock<ClusterConnection>,
+}
+
+impl Renewable {
+    fn new(seeds: Vec<String>, settings: &RedisSettings) -> anyhow::Result<Self> {
+        let conn = cluster_connection(&seeds, settings)?;
+        Ok(Self {
+            seeds,
+            settings: settings.clone(),
+            conn: std::sync::RwLock::new(conn),
+        })
+    }
+
+    pub fn current(&self) -> ClusterConnection {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn renew(&self) -> anyhow::Result<()> {
+        let fresh = cluster_connection(&self.seeds, &self.settings)?;
+        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
 }
 
 /// One bulk connection, as [`BulkPool::get`] hands it out.
@@ -94,8 +127,8 @@ impl Link {
             }
             Target::Cluster(seeds) => {
                 let conn = cluster_connection(&seeds, settings)?;
-                let bulk = cluster_connection(&seeds, settings)?;
-                Ok((Self::Cluster(conn), BulkPool::Cluster(bulk)))
+                let bulk = Renewable::new(seeds, settings)?;
+                Ok((Self::Cluster(conn), BulkPool::Cluster(Arc::new(bulk))))
             }
         }
     }
@@ -374,7 +407,16 @@ impl BulkPool {
                     "timed out waiting for a bulk Redis connection",
                 )),
             }),
-            Self::Cluster(conn) => Ok(Bulk::Cluster(conn.clone())),
+            Self::Cluster(conn) => Ok(Bulk::Cluster(conn.current())),
+        }
+    }
+
+    /// On a cluster, replaces the bulk connection with a fresh one (see
+    /// [`Renewable`]); true if it did.
+    pub fn renew(&self) -> anyhow::Result<bool> {
+        match self {
+            Self::Single(_) => Ok(false),
+            Self::Cluster(conn) => conn.renew().map(|()| true),
         }
     }
 }

@@ -179,7 +179,8 @@ impl Redis {
         groups: Vec<Pipeline>,
     ) -> RedisResult<Vec<Value>> {
         let cluster = match (bulk, &self.bulk, &self.conn) {
-            (true, BulkPool::Cluster(c), _) | (false, _, Link::Cluster(c)) => c.clone(),
+            (true, BulkPool::Cluster(c), _) => c.current(),
+            (false, _, Link::Cluster(c)) => c.clone(),
             (true, BulkPool::Single(_), _) => {
                 let mut conn = self.bulk().await?;
                 return Link::one_pipeline(&mut conn, &groups).await;
@@ -235,6 +236,12 @@ impl Redis {
             }
         }
         Ok(out)
+    }
+
+    /// Replaces the bulk connections with fresh ones on a cluster (after
+    /// they kept failing: `seats::link::Renewable`); true if it did.
+    pub fn renew_bulk(&self) -> anyhow::Result<bool> {
+        self.bulk.renew()
     }
 
     /// A connection for bulk work.

@@ -55,6 +55,9 @@ const RETRY: Duration = Duration::from_millis(250);
 /// within the Redis response timeout, and a late one reports an unknown
 /// outcome anyway (its permit's generation moved).
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(3);
+/// Failed revalidations in a row (every [`RETRY`]) after which the bulk
+/// cluster connections, which it reads Redis through, are replaced: 2 s.
+const RENEW_AFTER: u32 = 8;
 /// Attempts to drain and force-rebuild a reported section per revalidation.
 const FORCE_ATTEMPTS: usize = 5;
 
@@ -107,6 +110,7 @@ impl Revalidator {
                     continue;
                 }
             }
+            let mut failures = 0;
             while !watch.is_open() {
                 if *stop.borrow() {
                     return;
@@ -137,6 +141,14 @@ impl Revalidator {
                     }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "Redis revalidation failed; retrying");
+                        failures += 1;
+                        if failures % RENEW_AFTER == 0 {
+                            match self.redis.renew_bulk() {
+                                Ok(true) => tracing::warn!(failures, "revalidation keeps failing; bulk cluster connections replaced with fresh ones"),
+                                Ok(false) => {}
+                                Err(e) => tracing::warn!(error = %format!("{e:#}"), "bulk cluster connections could not be replaced"),
+                            }
+                        }
                         tokio::select! {
                             () = tokio::time::sleep(RETRY) => {}
                             _ = stop.wait_for(|s| *s) => return,
