@@ -477,7 +477,7 @@ pub async fn import_completed(
 }
 
 /// Sets (Some) or removes (None) a student's own credit limit for a
-/// semester. Returns false when the student or the semester is unknown.
+/// semester. An unknown student or semester is a foreign key violation.
 pub async fn set_credit_limit(
     db: &impl GenericClient,
     student: Uuid,
