@@ -122,10 +122,17 @@ impl Registrar {
         }
     }
 
-    /// The rules' catalogue facts, when the rules are on (admin changes
-    /// clear them).
-    pub fn rule_book(&self) -> Option<&RuleBook> {
-        self.rules.as_ref().map(|r| &*r.book)
+    /// The catalogue's rules changed through this server: its facts are
+    /// reread at once (within the rules' read bound; else forgotten, and
+    /// read by the next request).
+    pub async fn catalogue_changed(&self) {
+        let Some(rules) = &self.rules else { return };
+        if tokio::time::timeout(rules.read_timeout, rules.book.renew(&rules.db))
+            .await
+            .is_err()
+        {
+            rules.book.clear();
+        }
     }
 
     /// Reserves a seat (or a waitlist place) for `student` in each of

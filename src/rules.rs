@@ -78,9 +78,25 @@ impl RuleBook {
         }
     }
 
-    /// Forgets everything (an admin changed a rule through this server).
+    /// Forgets every semester's facts: the next request reads them.
     pub fn clear(&self) {
         lock(&self.semesters).clear();
+    }
+
+    /// Rereads every semester read so far: an admin changed a rule through
+    /// this server, so the change is in force here from the next request,
+    /// and registering still needs no PostgreSQL round trip (should
+    /// PostgreSQL go away now, this server keeps deciding on the new
+    /// facts). A semester that cannot be reread is forgotten instead.
+    pub async fn renew(&self, db: &deadpool_postgres::Pool) {
+        let semesters: Vec<Uuid> = lock(&self.semesters).keys().copied().collect();
+        for semester in semesters {
+            let one = self.reading.clone().lock_owned().await;
+            if let Err(e) = self.reread(db, semester, one).await {
+                tracing::warn!(error = %e, %semester, "rule facts could not be reread after a change; read on next use");
+                lock(&self.semesters).remove(&semester);
+            }
+        }
     }
 
     /// A semester's facts if read, and whether they are still fresh.

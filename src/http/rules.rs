@@ -96,10 +96,8 @@ async fn in_force(state: &AppState, students: &[Uuid]) -> Result<(), ApiError> {
 }
 
 /// The catalogue's facts changed: this server rereads them at once.
-fn catalogue_changed(state: &AppState) {
-    if let Some(book) = state.registrar.rule_book() {
-        book.clear();
-    }
+async fn catalogue_changed(state: &AppState) {
+    state.registrar.catalogue_changed().await;
     state.catalog_cache.clear();
 }
 
@@ -157,7 +155,7 @@ pub async fn set_semester_rules(
         .await?
         .ok_or_else(|| ApiError::not_found("semester"))?;
     drop(db);
-    catalogue_changed(state);
+    catalogue_changed(state).await;
     tracing::info!(semester = %id, groups = after.priority_groups.len(), credit_limit = ?after.credit_limit, "semester rules changed by an admin");
     json(StatusCode::OK, &after)
 }
@@ -278,7 +276,7 @@ pub async fn set_course_rules(
         Err(CourseRulesError::Db(e)) => return Err(e.into()),
     };
     drop(db);
-    catalogue_changed(state);
+    catalogue_changed(state).await;
     tracing::info!(course = %id, "course rules changed by an admin");
     json(StatusCode::OK, &after)
 }
@@ -402,7 +400,7 @@ pub async fn set_section_meetings(
         return Err(ApiError::not_found("section"));
     }
     drop(db);
-    catalogue_changed(state);
+    catalogue_changed(state).await;
     json(
         StatusCode::OK,
         &Meetings {
