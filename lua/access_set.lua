@@ -16,7 +16,8 @@
 --
 -- KEYS[1] the student's access record; KEYS[2] their completed courses (set);
 -- KEYS[3] their schedule
--- ARGV[1] version; ARGV[2] token epoch; ARGV[3] '1' if the account is gone;
+-- ARGV[1] version; ARGV[2] token epoch; ARGV[3] '1' if the account is gone,
+-- '2' if it may not register (enrollment_status not active), else '0';
 -- ARGV[4] a registration-blocking hold or ''; ARGV[5] lifetime in ms, 0 for
 -- no expiry (a live account's copy is kept current, not aged out);
 -- ARGV[6] n, the number of fact fields; ARGV[7 .. 6+2n] field, value pairs:
@@ -26,20 +27,27 @@
 -- and its entries: section id, "h|semester|course|credits|meetings|0|0"
 --
 -- Returns 1 if stored, 0 if a record at least as new was kept, 2 if stored
--- and the student lost the right to register with it (a hold where the
--- record it replaced had none): the caller takes them off their waitlists
+-- and the student lost the right to register with it (a hold or a status
+-- other than active, where the record it replaced had neither): the caller
+-- takes them off their waitlists
 -- (README "Registration rules"). A deleted account has no places to leave
 -- (deletion refuses an account with records).
-local before = redis.call('HMGET', KEYS[1], 'v', 'gone', 'hold')
+local before = redis.call('HMGET', KEYS[1], 'v', 'gone', 'hold', 'out')
 local current = tonumber(before[1])
 local version = tonumber(ARGV[1])
 if current and current >= version then
   return 0
 end
-local lost = current and before[2] ~= '1' and (before[3] or '') == ''
-  and ARGV[3] ~= '1' and ARGV[4] ~= ''
+local gone, out = '0', '0'
+if ARGV[3] == '1' then
+  gone = '1'
+elseif ARGV[3] == '2' then
+  out = '1'
+end
+local lost = current and before[2] ~= '1' and before[4] ~= '1' and (before[3] or '') == ''
+  and gone == '0' and (out == '1' or ARGV[4] ~= '')
 redis.call('DEL', KEYS[1], KEYS[2])
-local fields = {'v', ARGV[1], 'ep', ARGV[2], 'gone', ARGV[3], 'hold', ARGV[4], 'r', '1'}
+local fields = {'v', ARGV[1], 'ep', ARGV[2], 'gone', gone, 'out', out, 'hold', ARGV[4], 'r', '1'}
 local n = tonumber(ARGV[6] or '0')
 for i = 7, 6 + 2 * n do
   fields[#fields + 1] = ARGV[i]

@@ -36,6 +36,9 @@ pub struct AccessRecord {
     /// schedule in Redis starts from these when Redis has none
     /// (`lua/access_set.lua`).
     pub places: Vec<uuid::Uuid>,
+    /// enrollment_status is active. A student who stops being active (or
+    /// gets a hold) leaves their waitlists (`lua/access_set.lua`).
+    pub may_register: bool,
 }
 
 impl AccessRecord {
@@ -48,6 +51,7 @@ impl AccessRecord {
             gone: true,
             facts: StudentFacts::default(),
             places: Vec::new(),
+            may_register: false,
         }
     }
 }

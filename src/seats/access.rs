@@ -85,7 +85,11 @@ impl Redis {
                     .key(keys::student_schedule(self.namespace(), *student))
                     .arg(record.version)
                     .arg(record.epoch)
-                    .arg(if record.gone { "1" } else { "0" })
+                    .arg(match (record.gone, record.may_register) {
+                        (true, _) => "1",
+                        (false, false) => "2",
+                        (false, true) => "0",
+                    })
                     .arg(record.hold.as_deref().unwrap_or(""))
                     .arg(if record.gone {
                         gone_ttl.as_millis().max(1) as u64

@@ -31,7 +31,8 @@ const ACCESS_COLUMNS: &str = "s.access_version, s.token_epoch, \
      array(select r.rule from registration_permits r where r.student_id = s.id order by r.section_id, r.rule), \
      array(select c.course_id from completed_courses c where c.student_id = s.id order by c.course_id), \
      array(select r.section_id from registrations r where r.student_id = s.id and r.status = 'enrolled' \
-           union select w.section_id from waitlist w where w.student_id = s.id)";
+           union select w.section_id from waitlist w where w.student_id = s.id), \
+     s.enrollment_status = 'active'";
 
 fn access_of(row: &tokio_postgres::Row, first: usize) -> AccessRecord {
     let pairs = |a: usize| -> Vec<(Uuid, String)> {
@@ -56,6 +57,7 @@ fn access_of(row: &tokio_postgres::Row, first: usize) -> AccessRecord {
             completed: row.get(first + 9),
         },
         places: row.get(first + 10),
+        may_register: row.get(first + 11),
     }
 }
 

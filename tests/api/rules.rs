@@ -649,7 +649,7 @@ async fn a_retry_after_a_crash_judges_the_dead_claim_at_once() {
 #[tokio::test]
 async fn a_student_who_becomes_ineligible_leaves_the_waitlist_and_is_never_promoted() {
     let app = spawn_app().await;
-    let seeded = app.seed_sections(4, 2, 1, 5).await;
+    let seeded = app.seed_sections(5, 2, 1, 5).await;
     let admin = seeded.admin_token.as_str();
     let (full, other) = (seeded.report.section_ids[0], seeded.report.section_ids[1]);
     let (t1, _) = app.student(1).await;
@@ -700,6 +700,24 @@ async fn a_student_who_becomes_ineligible_leaves_the_waitlist_and_is_never_promo
     assert!(
         left,
         "a hold placed with psql took the student off the waitlist"
+    );
+
+    // So does a status other than active.
+    let (t5, s5) = app.student(5).await;
+    assert_eq!(register_one(&app, &t5, other).await["waitlist_position"], 1);
+    let patched = app
+        .http
+        .patch(app.url(&format!("/api/v1/admin/students/{s5}")))
+        .bearer_auth(admin)
+        .json(&json!({"enrollment_status": "suspended"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    assert_eq!(
+        app.state.redis.standings(s5, &[other]).await.unwrap()[0].waitlist_position,
+        None,
+        "a suspended student left the waitlist"
     );
     app.wait_persisted(&[full, other]).await;
     app.assert_converged(full).await;
