@@ -185,11 +185,21 @@ for i = 0, n - 1 do
     if not code then
       for c in string.gmatch(coreqs, '[^,]+') do
         local met = redis.call('SISMEMBER', KEYS[2], c) == 1
-        for _, e in ipairs(entries) do
-          met = met or e.course == c
-        end
         for j = 0, n - 1 do
           met = met or ARGV[7 + j * 7 + 1] == c
+        end
+        if not met then
+          -- Held this semester. The acceptance rests on the entry, so it is
+          -- judged first (a claim of a request that died, or a held entry
+          -- its section may have taken back); a claim still in flight does
+          -- not count (its request may yet be refused its seat).
+          for _, e in ipairs(entries) do
+            if e.course == c and e.stale then
+              suspect(e)
+              met = true
+              break
+            end
+          end
         end
         if not met then
           code, detail = 'prerequisite_missing', c
@@ -199,11 +209,14 @@ for i = 0, n - 1 do
     end
   end
   if not code and not repeatable and not waived('course_repeat') then
+    -- Every entry a refusal could rest on is suspected, not just the
+    -- first: after the judging the claim decides on what is here.
     for _, e in ipairs(entries) do
       if e.course == course and e.section ~= id then
         suspect(e)
-        code, detail = 'already_in_course', e.section
-        break
+        if not code then
+          code, detail = 'already_in_course', e.section
+        end
       end
     end
     for _, a in ipairs(accepted) do
@@ -216,8 +229,9 @@ for i = 0, n - 1 do
     for _, e in ipairs(entries) do
       if e.section ~= id and overlap(meet, e.meet) then
         suspect(e)
-        code, detail = 'time_conflict', e.section
-        break
+        if not code then
+          code, detail = 'time_conflict', e.section
+        end
       end
     end
     for _, a in ipairs(accepted) do

@@ -169,43 +169,7 @@ impl Registrar {
         sections: &[Uuid],
         now_ms: i64,
     ) -> Result<Vec<Registered>, RegistrationError> {
-        let facts = rules.bounded(rules.book.facts(&rules.db, sections)).await?;
-        let mut outcomes: Vec<Option<Registered>> = facts
-            .iter()
-            .map(|f| f.is_none().then_some(Registered::Unknown))
-            .collect();
-        // One claim per semester the request touches (usually one).
-        let mut semesters: Vec<(Uuid, Arc<SemesterFacts>)> = Vec::new();
-        for (section, f) in sections.iter().zip(&facts) {
-            if let Some(f) = f {
-                let semester = f.sections[section].semester_id;
-                if !semesters.iter().any(|(s, _)| *s == semester) {
-                    semesters.push((semester, f.clone()));
-                }
-            }
-        }
-        let mut claimed: Vec<(usize, i64, String)> = Vec::new();
-        for (semester, f) in &semesters {
-            let members: Vec<usize> = (0..sections.len())
-                .filter(|i| {
-                    facts[*i]
-                        .as_ref()
-                        .is_some_and(|g| g.sections[&sections[*i]].semester_id == *semester)
-                })
-                .collect();
-            let asked: Vec<_> = members
-                .iter()
-                .map(|i| (sections[*i], &f.sections[&sections[*i]]))
-                .collect();
-            let (stamp, deadline, results) =
-                self.claim(rules, student, *semester, f, &asked).await?;
-            for (i, refusal) in members.into_iter().zip(results) {
-                match refusal {
-                    None => claimed.push((i, deadline, stamp.clone())),
-                    Some(refusal) => outcomes[i] = Some(Registered::Refused(refusal)),
-                }
-            }
-        }
+        let (mut outcomes, claimed) = self.claim_all(rules, student, sections).await?;
         let asked: Vec<Claimed> = claimed
             .iter()
             .map(|(i, deadline, stamp)| (sections[*i], Some((*deadline, stamp.clone()))))
@@ -239,6 +203,96 @@ impl Registrar {
             .into_iter()
             .map(|o| o.unwrap_or(Registered::Undecided))
             .collect())
+    }
+
+    /// The claim step of a registration: one claim per semester the
+    /// request touches (usually one). Returns each section's outcome so far
+    /// (unknown, or refused by a rule; None for the claimed) and the claimed
+    /// sections (index in `sections`, deadline, stamp).
+    async fn claim_all(
+        &self,
+        rules: &Rules,
+        student: Uuid,
+        sections: &[Uuid],
+    ) -> Result<(Vec<Option<Registered>>, Vec<(usize, i64, String)>), RegistrationError> {
+        let facts = rules.bounded(rules.book.facts(&rules.db, sections)).await?;
+        let mut outcomes: Vec<Option<Registered>> = facts
+            .iter()
+            .map(|f| f.is_none().then_some(Registered::Unknown))
+            .collect();
+        let mut semesters: Vec<(Uuid, Arc<SemesterFacts>)> = Vec::new();
+        for (section, f) in sections.iter().zip(&facts) {
+            if let Some(f) = f {
+                let semester = f.sections[section].semester_id;
+                if !semesters.iter().any(|(s, _)| *s == semester) {
+                    semesters.push((semester, f.clone()));
+                }
+            }
+        }
+        let mut claimed: Vec<(usize, i64, String)> = Vec::new();
+        for (semester, f) in &semesters {
+            let members: Vec<usize> = (0..sections.len())
+                .filter(|i| {
+                    facts[*i]
+                        .as_ref()
+                        .is_some_and(|g| g.sections[&sections[*i]].semester_id == *semester)
+                })
+                .collect();
+            let asked: Vec<_> = members
+                .iter()
+                .map(|i| (sections[*i], &f.sections[&sections[*i]]))
+                .collect();
+            let (stamp, deadline, results) =
+                self.claim(rules, student, *semester, f, &asked).await?;
+            for (i, refusal) in members.into_iter().zip(results) {
+                match refusal {
+                    None => claimed.push((i, deadline, stamp.clone())),
+                    Some(refusal) => outcomes[i] = Some(Registered::Refused(refusal)),
+                }
+            }
+        }
+        Ok((outcomes, claimed))
+    }
+
+    /// Fault injection for the tests: a registration whose process dies
+    /// part-way. It claims as [`Registrar::register`] does, then decides
+    /// the seats of the first `seats` claimed sections only, and stops:
+    /// nothing is settled and the seat scripts' events are left in their
+    /// outboxes for the sweeper (a live process would have handed them to
+    /// its shards). What is left behind is exactly what a crash at that
+    /// point leaves; the claims are judged later (`crate::rules`). Returns
+    /// the sections whose seats were decided. With the rules off, nothing
+    /// is claimed and this decides the first `seats` sections the same way.
+    #[doc(hidden)]
+    pub async fn register_and_crash(
+        &self,
+        student: Uuid,
+        sections: &[Uuid],
+        now_ms: i64,
+        seats: usize,
+    ) -> Result<Vec<Uuid>, RegistrationError> {
+        let claimed: Vec<Claimed> = match &self.rules {
+            Some(rules) => {
+                let (_, claimed) = self.claim_all(rules, student, sections).await?;
+                claimed
+                    .into_iter()
+                    .map(|(i, deadline, stamp)| (sections[i], Some((deadline, stamp))))
+                    .collect()
+            }
+            None => sections.iter().map(|s| (*s, None)).collect(),
+        };
+        let mut decided = Vec::new();
+        for (section, claim) in claimed.iter().take(seats) {
+            let claim = claim.as_ref().map(|(d, stamp)| (*d, stamp.as_str()));
+            let scripted = self
+                .redis
+                .reserve_claimed(*section, student, now_ms, claim)
+                .await?;
+            if scripted.outcome != Reserve::NotLoaded {
+                decided.push(*section);
+            }
+        }
+        Ok(decided)
     }
 
     /// Claims `sections` of one semester for `student`: loads the

@@ -806,3 +806,53 @@ async fn the_credit_limit_holds_across_two_instances() {
     }
     second.stop().await;
 }
+
+/// A corequisite is met by a section the student holds, not by a claim
+/// whose request died before its seat: that claim is judged (and released)
+/// before the registration resting on it is decided.
+#[tokio::test]
+async fn a_claim_left_by_a_crash_does_not_meet_a_corequisite() {
+    let app = spawn_app_with(|s| {
+        s.rules.claim_ttl_ms = 300;
+        s.rules.claim_grace_ms = 100;
+    })
+    .await;
+    app.wait_ready().await;
+    let seeded = app.seed_sections(2, 2, 10, 5).await;
+    let s = &seeded.report.section_ids;
+    let (token, me) = app.student(1).await;
+    let (course0, _) = course_of(&app, s[0]).await;
+    let (_, code1) = course_of(&app, s[1]).await;
+    ok_json(
+        put(
+            &app,
+            &format!("/api/v1/admin/courses/{course0}/rules"),
+            &seeded.admin_token,
+            &json!({"corequisites": [code1]}),
+        )
+        .await,
+    )
+    .await;
+    // The request for the corequisite's section dies after its claim.
+    let decided = app
+        .state
+        .registrar
+        .register_and_crash(me, &[s[1]], registrar::domain::now_ms(), 0)
+        .await
+        .unwrap();
+    assert!(decided.is_empty());
+    let schedule = app.state.redis.schedule(me).await.unwrap();
+    assert_eq!(schedule.len(), 1, "the dead claim is there: {schedule:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let refused = register_one(&app, &token, s[0]).await;
+    assert_eq!(reason(&refused), "prerequisite_missing", "{refused}");
+    assert_eq!(refused["missing_courses"], json!([code1]));
+    assert!(
+        app.state.redis.schedule(me).await.unwrap().is_empty(),
+        "the dead claim was judged and released"
+    );
+    // Held for real, the corequisite counts.
+    assert_eq!(register_one(&app, &token, s[1]).await["status"], "enrolled");
+    assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
+}
