@@ -6,8 +6,11 @@
 --
 -- KEYS[1] schedule hash (lua/claim.lua); KEYS[2] the student's index of
 --         sections (their views)
--- ARGV    triples: section id, stamp, verdict: h (held), r (release),
---         d (dropped: remove a held entry, whatever its stamp)
+-- ARGV    triples: section id, stamp, verdict: h (held), r (release: the
+--         section does not have the student), v (void: the claim came to
+--         nothing, the section was not asked or refused it; an entry held
+--         before the claim stays held), d (dropped: remove a held entry,
+--         whatever its stamp)
 --
 -- Returns how many entries changed.
 local changed = 0
@@ -27,7 +30,7 @@ for i = 1, #ARGV, 3 do
           redis.call('HSET', KEYS[1], section, 'h' .. mid .. own .. '|' .. deadline)
         end
         changed = changed + 1
-      elseif verdict == 'r' then
+      elseif verdict == 'r' or (verdict == 'v' and state ~= 'h') then
         redis.call('HDEL', KEYS[1], section)
         changed = changed + 1
       end

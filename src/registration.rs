@@ -180,7 +180,7 @@ impl Registrar {
                 // Nothing changed: the claims are free again at once.
                 let release: Vec<_> = claimed
                     .iter()
-                    .map(|(i, _, stamp)| (sections[*i], stamp.as_str(), Verdict::Release))
+                    .map(|(i, _, stamp)| (sections[*i], stamp.as_str(), Verdict::Void))
                     .collect();
                 self.settle(student, &release).await;
                 return Err(e);
@@ -191,6 +191,8 @@ impl Registrar {
             let verdict = match &outcome {
                 Registered::Undecided => None,
                 o if holds_place(o) => Some(Verdict::Held),
+                // Refused before deciding: the seat is as it was.
+                Registered::Decided(Reserve::ClaimExpired) => Some(Verdict::Void),
                 _ => Some(Verdict::Release),
             };
             if let Some(verdict) = verdict {
@@ -337,7 +339,7 @@ impl Registrar {
                         .iter()
                         .zip(&results)
                         .filter(|(_, r)| r.is_none())
-                        .map(|((s, _), _)| (*s, stamp.as_str(), Verdict::Release))
+                        .map(|((s, _), _)| (*s, stamp.as_str(), Verdict::Void))
                         .collect();
                     self.settle(student, &release).await;
                     if busy_rounds <= BUSY_WAITS {

@@ -37,8 +37,13 @@ pub enum Claim {
 pub enum Verdict {
     /// The section enrolled or waitlisted the student.
     Held,
-    /// The section did not: the claim's credits are free again.
+    /// The section did not: the claim's credits are free again, and a held
+    /// entry is gone (the section is the truth).
     Release,
+    /// The claim came to nothing and says nothing about the seat (the
+    /// request gave up before deciding it, or its seat script refused the
+    /// claim): a claimed entry is freed, a held one (claimed again) stays.
+    Void,
     /// The student left the section: remove their held entry.
     Dropped,
 }
@@ -160,6 +165,7 @@ impl Redis {
                 .arg(match verdict {
                     Verdict::Held => "h",
                     Verdict::Release => "r",
+                    Verdict::Void => "v",
                     Verdict::Dropped => "d",
                 });
         }

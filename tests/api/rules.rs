@@ -856,3 +856,52 @@ async fn a_claim_left_by_a_crash_does_not_meet_a_corequisite() {
     assert_eq!(register_one(&app, &token, s[1]).await["status"], "enrolled");
     assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
 }
+
+/// A request that waits for another one's claim gives up its own claims
+/// each round; a section it holds already (claimed again) stays held, so
+/// what it holds keeps counting (here: one section per course).
+#[tokio::test]
+async fn waiting_for_a_busy_section_keeps_what_the_student_holds() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(2, 2, 10, 5).await;
+    let s = &seeded.report.section_ids;
+    let (token, me) = app.student(1).await;
+    let (course0, _) = course_of(&app, s[0]).await;
+    let other = ok_json(
+        app.post(
+            "/api/v1/admin/sections",
+            Some(&seeded.admin_token),
+            &json!({"course_id": course0, "semester_id": seeded.report.semester_id,
+                    "section_number": "002", "total_seats": 5}),
+        )
+        .await,
+    )
+    .await;
+    let other: Uuid = other["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
+    // A request for s1 dies after its claim; the retry also names s0
+    // (held) and another section of s0's course. While it waits for s1's
+    // claim, s0 must keep counting.
+    app.state
+        .registrar
+        .register_and_crash(me, &[s[1]], registrar::domain::now_ms(), 0)
+        .await
+        .unwrap();
+    let all = ok_json(app.register(&token, &[other, s[1], s[0]]).await).await;
+    assert_eq!(reason(&all["results"][0]), "already_in_course", "{all}");
+    assert_eq!(all["results"][1]["status"], "enrolled", "{all}");
+    assert_eq!(all["results"][2]["status"], "already_enrolled", "{all}");
+    let mut schedule = app.state.redis.schedule(me).await.unwrap();
+    schedule.sort();
+    let mut held: Vec<Uuid> = schedule
+        .iter()
+        .filter(|(_, e)| e.starts_with('h'))
+        .map(|(s, _)| *s)
+        .collect();
+    let mut expected = vec![s[0], s[1]];
+    held.sort();
+    expected.sort();
+    assert_eq!(held, expected, "{schedule:?}");
+    let twice = register_one(&app, &token, other).await;
+    assert_eq!(reason(&twice), "already_in_course", "{twice}");
+}
