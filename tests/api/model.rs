@@ -23,6 +23,26 @@
 //! process restart while PostgreSQL is up (graceful stop, then a new
 //! application on the same database and namespace).
 //!
+//! The registrar's rules (issue 14) are on: each case draws a catalogue
+//! (credits per course, meeting patterns that overlap, prerequisites and
+//! corequisites, a semester credit limit, an early and a late priority
+//! group, sections 0 and 3 of one course, which may be repeatable), set
+//! before the second instance starts so both read the same, and the
+//! operations change students' own facts as an admin would: holds (a new
+//! hold takes the student off every waitlist), priority groups, own credit
+//! limits, completed courses, permits per section and rule. The model
+//! predicts every refusal with its particulars (the conflicting section may
+//! be any of those in the way: the claim names the first it finds). A crash
+//! step runs a registration that dies after its claim or after some of its
+//! seats (`Registrar::register_and_crash`: nothing settled, the seats'
+//! events left to the sweeper), and the student's retry must get the
+//! model's answer at once; after every step each student's schedule in
+//! Redis holds exactly the sections they have a place in. One case in four
+//! draws no catalogue rules, so the seats' own dynamics come up often too.
+//! Found so far: a catalogue change that made a server need PostgreSQL for
+//! its next registration, and a busy round that deleted a held entry (both
+//! fixed, each pinned by a test in `tests/api/rules.rs`).
+//!
 //! Two instances (issue 10): a second application runs on the same database
 //! and namespace, requests alternate between the two, and both persist
 //! through their partition leases; a handover step stops the second one
@@ -51,14 +71,17 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{spawn_app_with, Sibling, TestApp},
+    helpers::{spawn_app_with, Seeded, Sibling, TestApp},
     kit::{proxy::Proxy, via_port},
 };
 
 const DEFAULT_CASES: usize = 8;
 const DEFAULT_STEPS: usize = 200;
 /// Small on purpose: full sections, waitlists and promotions come up often.
-const SECTIONS: usize = 3;
+/// Sections 0 and 3 are sections of one course (`COURSE_OF`).
+const SECTIONS: usize = 4;
+const COURSES: usize = 3;
+const COURSE_OF: [usize; SECTIONS] = [0, 1, 2, 0];
 const STUDENTS: usize = 7;
 const INITIAL_SEATS: i32 = 2;
 const INITIAL_WAITLIST: i32 = 2;
@@ -104,7 +127,9 @@ async fn random_operation_sequences_keep_every_promise_and_match_the_model() {
             panic!(
                 "model case failed: seed {seed}, step {step}: {cause}\n\
                  replay: MODEL_SEED={seed} cargo test --test api model\n\
+                 catalogue: {header}\n\
                  last operations (step: operation => answer):\n{trace}",
+                header = trace.header,
                 step = trace.step,
             );
         }
@@ -119,10 +144,26 @@ async fn random_operation_sequences_keep_every_promise_and_match_the_model() {
 /// What the case has done, for the failure message.
 #[derive(Default)]
 struct Trace {
+    /// The case's catalogue.
+    header: String,
     step: usize,
     lines: Vec<String>,
     kinds: HashMap<&'static str, usize>,
+    /// Refusals seen, by reason: what the case exercised.
+    reasons: HashMap<&'static str, usize>,
 }
+
+const REASONS: [&str; 9] = [
+    "full",
+    "inactive",
+    "hold",
+    "not_your_time_yet",
+    "prerequisite_missing",
+    "already_in_course",
+    "time_conflict",
+    "credit_limit",
+    "unavailable",
+];
 
 impl Trace {
     fn begin(&mut self, step: usize, kind: &'static str, what: String) {
@@ -132,6 +173,12 @@ impl Trace {
     }
 
     fn answer(&mut self, answer: &str) {
+        for reason in REASONS {
+            let n = answer.matches(&format!("\"reason\":\"{reason}\"")).count();
+            if n > 0 {
+                *self.reasons.entry(reason).or_default() += n;
+            }
+        }
         if let Some(last) = self.lines.last_mut() {
             last.push_str(" => ");
             last.push_str(answer);
@@ -139,13 +186,16 @@ impl Trace {
     }
 
     fn counts(&self) -> String {
-        let mut kinds: Vec<_> = self.kinds.iter().collect();
-        kinds.sort();
-        kinds
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let list = |map: &HashMap<&'static str, usize>| {
+            let mut items: Vec<_> = map.iter().collect();
+            items.sort();
+            items
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!("{}; refused: {}", list(&self.kinds), list(&self.reasons))
     }
 }
 
@@ -159,6 +209,198 @@ impl fmt::Display for Trace {
             writeln!(f, "  {line}")?;
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The registrar's rules, as the model knows them.
+
+/// Rules a permit waives, as the API names them.
+const WAIVABLE: [&str; 5] = [
+    "time_ticket",
+    "prerequisite",
+    "credit_limit",
+    "time_conflict",
+    "course_repeat",
+];
+
+/// Meeting patterns sections draw from: 0 and 1 overlap on Mondays, 2 and
+/// 3 on Thursdays.
+const PATTERNS: [(&str, u16, u16); 4] = [
+    ("MWF", 540, 590),
+    ("M", 570, 620),
+    ("TR", 540, 615),
+    ("R", 600, 660),
+];
+
+fn days_of(letters: &str) -> u8 {
+    letters
+        .chars()
+        .map(|c| 1u8 << "MTWRFSU".find(c).expect("a day letter"))
+        .fold(0, |a, b| a | b)
+}
+
+fn clock(minutes: u16) -> String {
+    format!("{:02}:{:02}", minutes / 60, minutes % 60)
+}
+
+/// Whether two sections' meetings (pattern indexes) overlap.
+fn overlap(a: &[usize], b: &[usize]) -> bool {
+    a.iter().any(|x| {
+        b.iter().any(|y| {
+            let (p, q) = (PATTERNS[*x], PATTERNS[*y]);
+            days_of(p.0) & days_of(q.0) != 0 && p.1 < q.2 && q.1 < p.2
+        })
+    })
+}
+
+/// The catalogue's rules, fixed for a case.
+#[derive(Debug, Clone)]
+struct Catalogue {
+    credits: [i64; COURSES],
+    /// Per section, the meeting patterns (zero or one).
+    meetings: [Vec<usize>; SECTIONS],
+    /// Course 0's (the only one with two sections).
+    repeatable: bool,
+    /// Per course, an AND of ORs of courses.
+    prerequisites: [Vec<Vec<usize>>; COURSES],
+    corequisites: [Option<usize>; COURSES],
+    credit_limit: Option<i64>,
+    /// When the `late` group opens: in three days, whole seconds.
+    late_opens_at: chrono::DateTime<chrono::Utc>,
+    course_ids: Vec<Uuid>,
+    course_codes: Vec<String>,
+}
+
+impl Catalogue {
+    fn draw(rng: &mut fastrand::Rng) -> Self {
+        let other = |rng: &mut fastrand::Rng, course: usize| {
+            (course + 1 + rng.usize(..COURSES - 1)) % COURSES
+        };
+        let prerequisites = std::array::from_fn(|course| match rng.u32(..10) {
+            0..=6 => Vec::new(),
+            7..=8 => vec![vec![other(rng, course)]],
+            _ => {
+                let a = other(rng, course);
+                let b = (0..COURSES).find(|c| *c != course && *c != a).unwrap();
+                if rng.bool() {
+                    vec![vec![a, b]]
+                } else {
+                    vec![vec![a], vec![b]]
+                }
+            }
+        });
+        let corequisites =
+            std::array::from_fn(|course| (rng.u32(..4) == 0).then(|| other(rng, course)));
+        let now = chrono::Utc::now().timestamp();
+        let mut cat = Self {
+            credits: std::array::from_fn(|_| 1 + rng.i64(0..4)),
+            meetings: std::array::from_fn(|_| {
+                if rng.u32(..10) < 3 {
+                    Vec::new()
+                } else {
+                    vec![rng.usize(..PATTERNS.len())]
+                }
+            }),
+            repeatable: rng.u32(..3) == 0,
+            prerequisites,
+            corequisites,
+            credit_limit: (rng.u32(..4) != 0).then(|| 3 + rng.i64(0..6)),
+            late_opens_at: chrono::DateTime::from_timestamp(now + 3 * 86_400, 0).unwrap(),
+            course_ids: Vec::new(),
+            course_codes: Vec::new(),
+        };
+        // One case in four without catalogue rules: the seats' own dynamics
+        // (full sections, waitlists, promotions) come up more often there.
+        if rng.u32(..4) == 0 {
+            cat.meetings = Default::default();
+            cat.prerequisites = Default::default();
+            cat.corequisites = Default::default();
+            cat.credit_limit = None;
+        }
+        cat
+    }
+
+    fn credits_of(&self, section: usize) -> i64 {
+        self.credits[COURSE_OF[section]]
+    }
+}
+
+/// A student's own facts (their access record).
+#[derive(Debug, Clone, Default)]
+struct StudentRules {
+    hold: bool,
+    /// In the `late` group (else in the `early` one, open since 2020, or in none).
+    late: bool,
+    own_limit: Option<i64>,
+    completed: BTreeSet<usize>,
+    /// (section, rule waived)
+    permits: BTreeSet<(usize, &'static str)>,
+}
+
+/// Why the claim refused a section (`lua/claim.lua`, in its order).
+#[derive(Debug, Clone, PartialEq)]
+enum Refused {
+    NotYourTime,
+    /// The courses of the first group not met (or the corequisite).
+    Prerequisite(Vec<usize>),
+    /// Any of these sections may be the one named.
+    InCourse(Vec<usize>),
+    Conflict(Vec<usize>),
+    Credit(i64, i64),
+}
+
+/// One section's expected result: the exact JSON, except that a
+/// conflicting section may be any of `any_of`, and missing courses are
+/// named by code, or by id when PostgreSQL could not be asked for the
+/// codes (compared as sets: the claim lists a group in course id order).
+#[derive(Debug, Clone, PartialEq)]
+struct ResultModel {
+    body: Value,
+    any_of: Vec<Uuid>,
+    missing: Option<(Vec<String>, Vec<String>)>,
+}
+
+impl ResultModel {
+    fn plain(body: Value) -> Self {
+        Self {
+            body,
+            any_of: Vec::new(),
+            missing: None,
+        }
+    }
+
+    /// Checks `got` against the model; panics with both on a mismatch.
+    fn check(&self, got: &Value) {
+        let mut got = got.clone();
+        let mut body = self.body.clone();
+        if !self.any_of.is_empty() {
+            let named: Option<Uuid> = got["conflicting_section_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok());
+            assert!(
+                named.is_some_and(|n| self.any_of.contains(&n)),
+                "the conflicting section must be one of {:?}: {got}",
+                self.any_of
+            );
+            body["conflicting_section_id"] = got["conflicting_section_id"].clone();
+        }
+        if let Some((codes, ids)) = &self.missing {
+            let mut named: Vec<String> = got["missing_courses"]
+                .as_array()
+                .unwrap_or_else(|| panic!("missing_courses expected: {got}"))
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            named.sort();
+            assert!(
+                &named == codes || &named == ids,
+                "missing courses {named:?}, expected the codes {codes:?} (or their ids {ids:?})"
+            );
+            got["missing_courses"] = json!(null);
+            body["missing_courses"] = json!(null);
+        }
+        assert_eq!(got, body, "section result (left) against the model (right)");
     }
 }
 
@@ -235,6 +477,8 @@ impl Request {
 enum Expected {
     Json(StatusCode, Value),
     Problem(StatusCode, &'static str),
+    /// 200 with one result per section.
+    Register(Vec<ResultModel>),
 }
 
 /// A stored answer to a keyed request.
@@ -249,12 +493,14 @@ struct Model {
     sections: Vec<SectionModel>,
     section_ids: Vec<Uuid>,
     student_ids: Vec<Uuid>,
+    catalogue: Catalogue,
+    students: Vec<StudentRules>,
     /// (student, key) → the first answer.
     records: HashMap<(usize, String), Record>,
 }
 
 impl Model {
-    fn new(section_ids: Vec<Uuid>, student_ids: Vec<Uuid>) -> Self {
+    fn new(section_ids: Vec<Uuid>, student_ids: Vec<Uuid>, catalogue: Catalogue) -> Self {
         let section = SectionModel {
             capacity: INITIAL_SEATS as usize,
             limit: INITIAL_WAITLIST as usize,
@@ -264,8 +510,10 @@ impl Model {
         };
         Self {
             sections: vec![section; section_ids.len()],
+            students: vec![StudentRules::default(); student_ids.len()],
             section_ids,
             student_ids,
+            catalogue,
             records: HashMap::new(),
         }
     }
@@ -275,17 +523,213 @@ impl Model {
         match request {
             Request::Register {
                 student, sections, ..
-            } => {
-                let results: Vec<Value> = sections
-                    .iter()
-                    .map(|s| self.reserve(*student, *s))
-                    .collect();
-                Expected::Json(StatusCode::OK, json!({ "results": results }))
-            }
+            } => Expected::Register(self.register(*student, sections)),
             Request::Drop {
                 student, section, ..
             } => self.drop_student(*student, *section),
         }
+    }
+
+    /// Sections the student holds a place in (enrolled or waitlisted).
+    fn held(&self, student: usize) -> Vec<usize> {
+        (0..SECTIONS)
+            .filter(|s| {
+                let m = &self.sections[*s];
+                m.enrolled.contains(&student) || m.waitlist.contains(&student)
+            })
+            .collect()
+    }
+
+    /// A registration: a hold refuses every section; else the claim decides
+    /// each section's rules (all before any seat), then the seats.
+    fn register(&mut self, student: usize, sections: &[usize]) -> Vec<ResultModel> {
+        if self.students[student].hold {
+            return sections
+                .iter()
+                .map(|s| {
+                    ResultModel::plain(json!({
+                        "section_id": self.section_ids[*s], "status": "rejected",
+                        "reason": "hold", "hold": "financial",
+                    }))
+                })
+                .collect();
+        }
+        let verdicts = self.claim(student, sections);
+        sections
+            .iter()
+            .zip(verdicts)
+            .map(|(s, verdict)| match verdict {
+                None => ResultModel::plain(self.reserve(student, *s)),
+                Some(refused) => self.refusal(*s, refused),
+            })
+            .collect()
+    }
+
+    /// lua/claim.lua: per section in request order, None when claimed.
+    fn claim(&self, student: usize, sections: &[usize]) -> Vec<Option<Refused>> {
+        let cat = &self.catalogue;
+        let me = &self.students[student];
+        let held = self.held(student);
+        let mut credits: i64 = held.iter().map(|s| cat.credits_of(*s)).sum();
+        let limit = me.own_limit.or(cat.credit_limit);
+        let mut accepted: Vec<usize> = Vec::new();
+        let mut verdicts = Vec::with_capacity(sections.len());
+        for &x in sections {
+            let course = COURSE_OF[x];
+            let waived = |rule: &str| me.permits.iter().any(|(s, r)| *s == x && *r == rule);
+            if held.contains(&x) {
+                verdicts.push(None);
+                continue;
+            }
+            let in_course: Vec<usize> = held
+                .iter()
+                .copied()
+                .filter(|s| COURSE_OF[*s] == course && *s != x)
+                .chain(
+                    accepted
+                        .iter()
+                        .copied()
+                        .filter(|s| COURSE_OF[*s] == course)
+                        .take(1),
+                )
+                .collect();
+            let conflicts: Vec<usize> = {
+                let mine = &cat.meetings[x];
+                let h: Vec<usize> = held
+                    .iter()
+                    .copied()
+                    .filter(|s| *s != x && overlap(mine, &cat.meetings[*s]))
+                    .collect();
+                if h.is_empty() {
+                    accepted
+                        .iter()
+                        .copied()
+                        .filter(|s| overlap(mine, &cat.meetings[*s]))
+                        .take(1)
+                        .collect()
+                } else {
+                    h
+                }
+            };
+            let prerequisite = || {
+                if let Some(group) = cat.prerequisites[course]
+                    .iter()
+                    .find(|g| !g.iter().any(|c| me.completed.contains(c)))
+                {
+                    return Some(group.clone());
+                }
+                let c = cat.corequisites[course]?;
+                let met = me.completed.contains(&c)
+                    || sections.iter().any(|s| COURSE_OF[*s] == c)
+                    || held.iter().any(|s| COURSE_OF[*s] == c);
+                (!met).then(|| vec![c])
+            };
+            let repeats = course == 0 && cat.repeatable;
+            let refused = if me.late && !waived("time_ticket") {
+                Some(Refused::NotYourTime)
+            } else if let Some(missing) = prerequisite().filter(|_| !waived("prerequisite")) {
+                Some(Refused::Prerequisite(missing))
+            } else if !in_course.is_empty() && !repeats && !waived("course_repeat") {
+                // In the claim, held sections come before those accepted
+                // in this request; either way the first one is named.
+                let held_ones: Vec<usize> = in_course
+                    .iter()
+                    .copied()
+                    .filter(|s| held.contains(s))
+                    .collect();
+                Some(Refused::InCourse(if held_ones.is_empty() {
+                    in_course
+                } else {
+                    held_ones
+                }))
+            } else if !waived("time_conflict") && !conflicts.is_empty() {
+                Some(Refused::Conflict(conflicts))
+            } else {
+                match limit {
+                    Some(l) if !waived("credit_limit") && credits + cat.credits_of(x) > l => {
+                        Some(Refused::Credit(credits, l))
+                    }
+                    _ => None,
+                }
+            };
+            if refused.is_none() {
+                credits += cat.credits_of(x);
+                accepted.push(x);
+            }
+            verdicts.push(refused);
+        }
+        verdicts
+    }
+
+    fn refusal(&self, section: usize, refused: Refused) -> ResultModel {
+        let mut result = ResultModel::plain(json!({
+            "section_id": self.section_ids[section], "status": "rejected",
+        }));
+        let body = &mut result.body;
+        match refused {
+            Refused::NotYourTime => {
+                body["reason"] = json!("not_your_time_yet");
+                body["opens_at"] = json!(self.catalogue.late_opens_at);
+            }
+            Refused::Prerequisite(courses) => {
+                body["reason"] = json!("prerequisite_missing");
+                let mut codes: Vec<String> = courses
+                    .iter()
+                    .map(|c| self.catalogue.course_codes[*c].clone())
+                    .collect();
+                let mut ids: Vec<String> = courses
+                    .iter()
+                    .map(|c| self.catalogue.course_ids[*c].to_string())
+                    .collect();
+                codes.sort();
+                ids.sort();
+                result.missing = Some((codes, ids));
+            }
+            Refused::InCourse(sections) => {
+                body["reason"] = json!("already_in_course");
+                result.any_of = self.ids_of_sections(&sections);
+            }
+            Refused::Conflict(sections) => {
+                body["reason"] = json!("time_conflict");
+                result.any_of = self.ids_of_sections(&sections);
+            }
+            Refused::Credit(held, limit) => {
+                body["reason"] = json!("credit_limit");
+                body["credits_held"] = json!(held);
+                body["credit_limit"] = json!(limit);
+            }
+        }
+        result
+    }
+
+    fn ids_of_sections(&self, sections: &[usize]) -> Vec<Uuid> {
+        sections.iter().map(|s| self.section_ids[*s]).collect()
+    }
+
+    /// A registration that dies after its claim and the seats of its first
+    /// `seats` claimed sections (nothing answered, nothing settled).
+    fn crash(&mut self, student: usize, sections: &[usize], seats: usize) {
+        let verdicts = self.claim(student, sections);
+        let claimed: Vec<usize> = sections
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, v)| v.is_none())
+            .map(|(s, _)| *s)
+            .take(seats)
+            .collect();
+        for s in claimed {
+            self.reserve(student, s);
+        }
+    }
+
+    /// A new hold: the student leaves every waitlist (no seat frees).
+    fn place_hold(&mut self, student: usize) {
+        if !self.students[student].hold {
+            for s in &mut self.sections {
+                s.waitlist.retain(|w| *w != student);
+            }
+        }
+        self.students[student].hold = true;
     }
 
     /// reserve.lua as SPEC §2/§7 describe it: a duplicate is reported, a
@@ -417,6 +861,39 @@ enum Op {
     /// The second instance stops gracefully (its persistence leases go to
     /// the first) and starts again (they are shared once more).
     Handover,
+    /// `PATCH /admin/students/{id}` with the hold on or off.
+    Hold {
+        student: usize,
+        on: bool,
+    },
+    /// Into the late (not yet open) priority group, or the early one.
+    Group {
+        student: usize,
+        late: bool,
+    },
+    /// The student's own credit limit, or back to the semester's.
+    OwnLimit {
+        student: usize,
+        limit: Option<i64>,
+    },
+    /// A completed course imported for the student.
+    Complete {
+        student: usize,
+        course: usize,
+    },
+    /// A permit granted or revoked.
+    Permit {
+        student: usize,
+        section: usize,
+        rule: &'static str,
+        grant: bool,
+    },
+    /// The registration dies after its claim and `seats` of its seats;
+    /// the student sends it again.
+    Crash {
+        request: Request,
+        seats: usize,
+    },
 }
 
 impl Op {
@@ -445,6 +922,12 @@ impl Op {
             Op::Outage { .. } => "outage",
             Op::Restart => "restart",
             Op::Handover => "handover",
+            Op::Hold { .. } => "hold",
+            Op::Group { .. } => "group",
+            Op::OwnLimit { .. } => "own-limit",
+            Op::Complete { .. } => "complete",
+            Op::Permit { .. } => "permit",
+            Op::Crash { .. } => "crash",
         }
     }
 }
@@ -527,7 +1010,7 @@ impl Generator {
 
     fn next(&mut self, model: &Model, outage_active: bool) -> Op {
         loop {
-            let roll = self.rng.u32(..100);
+            let roll = self.rng.u32(..116);
             let op = match roll {
                 0..=29 => {
                     let request = self.register();
@@ -588,6 +1071,17 @@ impl Generator {
                         steps: 2 + self.rng.usize(..5),
                     }
                 }
+                100..=115 => {
+                    // Students' facts change through PostgreSQL first: only
+                    // while it is up.
+                    if outage_active && roll < 113 {
+                        continue;
+                    }
+                    let Some(op) = self.rule_op(model, roll) else {
+                        continue;
+                    };
+                    op
+                }
                 95..=96 => {
                     // Restarts (below) and handovers only with PostgreSQL up.
                     if outage_active {
@@ -611,6 +1105,60 @@ impl Generator {
             }
             return op;
         }
+    }
+
+    fn rule_op(&mut self, model: &Model, roll: u32) -> Option<Op> {
+        let student = self.rng.usize(..STUDENTS);
+        let me = &model.students[student];
+        Some(match roll {
+            100..=101 => Op::Hold {
+                student,
+                on: !me.hold && self.rng.bool(),
+            },
+            102..=103 => Op::Group {
+                student,
+                late: !me.late && self.rng.bool(),
+            },
+            104..=105 => Op::OwnLimit {
+                student,
+                limit: self.rng.bool().then(|| 2 + self.rng.i64(0..8)),
+            },
+            106..=108 => Op::Complete {
+                student,
+                course: self.rng.usize(..COURSES),
+            },
+            109..=112 => {
+                let section = self.rng.usize(..SECTIONS);
+                let rule = WAIVABLE[self.rng.usize(..WAIVABLE.len())];
+                let has = me.permits.contains(&(section, rule));
+                Op::Permit {
+                    student,
+                    section,
+                    rule,
+                    grant: !has || self.rng.u32(..4) == 0,
+                }
+            }
+            _ => {
+                // A student with a hold is refused before any claim.
+                let student = (0..STUDENTS)
+                    .map(|i| (student + i) % STUDENTS)
+                    .find(|s| !model.students[*s].hold)?;
+                let mut request = self.register();
+                if let Request::Register {
+                    student: s,
+                    as_admin,
+                    ..
+                } = &mut request
+                {
+                    *s = student;
+                    *as_admin = false;
+                }
+                Op::Crash {
+                    request,
+                    seats: self.rng.usize(..=3),
+                }
+            }
+        })
     }
 
     /// A stored record, picked in key order so the choice is reproducible.
@@ -638,6 +1186,7 @@ struct Live {
     proxy: Proxy,
     admin_token: String,
     student_tokens: Vec<String>,
+    semester: Uuid,
     /// Steps left before PostgreSQL comes back; 0 when it is up.
     outage_left: usize,
 }
@@ -775,6 +1324,22 @@ fn assert_answer(answer: &Answer, expected: &Expected) {
             );
             assert_eq!(answer.json()["code"], *code, "problem code");
         }
+        Expected::Register(results) => {
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "status; answer {}",
+                answer.text
+            );
+            let got = answer.json();
+            let got = got["results"]
+                .as_array()
+                .unwrap_or_else(|| panic!("a register answer has results: {got}"));
+            assert_eq!(got.len(), results.len(), "one result per section: {got:?}");
+            for (got, expected) in got.iter().zip(results) {
+                expected.check(got);
+            }
+        }
     }
 }
 
@@ -796,11 +1361,16 @@ async fn run_case(seed: u64, steps: usize, trace: &mut Trace) {
     .await;
     app.wait_ready().await;
     let seeded = app
-        .seed_sections(STUDENTS, SECTIONS, INITIAL_SEATS, INITIAL_WAITLIST)
+        .seed_sections(STUDENTS, COURSES, INITIAL_SEATS, INITIAL_WAITLIST)
         .await;
     let student_ids = app.student_ids().await;
     let student_tokens = student_ids.iter().map(|s| app.token_for(*s)).collect();
-    let mut model = Model::new(seeded.report.section_ids.clone(), student_ids);
+    let mut generator = Generator::new(seed);
+    let catalogue = Catalogue::draw(&mut generator.rng);
+    let (section_ids, catalogue) = set_catalogue(&app, &seeded, catalogue).await;
+    trace.header = format!("{catalogue:?}");
+    let mut model = Model::new(section_ids, student_ids, catalogue);
+    // Started after the catalogue is set: both servers read the same facts.
     let second = app.sibling().await;
     second.wait_ready().await;
     let mut live = Live {
@@ -810,9 +1380,9 @@ async fn run_case(seed: u64, steps: usize, trace: &mut Trace) {
         proxy,
         admin_token: seeded.admin_token,
         student_tokens,
+        semester: seeded.report.semester_id,
         outage_left: 0,
     };
-    let mut generator = Generator::new(seed);
     let mut since_checkpoint = 0;
 
     for step in 1..=steps {
@@ -842,6 +1412,99 @@ async fn run_case(seed: u64, steps: usize, trace: &mut Trace) {
         live.app.wait_ready().await;
     }
     checkpoint(&live.app, &model).await;
+}
+
+/// Adds section 3 (course 0's second section) and sets the case's
+/// catalogue rules through the admin API; returns the sections' ids and
+/// the catalogue with its courses' ids and codes.
+async fn set_catalogue(
+    app: &TestApp,
+    seeded: &Seeded,
+    mut cat: Catalogue,
+) -> (Vec<Uuid>, Catalogue) {
+    let admin = seeded.admin_token.as_str();
+    let semester = seeded.report.semester_id;
+    let mut sections = seeded.report.section_ids.clone();
+    let db = app.db.get().await.unwrap();
+    for section in &sections {
+        let row = db
+            .query_one(
+                "select c.id, c.course_code from sections s join courses c on c.id = s.course_id where s.id = $1",
+                &[section],
+            )
+            .await
+            .unwrap();
+        cat.course_ids.push(row.get(0));
+        cat.course_codes.push(row.get(1));
+    }
+    let created = app
+        .post(
+            "/api/v1/admin/sections",
+            Some(admin),
+            &json!({"course_id": cat.course_ids[0], "semester_id": semester,
+                    "section_number": "002", "total_seats": INITIAL_SEATS,
+                    "waitlist_limit": INITIAL_WAITLIST}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created: Value = created.json().await.unwrap();
+    sections.push(created["id"].as_str().unwrap().parse().unwrap());
+    for (course, id) in cat.course_ids.iter().enumerate() {
+        db.execute(
+            "update courses set credits = $1 where id = $2",
+            &[&(cat.credits[course] as i32), id],
+        )
+        .await
+        .unwrap();
+    }
+    let code = |c: &usize| cat.course_codes[*c].clone();
+    let put = |path: String, body: Value| async move {
+        let answer = app
+            .http
+            .put(app.url(&path))
+            .bearer_auth(admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        assert!(
+            status.is_success(),
+            "PUT {path} {body}: {status} {}",
+            answer.text().await.unwrap()
+        );
+    };
+    for (course, id) in cat.course_ids.iter().enumerate() {
+        let body = json!({
+            "prerequisites": cat.prerequisites[course].iter().map(|g| g.iter().map(code).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "corequisites": cat.corequisites[course].iter().map(code).collect::<Vec<_>>(),
+            "repeatable": course == 0 && cat.repeatable,
+        });
+        put(format!("/api/v1/admin/courses/{id}/rules"), body).await;
+    }
+    for (section, id) in sections.iter().enumerate() {
+        let meetings: Vec<Value> = cat.meetings[section]
+            .iter()
+            .map(|p| {
+                let (days, start, end) = PATTERNS[*p];
+                json!({"days": days, "start": clock(start), "end": clock(end)})
+            })
+            .collect();
+        put(
+            format!("/api/v1/admin/sections/{id}/meetings"),
+            json!({ "meetings": meetings }),
+        )
+        .await;
+    }
+    put(
+        format!("/api/v1/admin/semesters/{semester}/rules"),
+        json!({"credit_limit": cat.credit_limit, "priority_groups": [
+            {"code": "early", "opens_at": "2020-01-01T00:00:00Z"},
+            {"code": "late", "opens_at": cat.late_opens_at},
+        ]}),
+    )
+    .await;
+    (sections, cat)
 }
 
 fn describe(model: &Model, op: &Op) -> String {
@@ -886,6 +1549,26 @@ fn describe(model: &Model, op: &Op) -> String {
         ),
         Op::Outage { steps } => format!("cut PostgreSQL for {steps} steps"),
         Op::Restart => "restart the application".into(),
+        Op::Hold { student, on } => format!("hold for student {student}: {on}"),
+        Op::Group { student, late } => format!(
+            "student {student} into the {} group",
+            if *late { "late" } else { "early" }
+        ),
+        Op::OwnLimit { student, limit } => format!("student {student}'s own credit limit {limit:?}"),
+        Op::Complete { student, course } => format!("student {student} completed course {course}"),
+        Op::Permit {
+            student,
+            section,
+            rule,
+            grant,
+        } => format!(
+            "{} student {student} a {rule} permit for section {section}",
+            if *grant { "grant" } else { "revoke from" }
+        ),
+        Op::Crash { request: r, seats } => format!(
+            "{} dies after its claim and {seats} seats; sent again",
+            request(r)
+        ),
         Op::Handover => "stop the second instance (it hands its leases over) and start it again".into(),
     }
 }
@@ -1015,6 +1698,156 @@ async fn run_op(live: &mut Live, model: &mut Model, op: &Op) -> String {
             live.second = Some(second);
             "handed over and back".into()
         }
+        Op::Hold { student, on } => {
+            let path = format!("/api/v1/admin/students/{}", model.student_ids[*student]);
+            let holds: Vec<&str> = if *on { vec!["financial"] } else { vec![] };
+            let answer = live
+                .send(
+                    Method::PATCH,
+                    &path,
+                    &live.admin_token,
+                    None,
+                    json!({ "holds": holds }),
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "hold: {}", answer.text);
+            assert_eq!(answer.json()["holds"], json!(holds), "{}", answer.text);
+            if *on {
+                model.place_hold(*student);
+            } else {
+                model.students[*student].hold = false;
+            }
+            answer.summary()
+        }
+        Op::Group { student, late } => {
+            let path = format!(
+                "/api/v1/admin/semesters/{}/priority-groups/assign",
+                live.semester
+            );
+            let body = json!({
+                "priority_group": if *late { "late" } else { "early" },
+                "student_ids": [model.student_ids[*student]],
+            });
+            let answer = live
+                .send(Method::POST, &path, &live.admin_token, None, body)
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "assign: {}", answer.text);
+            assert_eq!(answer.json()["assigned"], 1, "{}", answer.text);
+            model.students[*student].late = *late;
+            answer.summary()
+        }
+        Op::OwnLimit { student, limit } => {
+            let path = format!(
+                "/api/v1/admin/students/{}/credit-limit",
+                model.student_ids[*student]
+            );
+            let body = json!({ "semester_id": live.semester, "credit_limit": limit });
+            let answer = live
+                .send(Method::PUT, &path, &live.admin_token, None, body.clone())
+                .await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "credit limit: {}",
+                answer.text
+            );
+            assert_eq!(answer.json(), body);
+            model.students[*student].own_limit = *limit;
+            answer.summary()
+        }
+        Op::Complete { student, course } => {
+            let body = json!({ "items": [{
+                "student_id": model.student_ids[*student],
+                "course_code": model.catalogue.course_codes[*course],
+            }]});
+            let answer = live
+                .send(
+                    Method::POST,
+                    "/api/v1/admin/completed-courses",
+                    &live.admin_token,
+                    None,
+                    body,
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "completed: {}", answer.text);
+            let fresh = model.students[*student].completed.insert(*course);
+            assert_eq!(
+                answer.json()["recorded"],
+                u64::from(fresh),
+                "{}",
+                answer.text
+            );
+            answer.summary()
+        }
+        Op::Permit {
+            student,
+            section,
+            rule,
+            grant,
+        } => {
+            let id = model.student_ids[*student];
+            let body = json!({ "section_id": model.section_ids[*section], "rule": rule });
+            let permits = &mut model.students[*student].permits;
+            if *grant {
+                let path = format!("/api/v1/admin/students/{id}/permits");
+                let answer = live
+                    .send(Method::POST, &path, &live.admin_token, None, body)
+                    .await;
+                assert_eq!(
+                    answer.status,
+                    StatusCode::CREATED,
+                    "permit: {}",
+                    answer.text
+                );
+                assert_eq!(answer.json()["rule"], *rule);
+                permits.insert((*section, rule));
+                answer.summary()
+            } else {
+                let path = format!("/api/v1/admin/students/{id}/permits/revoke");
+                let answer = live
+                    .send(Method::POST, &path, &live.admin_token, None, body)
+                    .await;
+                if permits.remove(&(*section, rule)) {
+                    assert_eq!(
+                        answer.status,
+                        StatusCode::NO_CONTENT,
+                        "revoke: {}",
+                        answer.text
+                    );
+                } else {
+                    assert_answer(
+                        &answer,
+                        &Expected::Problem(StatusCode::NOT_FOUND, "not_found"),
+                    );
+                }
+                answer.summary()
+            }
+        }
+        Op::Crash { request, seats } => {
+            let Request::Register {
+                student, sections, ..
+            } = request
+            else {
+                unreachable!("the generator crashes registrations only")
+            };
+            let ids: Vec<Uuid> = sections.iter().map(|s| model.section_ids[*s]).collect();
+            live.app
+                .state
+                .registrar
+                .register_and_crash(
+                    model.student_ids[*student],
+                    &ids,
+                    registrar::domain::now_ms(),
+                    *seats,
+                )
+                .await
+                .expect("the claim and the seats are decided (Redis is up)");
+            model.crash(*student, sections, *seats);
+            let answer = live.request(model, request, None).await;
+            let expected = live.expect(model, request);
+            assert_answer(&answer, &expected);
+            answer.summary()
+        }
     }
 }
 
@@ -1061,6 +1894,26 @@ async fn check_live(app: &TestApp, model: &Model) {
         assert_eq!(
             counts.capacity, m.capacity as i64,
             "section {i}: capacity in Redis"
+        );
+    }
+    // The claims of every request were settled (a crashed one's by the
+    // retry): each schedule holds exactly the student's places.
+    for (student, id) in model.student_ids.iter().enumerate() {
+        let schedule = app.state.redis.schedule(*id).await.unwrap();
+        let mut entries: Vec<(Uuid, char)> = schedule
+            .iter()
+            .map(|(s, e)| (*s, e.chars().next().unwrap_or('?')))
+            .collect();
+        entries.sort();
+        let mut expected: Vec<(Uuid, char)> = model
+            .held(student)
+            .into_iter()
+            .map(|s| (model.section_ids[s], 'h'))
+            .collect();
+        expected.sort();
+        assert_eq!(
+            entries, expected,
+            "student {student}: schedule entries in Redis (left) against their places (right): {schedule:?}"
         );
     }
 }
