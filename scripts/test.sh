@@ -46,7 +46,7 @@ if [ $# -eq 0 ]; then
                 # past redis.response_timeout_ms (1 s) is answered 503 (see
                 # docs/faults.md, "Redis Cluster").
                 TEST_REDIS_URL=$cluster_url cargo test --test api -- --test-threads 1 \
-                    engine:: writers:: recovery:: reconcile:: model:: scripts:: revocation:: \
+                    engine:: writers:: recovery:: reconcile:: model:: rules:: scripts:: revocation:: \
                     || { cluster_said; exit 1; }
             fi
             bash scripts/redis-cluster.sh stop "$cluster_dir"
