@@ -102,6 +102,47 @@ async fn withdraw(state: &AppState, students: &[Uuid]) {
     }
 }
 
+/// Students one ineligibility check handles at most (the rest wait a period).
+const INELIGIBLE_BATCH: i64 = 1000;
+
+/// The net under the immediate withdrawal ([`withdraw`]): every
+/// `sync.ineligible_sweep_ms`, students PostgreSQL has on a waitlist
+/// although they may not register leave their waitlists. It catches what
+/// the immediate path misses: a server that stopped between storing the
+/// record and withdrawing, a withdrawal that failed, and a registration
+/// that passed its access check just before the hold and took its waitlist
+/// place just after the withdrawal. Runs on every server (the withdrawal
+/// is idempotent) under the supervisor, until `stop`.
+pub async fn sweep_ineligible(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every = state.settings.sync.ineligible_sweep_ms;
+    if every == 0 {
+        let _ = stop.wait_for(|s| *s).await;
+        return;
+    }
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(every));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if !state.is_warmed_up() {
+            continue;
+        }
+        let found = async {
+            let db = state.db.get().await?;
+            anyhow::Ok(store::students::waitlisted_ineligible(&db, INELIGIBLE_BATCH).await?)
+        };
+        match tokio::time::timeout(crate::sync::DB_DEADLINE, found).await {
+            Ok(Ok(students)) => withdraw(&state, &students).await,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %format!("{e:#}"), "ineligible students not checked")
+            }
+            Err(_) => tracing::debug!("ineligible students not checked: PostgreSQL did not answer"),
+        }
+    }
+}
+
 /// Rereads `students` from PostgreSQL and stores their records.
 pub async fn refresh(state: &AppState, students: &[Uuid]) -> anyhow::Result<()> {
     let db = state.db.get().await?;

@@ -126,6 +126,10 @@ pub struct SyncSettings {
     pub sweep_min_age_ms: u64,
     /// Period of the in-server drift check; 0 disables it.
     pub reconcile_interval_secs: u64,
+    /// Period of the check that takes students who may not register off
+    /// the waitlists PostgreSQL has them on (`access::sweep_ineligible`);
+    /// 0 disables it.
+    pub ineligible_sweep_ms: u64,
     pub drain_timeout_ms: u64,
     /// Partitions of the section space, each written by one instance at a
     /// time (`sync::lease`). The same on every instance of a deployment.

@@ -217,6 +217,10 @@ impl Application {
         let sweeper = supervisor.spawn("sweeper", self.sweeper.run(self.stop.subscribe()));
         // Account changes made anywhere reach every server's Redis copy.
         let access = supervisor.spawn("access-listener", crate::access::listen(self.state.clone()));
+        let ineligible = supervisor.spawn(
+            "ineligible-sweeper",
+            crate::access::sweep_ineligible(self.state.clone(), self.stop.subscribe()),
+        );
         // Pauses registration after a possible Redis restart until Redis is
         // checked against PostgreSQL (src/sync/revalidate.rs).
         let revalidator = supervisor.spawn(
@@ -293,6 +297,7 @@ impl Application {
             );
         }
         let _ = sweeper.await;
+        let _ = ineligible.await;
         let _ = release_leases.send(true);
         let _ = leases.await;
         self.state.db.close();

@@ -125,6 +125,28 @@ pub async fn access(
         .map_or_else(AccessRecord::gone, |s| s.access))
 }
 
+/// Students PostgreSQL has on a waitlist although they may not register now
+/// (a hold, or a status other than active), at most `limit` of them.
+pub async fn waitlisted_ineligible(
+    db: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(
+            "select distinct w.student_id from waitlist w join students s on s.id = w.student_id \
+              where s.enrollment_status <> 'active' \
+                 or exists (select 1 from student_holds h where h.student_id = w.student_id) \
+              limit $1",
+        )
+        .await?;
+    Ok(db
+        .query(&stmt, &[&limit])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
 /// The access records of `ids` (a gone one for each id without an account).
 pub async fn access_many(
     db: &impl GenericClient,

@@ -315,6 +315,7 @@ mod tests {
             sweep_interval_ms: 1,
             sweep_min_age_ms: 1,
             reconcile_interval_secs: 0,
+            ineligible_sweep_ms: 0,
             drain_timeout_ms: 1,
             partitions: 1,
             lease_interval_ms: 1,

@@ -905,3 +905,60 @@ async fn waiting_for_a_busy_section_keeps_what_the_student_holds() {
     let twice = register_one(&app, &token, other).await;
     assert_eq!(reason(&twice), "already_in_course", "{twice}");
 }
+
+/// Should the immediate withdrawal miss a student who became ineligible
+/// (here their new record reaches Redis before any server hears of the
+/// change, as after a crash between storing it and withdrawing), the check
+/// of PostgreSQL's waitlists takes them off within
+/// `sync.ineligible_sweep_ms`, and the seat goes to the next in line.
+#[tokio::test]
+async fn an_ineligible_student_the_immediate_withdrawal_missed_leaves_the_waitlist_soon() {
+    let app = spawn_app_with(|s| s.sync.ineligible_sweep_ms = 200).await;
+    app.wait_ready().await;
+    let seeded = app.seed_sections(3, 1, 1, 5).await;
+    let section = seeded.report.section_ids[0];
+    let (t1, _) = app.student(1).await;
+    let (t2, s2) = app.student(2).await;
+    let (t3, s3) = app.student(3).await;
+    assert_eq!(register_one(&app, &t1, section).await["status"], "enrolled");
+    assert_eq!(
+        register_one(&app, &t2, section).await["waitlist_position"],
+        1
+    );
+    assert_eq!(
+        register_one(&app, &t3, section).await["waitlist_position"],
+        2
+    );
+    app.wait_persisted(&[section]).await;
+
+    let mut db = app.db.get().await.unwrap();
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        "insert into student_holds (student_id, code) values ($1, 'financial')",
+        &[&s2],
+    )
+    .await
+    .unwrap();
+    let record = registrar::store::students::access(&tx, s2).await.unwrap();
+    assert_eq!(record.hold.as_deref(), Some("financial"));
+    let stored = app
+        .state
+        .redis
+        .access_set(&[(s2, record)], None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(stored.lost_eligibility, vec![s2], "and nobody acts on it");
+    tx.commit().await.unwrap();
+
+    let left = crate::helpers::eventually(Duration::from_secs(10), || async {
+        app.state.redis.standings(s2, &[section]).await.unwrap()[0]
+            .waitlist_position
+            .is_none()
+    })
+    .await;
+    assert!(left, "the check took the student off the waitlist");
+    let dropped: Value = ok_json(app.drop_from(&t1, section).await).await;
+    assert_eq!(dropped["promoted_student_id"], s3.to_string());
+    app.wait_persisted(&[section]).await;
+    app.assert_converged(section).await;
+}
