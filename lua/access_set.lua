@@ -15,7 +15,8 @@
 -- places, field sc = 1 says so instead (the claim starts the schedule).
 --
 -- KEYS[1] the student's access record; KEYS[2] their completed courses (set);
--- KEYS[3] their schedule
+-- KEYS[3] their schedule; KEYS[4] their index of sections (the sections
+-- they registered in through the service)
 -- ARGV[1] version; ARGV[2] token epoch; ARGV[3] '1' if the account is gone,
 -- '2' if it may not register (enrollment_status not active), else '0';
 -- ARGV[4] a registration-blocking hold or ''; ARGV[5] lifetime in ms, 0 for
@@ -65,7 +66,23 @@ if ARGV[5] ~= '0' then
     redis.call('PEXPIRE', KEYS[2], ARGV[5])
   end
 end
-if ARGV[last + 1] == '1' and KEYS[3] and redis.call('HEXISTS', KEYS[3], '#') == 0 then
+local start = ARGV[last + 1] == '1' and KEYS[3] and redis.call('HEXISTS', KEYS[3], '#') == 0
+if start and KEYS[4] then
+  -- A section in the index that PostgreSQL's places lack (taken with the
+  -- rules off and not yet persisted, say): the places are not the whole
+  -- truth, so the first claim rebuilds the schedule from both instead.
+  local places = {}
+  for i = last + 2, #ARGV, 2 do
+    places[ARGV[i]] = true
+  end
+  for _, section in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    if not places[section] then
+      start = false
+      break
+    end
+  end
+end
+if start then
   if #ARGV == last + 1 then
     -- No places: field sc tells the claim to start an empty schedule
     -- itself, which costs the many students who never register nothing.

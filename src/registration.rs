@@ -155,7 +155,9 @@ impl Registrar {
                     .filter(|(_, o)| took_place(o))
                     .map(|(s, _)| *s)
                     .collect();
-                self.index(student, &touched).await;
+                if !touched.is_empty() {
+                    self.unruled(student, &touched).await;
+                }
                 Ok(outcomes)
             }
         }
@@ -596,10 +598,12 @@ impl Registrar {
         Ok(outcomes)
     }
 
-    /// Remembers the sections `student` now holds a place in, for their
-    /// views. Only an index: a failure leaves the registration standing.
-    async fn index(&self, student: Uuid, sections: &[Uuid]) {
-        if let Err(e) = self.redis.remember_sections(student, sections).await {
+    /// With the rules off: remembers the sections `student` now holds a
+    /// place in, for their views, and drops their schedule, which no longer
+    /// says what they hold (`Redis::remember_unruled`). A failure leaves
+    /// the registration standing.
+    async fn unruled(&self, student: Uuid, sections: &[Uuid]) {
+        if let Err(e) = self.redis.remember_unruled(student, sections).await {
             tracing::warn!(error = %e, %student, "failed to index the student's sections");
         }
     }
@@ -646,11 +650,14 @@ impl Registrar {
             outcome = self.redis.drop_student(section, student, now_ms).await?;
         }
         let outcome = self.persist(outcome);
+        let left = matches!(outcome, Drop::Dropped { .. } | Drop::LeftWaitlist { .. });
         if self.rules.is_some() && outcome != Drop::NotLoaded {
             // The student holds no place here now: their credits and their
             // time are free (a failure leaves the entry to be judged later).
             self.settle(student, &[(section, "", Verdict::Dropped)])
                 .await;
+        } else if self.rules.is_none() && left {
+            self.unruled(student, &[]).await;
         }
         Ok(Some(outcome))
     }
@@ -690,6 +697,8 @@ impl Registrar {
         if self.rules.is_some() && !left.is_empty() {
             let dropped: Vec<_> = left.iter().map(|s| (*s, "", Verdict::Dropped)).collect();
             self.settle(student, &dropped).await;
+        } else if !left.is_empty() {
+            self.unruled(student, &[]).await;
         }
         if !left.is_empty() {
             tracing::info!(%student, sections = left.len(), "a student who may no longer register left their waitlists");

@@ -83,6 +83,7 @@ impl Redis {
                 call.key(keys::student_access(self.namespace(), *student))
                     .key(keys::student_completed(self.namespace(), *student))
                     .key(keys::student_schedule(self.namespace(), *student))
+                    .key(keys::student_sections(self.namespace(), *student))
                     .arg(record.version)
                     .arg(record.epoch)
                     .arg(match (record.gone, record.may_register) {

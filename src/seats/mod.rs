@@ -302,19 +302,30 @@ impl Redis {
             .collect())
     }
 
-    /// Remembers that `student` registered in `sections` (for their views).
-    pub async fn remember_sections(&self, student: Uuid, sections: &[Uuid]) -> RedisResult<()> {
-        if sections.is_empty() {
-            return Ok(());
+    /// With the registrar's rules off, a registration or a drop changes
+    /// what the student holds without their schedule (`lua/claim.lua`)
+    /// hearing of it. This remembers `sections` (if any) in the student's
+    /// index and drops the schedule, and the access record's `sc` (which
+    /// would start an empty one), in one round trip in the student's slot:
+    /// with the rules on again, the first claim rebuilds the schedule from
+    /// the sections, so nothing held in between escapes a limit.
+    pub async fn remember_unruled(&self, student: Uuid, sections: &[Uuid]) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        if !sections.is_empty() {
+            pipe.cmd("SADD")
+                .arg(keys::student_sections(self.namespace(), student))
+                .arg(sections.iter().map(Uuid::to_string).collect::<Vec<_>>())
+                .ignore();
         }
-        let key = keys::student_sections(self.namespace(), student);
-        let mut cmd = redis::cmd("SADD");
-        cmd.arg(key);
-        for s in sections {
-            cmd.arg(s.to_string());
-        }
+        pipe.cmd("DEL")
+            .arg(keys::student_schedule(self.namespace(), student))
+            .ignore();
+        pipe.cmd("HDEL")
+            .arg(keys::student_access(self.namespace(), student))
+            .arg("sc")
+            .ignore();
         let mut conn = self.conn();
-        cmd.query_async::<()>(&mut conn).await
+        pipe.query_async::<()>(&mut conn).await
     }
 
     /// Sections `student` registered in through this service.

@@ -962,3 +962,115 @@ async fn an_ineligible_student_the_immediate_withdrawal_missed_leaves_the_waitli
     app.wait_persisted(&[section]).await;
     app.assert_converged(section).await;
 }
+
+/// Registrations made while the rules were off count once they are on
+/// again: the rules-off path drops the student's schedule, and the first
+/// claim afterwards rebuilds it from the sections.
+#[tokio::test]
+async fn what_a_student_took_with_the_rules_off_counts_when_they_are_on_again() {
+    let mut app = spawn_app().await;
+    let seeded = app.seed_sections(2, 4, 10, 5).await;
+    set_semester_rules(&app, &seeded, json!({"credit_limit": 6})).await;
+    let s = seeded.report.section_ids.clone();
+    let (token, me) = app.student(1).await;
+    // Rules on: the student's schedule starts with s0 (3 credits).
+    assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
+    assert_eq!(app.state.redis.schedule(me).await.unwrap().len(), 1);
+
+    // Rules off: s1 and s2 as well, 9 credits in all.
+    app.settings.rules.enabled = false;
+    app.restart().await;
+    app.wait_ready().await;
+    assert_eq!(register_one(&app, &token, s[1]).await["status"], "enrolled");
+    assert_eq!(register_one(&app, &token, s[2]).await["status"], "enrolled");
+
+    // Rules on again: what the student holds is over the limit already.
+    app.settings.rules.enabled = true;
+    app.restart().await;
+    app.wait_ready().await;
+    let over = register_one(&app, &token, s[3]).await;
+    assert_eq!(reason(&over), "credit_limit", "{over}");
+    assert_eq!(over["credits_held"], 9, "{over}");
+    let mut held: Vec<Uuid> = app
+        .state
+        .redis
+        .schedule(me)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    held.sort();
+    let mut expected = s[..3].to_vec();
+    expected.sort();
+    assert_eq!(held, expected);
+}
+
+/// A student's schedule is started from PostgreSQL's places only when they
+/// are the whole truth: a section in the student's index that the places
+/// lack (taken with the rules off and not yet persisted) leaves the start
+/// to the first claim, which rebuilds from both.
+#[tokio::test]
+async fn a_schedule_is_not_started_from_places_that_miss_a_section_of_the_index() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(1, 2, 10, 5).await;
+    let s = &seeded.report.section_ids;
+    let me = app.student_ids().await[0];
+    let db = app.db.get().await.unwrap();
+    let mut record = registrar::store::students::access(&db, me).await.unwrap();
+    assert!(record.places.is_empty());
+    app.state.redis.remember_unruled(me, &[s[1]]).await.unwrap();
+    record.version += 1;
+    app.state
+        .redis
+        .access_set(&[(me, record.clone())], Some(&[vec![]]), Duration::ZERO)
+        .await
+        .unwrap();
+    let (course, _) = course_of(&app, s[0]).await;
+    let facts = SectionFacts {
+        semester_id: seeded.report.semester_id,
+        course_id: course,
+        credits: 3,
+        repeatable: false,
+        meetings: String::new(),
+        prerequisites: String::new(),
+        corequisites: String::new(),
+    };
+    let args = ClaimArgs {
+        semester: seeded.report.semester_id,
+        group_windows: "",
+        credit_limit: None,
+        ttl: Duration::from_secs(10),
+        grace: Duration::from_secs(5),
+        verify: true,
+    };
+    let claim = app
+        .state
+        .redis
+        .claim_rules(me, &args, &[(s[0], &facts)])
+        .await
+        .unwrap();
+    assert_eq!(claim, Claim::NoSchedule, "nothing was started");
+
+    // Without the stray section, the same record starts the schedule (here
+    // empty: field sc), and the claim goes ahead.
+    let index = registrar::seats::keys::student_sections(app.redis.namespace(), me);
+    let _: () = redis::cmd("DEL")
+        .arg(&index)
+        .query_async(&mut app.redis.conn())
+        .await
+        .unwrap();
+    record.version += 1;
+    app.state
+        .redis
+        .access_set(&[(me, record)], Some(&[vec![]]), Duration::ZERO)
+        .await
+        .unwrap();
+    let claim = app
+        .state
+        .redis
+        .claim_rules(me, &args, &[(s[0], &facts)])
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::Decided { .. }), "{claim:?}");
+}
