@@ -77,6 +77,37 @@ async fn set_semester_rules(app: &TestApp, seeded: &Seeded, rules: Value) -> Val
     ok_json(put(app, &path, &seeded.admin_token, &rules).await).await
 }
 
+/// A section's facts as the claim is given them: 3 credits, no meetings,
+/// no requisites.
+fn plain_facts(seeded: &Seeded, course: Uuid) -> SectionFacts {
+    SectionFacts {
+        semester_id: seeded.report.semester_id,
+        course_id: course,
+        credits: 3,
+        repeatable: false,
+        meetings: String::new(),
+        prerequisites: String::new(),
+        corequisites: String::new(),
+    }
+}
+
+/// A claim's arguments for the seeded semester (no priority groups).
+fn claim_args(
+    seeded: &Seeded,
+    credit_limit: Option<i32>,
+    ttl: Duration,
+    grace: Duration,
+) -> ClaimArgs<'static> {
+    ClaimArgs {
+        semester: seeded.report.semester_id,
+        group_windows: "",
+        credit_limit,
+        ttl,
+        grace,
+        verify: true,
+    }
+}
+
 #[tokio::test]
 async fn each_rule_refuses_with_its_reason_and_holds_or_frees_what_it_should() {
     let app = spawn_app().await;
@@ -371,26 +402,16 @@ async fn a_claim_left_by_a_crash_is_judged_from_its_section_after_its_deadline()
     // seat was taken (s0), one that never reached its section (s1).
     assert_eq!(register_one(&app, &token, s[3]).await["status"], "enrolled");
     assert_eq!(app.drop_from(&token, s[3]).await.status(), StatusCode::OK);
-    let facts = |course| SectionFacts {
-        semester_id: seeded.report.semester_id,
-        course_id: course,
-        credits: 3,
-        repeatable: false,
-        meetings: String::new(),
-        prerequisites: String::new(),
-        corequisites: String::new(),
-    };
+    let facts = |course| plain_facts(&seeded, course);
     let (c0, _) = course_of(&app, s[0]).await;
     let (c1, _) = course_of(&app, s[1]).await;
     let (f0, f1) = (facts(c0), facts(c1));
-    let args = ClaimArgs {
-        semester: seeded.report.semester_id,
-        group_windows: "",
-        credit_limit: Some(6),
-        ttl: Duration::from_millis(300),
-        grace: Duration::from_millis(200),
-        verify: true,
-    };
+    let args = claim_args(
+        &seeded,
+        Some(6),
+        Duration::from_millis(300),
+        Duration::from_millis(200),
+    );
     let claim = app
         .state
         .redis
@@ -579,23 +600,13 @@ async fn a_retry_after_a_crash_judges_the_dead_claim_at_once() {
     // The first registration starts the student's schedule.
     assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
     let (course, _) = course_of(&app, s[1]).await;
-    let facts = SectionFacts {
-        semester_id: seeded.report.semester_id,
-        course_id: course,
-        credits: 3,
-        repeatable: false,
-        meetings: String::new(),
-        prerequisites: String::new(),
-        corequisites: String::new(),
-    };
-    let args = ClaimArgs {
-        semester: seeded.report.semester_id,
-        group_windows: "",
-        credit_limit: None,
-        ttl: Duration::from_secs(60),
-        grace: Duration::from_secs(5),
-        verify: true,
-    };
+    let facts = plain_facts(&seeded, course);
+    let args = claim_args(
+        &seeded,
+        None,
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+    );
     let Claim::Decided {
         deadline, stamp, ..
     } = app
@@ -1027,23 +1038,13 @@ async fn a_schedule_is_not_started_from_places_that_miss_a_section_of_the_index(
         .await
         .unwrap();
     let (course, _) = course_of(&app, s[0]).await;
-    let facts = SectionFacts {
-        semester_id: seeded.report.semester_id,
-        course_id: course,
-        credits: 3,
-        repeatable: false,
-        meetings: String::new(),
-        prerequisites: String::new(),
-        corequisites: String::new(),
-    };
-    let args = ClaimArgs {
-        semester: seeded.report.semester_id,
-        group_windows: "",
-        credit_limit: None,
-        ttl: Duration::from_secs(10),
-        grace: Duration::from_secs(5),
-        verify: true,
-    };
+    let facts = plain_facts(&seeded, course);
+    let args = claim_args(
+        &seeded,
+        None,
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+    );
     let claim = app
         .state
         .redis
