@@ -91,6 +91,21 @@ fn plain_facts(seeded: &Seeded, course: Uuid) -> SectionFacts {
     }
 }
 
+/// The student's schedule in Redis holds exactly `sections`, each as held
+/// (enrolled or waitlisted), no claim left over.
+async fn assert_schedule(app: &TestApp, student: Uuid, mut sections: Vec<Uuid>) {
+    let schedule = app.state.redis.schedule(student).await.unwrap();
+    let mut held: Vec<Uuid> = schedule
+        .iter()
+        .filter(|(_, e)| e.starts_with('h'))
+        .map(|(s, _)| *s)
+        .collect();
+    held.sort();
+    sections.sort();
+    assert_eq!(held, sections, "held entries; the schedule: {schedule:?}");
+    assert_eq!(schedule.len(), held.len(), "no claim left: {schedule:?}");
+}
+
 /// A claim's arguments for the seeded semester (no priority groups).
 fn claim_args(
     seeded: &Seeded,
@@ -243,16 +258,7 @@ async fn each_rule_refuses_with_its_reason_and_holds_or_frees_what_it_should() {
     assert_eq!(register_one(&app, &token, s[0]).await["status"], "enrolled");
 
     // Everything the student holds is exactly what the sections say.
-    let schedule = app.state.redis.schedule(me).await.unwrap();
-    let mut held: Vec<Uuid> = schedule
-        .iter()
-        .filter(|(_, e)| e.starts_with('h'))
-        .map(|(s, _)| *s)
-        .collect();
-    held.sort();
-    let mut expected = vec![s[0], s[2], s[3], s[4], other];
-    expected.sort();
-    assert_eq!(held, expected);
+    assert_schedule(&app, me, vec![s[0], s[2], s[3], s[4], other]).await;
 }
 
 #[tokio::test]
@@ -470,12 +476,7 @@ async fn a_claim_left_by_a_crash_is_judged_from_its_section_after_its_deadline()
     // The next request judges both: s0 is held (the seat was taken), s1 is
     // released, so s2 fits under the limit.
     assert_eq!(register_one(&app, &token, s[2]).await["status"], "enrolled");
-    let schedule = app.state.redis.schedule(me).await.unwrap();
-    let mut held: Vec<Uuid> = schedule.iter().map(|(s, _)| *s).collect();
-    held.sort();
-    let mut expected = vec![s[0], s[2]];
-    expected.sort();
-    assert_eq!(held, expected, "{schedule:?}");
+    assert_schedule(&app, me, vec![s[0], s[2]]).await;
     assert_eq!(
         reason(&register_one(&app, &token, s[1]).await),
         "credit_limit"
@@ -902,17 +903,7 @@ async fn waiting_for_a_busy_section_keeps_what_the_student_holds() {
     assert_eq!(reason(&all["results"][0]), "already_in_course", "{all}");
     assert_eq!(all["results"][1]["status"], "enrolled", "{all}");
     assert_eq!(all["results"][2]["status"], "already_enrolled", "{all}");
-    let mut schedule = app.state.redis.schedule(me).await.unwrap();
-    schedule.sort();
-    let mut held: Vec<Uuid> = schedule
-        .iter()
-        .filter(|(_, e)| e.starts_with('h'))
-        .map(|(s, _)| *s)
-        .collect();
-    let mut expected = vec![s[0], s[1]];
-    held.sort();
-    expected.sort();
-    assert_eq!(held, expected, "{schedule:?}");
+    assert_schedule(&app, me, vec![s[0], s[1]]).await;
     let twice = register_one(&app, &token, other).await;
     assert_eq!(reason(&twice), "already_in_course", "{twice}");
 }
@@ -1002,19 +993,7 @@ async fn what_a_student_took_with_the_rules_off_counts_when_they_are_on_again() 
     let over = register_one(&app, &token, s[3]).await;
     assert_eq!(reason(&over), "credit_limit", "{over}");
     assert_eq!(over["credits_held"], 9, "{over}");
-    let mut held: Vec<Uuid> = app
-        .state
-        .redis
-        .schedule(me)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
-    held.sort();
-    let mut expected = s[..3].to_vec();
-    expected.sort();
-    assert_eq!(held, expected);
+    assert_schedule(&app, me, s[..3].to_vec()).await;
 }
 
 /// A student's schedule is started from PostgreSQL's places only when they
