@@ -105,6 +105,9 @@ struct LoginResponse {
     access_token: String,
     token_type: &'static str,
     expires_in: u64,
+    /// Whose token it is: the id the student's own paths take (or `me`).
+    student_id: uuid::Uuid,
+    role: &'static str,
 }
 
 /// Longest accepted password; Argon2 hashes any length, but nobody needs more
@@ -161,6 +164,8 @@ pub async fn login(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
                     access_token: state.tokens.mint_at(id, role, active, access.epoch),
                     token_type: "Bearer",
                     expires_in: state.tokens.ttl().as_secs(),
+                    student_id: id,
+                    role: role.as_str(),
                 },
             )?;
             // A bearer token must not be kept by any cache (RFC 6749 §5.1).

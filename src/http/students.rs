@@ -16,6 +16,14 @@ use crate::{
     store::students::{self, SectionLabel},
 };
 
+/// The student a `/students/{id}/...` path names: `me` is the caller.
+pub fn student_of(state: &AppState, req: &Parts, segment: &str) -> Result<Uuid, ApiError> {
+    if segment == "me" {
+        return Ok(authenticate(state, req)?.student_id);
+    }
+    super::path_id(segment)
+}
+
 #[derive(Serialize)]
 struct List<T> {
     items: Vec<T>,
@@ -54,6 +62,109 @@ struct WaitlistView {
     /// Live position, 1-based.
     position: i64,
     persistence: &'static str,
+}
+
+/// `GET /api/v1/me`: the caller's own account, their holds and, per
+/// semester they hold places in, their enrolled and waitlisted credits
+/// beside their credit limit (live from Redis when it answers, else as
+/// persisted: `live` says which).
+#[derive(Serialize)]
+struct Me {
+    student_id: Uuid,
+    student_number: String,
+    name: String,
+    email: String,
+    enrollment_status: String,
+    role: String,
+    holds: Vec<String>,
+    /// Active and without a hold: registration is open to them (within
+    /// their priority group's time).
+    may_register: bool,
+    credits: Vec<SemesterCredits>,
+    live: bool,
+}
+
+#[derive(Serialize)]
+struct SemesterCredits {
+    semester_id: Uuid,
+    enrolled: i64,
+    waitlisted: i64,
+    /// Their own limit, else the semester's; null for none.
+    credit_limit: Option<i32>,
+}
+
+pub async fn me(state: &AppState, req: &Parts) -> ApiResult {
+    let id = authenticate(state, req)?.student_id;
+    let db = state.read_db.get().await?;
+    let account = students::account(&db, id)
+        .await?
+        .ok_or(ApiError::StudentNotFound)?;
+    let registered = students::registrations(&db, id).await?;
+    let waiting = students::waitlist(&db, id).await?;
+    let persisted = registered
+        .iter()
+        .map(|r| r.section_id)
+        .chain(waiting.iter().map(|w| w.section_id));
+    let (sections, live) = standings(state, id, persisted).await;
+    // Per section: enrolled (true) or waitlisted (false), if either.
+    let places: Vec<(Uuid, bool)> = match &live {
+        Some(live) => sections
+            .iter()
+            .zip(live)
+            .filter_map(|(s, st)| {
+                st.enrolled
+                    .then_some((*s, true))
+                    .or(st.waitlist_position.map(|_| (*s, false)))
+            })
+            .collect(),
+        None => registered
+            .iter()
+            .filter(|r| r.status == "enrolled")
+            .map(|r| (r.section_id, true))
+            .chain(waiting.iter().map(|w| (w.section_id, false)))
+            .collect(),
+    };
+    let ids: Vec<Uuid> = places.iter().map(|(s, _)| *s).collect();
+    let credits = students::section_credits(&db, &ids).await?;
+    let mut by_semester: std::collections::BTreeMap<Uuid, (i64, i64)> = Default::default();
+    for (section, semester, credits) in credits {
+        let enrolled = places.iter().any(|(s, e)| *s == section && *e);
+        let totals = by_semester.entry(semester).or_default();
+        if enrolled {
+            totals.0 += i64::from(credits);
+        } else {
+            totals.1 += i64::from(credits);
+        }
+    }
+    let semesters: Vec<Uuid> = by_semester.keys().copied().collect();
+    let limits: HashMap<Uuid, Option<i32>> = students::credit_limits(&db, id, &semesters)
+        .await?
+        .into_iter()
+        .collect();
+    let may_register = account.enrollment_status == "active" && account.holds.is_empty();
+    json(
+        StatusCode::OK,
+        &Me {
+            student_id: account.id,
+            student_number: account.student_number,
+            name: account.name,
+            email: account.email,
+            enrollment_status: account.enrollment_status,
+            role: account.role,
+            holds: account.holds,
+            may_register,
+            credits: by_semester
+                .into_iter()
+                .map(|(semester_id, (enrolled, waitlisted))| SemesterCredits {
+                    semester_id,
+                    enrolled,
+                    waitlisted,
+                    credit_limit: limits.get(&semester_id).copied().flatten(),
+                })
+                .collect(),
+            live: live.is_some(),
+        },
+    )
 }
 
 /// Sections to look at: those PostgreSQL has for the student plus those the

@@ -437,6 +437,47 @@ pub struct WaitlistEntry {
     pub joined_at: DateTime<Utc>,
 }
 
+/// Each of `sections` with its semester and its course's credits.
+pub async fn section_credits(
+    db: &impl GenericClient,
+    sections: &[Uuid],
+) -> Result<Vec<(Uuid, Uuid, i32)>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(
+            "select s.id, s.semester_id, c.credits from sections s \
+               join courses c on c.id = s.course_id where s.id = any($1)",
+        )
+        .await?;
+    Ok(db
+        .query(&stmt, &[&sections])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect())
+}
+
+/// The student's credit limit in each of `semesters`: their own, else the
+/// semester's (None: no limit).
+pub async fn credit_limits(
+    db: &impl GenericClient,
+    student: Uuid,
+    semesters: &[Uuid],
+) -> Result<Vec<(Uuid, Option<i32>)>, tokio_postgres::Error> {
+    let stmt = db
+        .prepare_cached(
+            "select s.id, coalesce(l.credit_limit, s.credit_limit) from semesters s \
+               left join student_credit_limits l on l.semester_id = s.id and l.student_id = $1 \
+              where s.id = any($2) order by s.id",
+        )
+        .await?;
+    Ok(db
+        .query(&stmt, &[&student, &semesters])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
 pub async fn waitlist(
     db: &impl GenericClient,
     student_id: Uuid,
