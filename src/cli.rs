@@ -18,8 +18,33 @@ use crate::{
     telemetry,
 };
 
+/// The version and the commit it was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("REGISTRAR_GIT_SHA"),
+    ")"
+);
+
+const CONFIGURATION_HELP: &str = "\
+Configuration, later layers winning:
+  1. the defaults built into the binary (config/default.toml of its source);
+  2. <dir>/default.toml and <dir>/<APP_ENV>.toml where they exist, <dir> being
+     APP_CONFIG_DIR (default: ./config) and APP_ENV local (default), test or
+     production;
+  3. environment variables APP__<SECTION>__<KEY>, e.g. APP__HTTP__PORT=8080,
+     APP__DATABASE__URL=postgres://..., APP__REDIS__URL=redis://...,
+     APP__RULES__ENABLED=false.
+`registrar config check` validates the result, `registrar config print` shows
+it (secrets redacted).";
+
 #[derive(Parser)]
-#[command(name = "registrar", version, about = "Course registration engine")]
+#[command(
+    name = "registrar",
+    version = VERSION,
+    about = "Course registration engine",
+    after_help = CONFIGURATION_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -75,6 +100,12 @@ pub enum Command {
         #[command(subcommand)]
         command: SemesterCommand,
     },
+    /// The settings: `config check` validates them, `config print` shows
+    /// the effective values (secrets redacted).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Print a JWT for a student (by number or id) or for the admin.
     Token {
         #[arg(long, conflicts_with_all = ["student_id", "admin"])]
@@ -99,8 +130,61 @@ pub enum SemesterCommand {
     Detach { semester_id: Uuid },
 }
 
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the settings (exit 2 with the setting at fault
+    /// otherwise) and say where they came from.
+    Check,
+    /// Print the effective settings as TOML, secrets redacted.
+    Print,
+}
+
+/// What `registrar config check` says about valid settings.
+pub fn config_summary(settings: &Settings) -> String {
+    let (dir, env) = crate::config::environment();
+    let own = dir.join(format!("{env}.toml"));
+    let layers = [dir.join("default.toml"), own]
+        .into_iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>();
+    format!(
+        "configuration is valid: APP_ENV={env}; built-in defaults{}{}\n\
+         listen {}:{}, metrics {}, database {}, redis {}, rules {}",
+        if layers.is_empty() { "" } else { ", then " },
+        layers.join(", "),
+        settings.http.host,
+        settings.http.port,
+        settings
+            .http
+            .metrics_port
+            .map_or("on the API port".to_string(), |p| format!(
+                "{}:{p}",
+                settings.http.metrics_host
+            )),
+        settings.database.url.redacted(),
+        settings.redis.url.redacted(),
+        if settings.rules.enabled { "on" } else { "off" },
+    )
+}
+
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            println!("{}", config_summary(&settings));
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Print,
+        } => {
+            print!(
+                "{}",
+                toml::to_string(&settings).context("settings could not be written as TOML")?
+            );
+            Ok(())
+        }
         Command::Serve => {
             telemetry::init(&settings.log, std::io::stdout);
             let app = Application::build(settings).await?;

@@ -14,13 +14,13 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Smallest accepted HS256 secret: RFC 7518 §3.2 requires a key at least as
 /// long as the hash output (256 bits).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub http: HttpSettings,
@@ -35,7 +35,7 @@ pub struct Settings {
 }
 
 /// The registration rules (issue 14, SPEC §14; `src/rules.rs`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesSettings {
     /// Off: a registration checks the seat, the window and the holds only
@@ -54,7 +54,7 @@ pub struct RulesSettings {
     pub copy_ttl_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub host: String,
@@ -91,7 +91,7 @@ pub struct HttpSettings {
     pub metrics_host: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
     /// Accounts per `POST /admin/students` call (each password is hashed).
@@ -108,7 +108,7 @@ pub struct ApiSettings {
     pub live_counts_cache_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncSettings {
     /// Persistence shards (queue + task each).
@@ -148,8 +148,8 @@ pub struct SyncSettings {
 /// would switch PostgreSQL's timeout off. A configured 0 is refused when
 /// the settings load; in code, [`Millis::new`] refuses it at compile time
 /// in a constant and panics otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "u64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct Millis(NonZeroU64);
 
 impl Millis {
@@ -179,13 +179,19 @@ impl TryFrom<u64> for Millis {
     }
 }
 
+impl From<Millis> for u64 {
+    fn from(ms: Millis) -> Self {
+        ms.get()
+    }
+}
+
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: Secret,
@@ -240,7 +246,7 @@ impl RedisTarget {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     pub url: Secret,
@@ -255,7 +261,7 @@ pub struct RedisSettings {
     pub wait_timeout_ms: Millis,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub jwt_secret: Secret,
@@ -267,7 +273,7 @@ pub struct AuthSettings {
 /// Token buckets kept in Redis (so every instance shares them) and the
 /// failed-login back-off. Rates are requests per second; a burst is how many
 /// may come at once after a quiet period.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
@@ -300,14 +306,14 @@ pub struct RateLimitSettings {
     pub client_ip_header: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
@@ -333,6 +339,33 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
+    }
+}
+
+impl Secret {
+    /// What may be shown of the secret (`registrar config print`): a URL
+    /// with its password masked (the rest says where it points), anything
+    /// else not at all.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return "[redacted]".into();
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        match authority
+            .rsplit_once('@')
+            .and_then(|(userinfo, hosts)| Some((userinfo.split_once(':')?.0, hosts)))
+        {
+            Some((user, hosts)) => format!("{scheme}://{user}:[redacted]@{hosts}{path}"),
+            None => self.0.clone(),
+        }
+    }
+}
+
+/// Serialized redacted: only `registrar config print` serializes settings.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
     }
 }
 
@@ -363,20 +396,59 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The defaults (`config/default.toml`), compiled in: the binary runs from
+/// any directory, with or without a `config/` beside it.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The environments this repository has settings for.
+pub const KNOWN_ENVS: [&str; 3] = ["local", "test", "production"];
+
+/// Where the settings come from: the directory (`APP_CONFIG_DIR`, default
+/// `config`) and the environment (`APP_ENV`, default `local`).
+pub fn environment() -> (PathBuf, String) {
+    let dir = std::env::var_os("APP_CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("config"));
+    let env = std::env::var("APP_ENV").unwrap_or_else(|_| "local".into());
+    (dir, env)
+}
+
+/// What an operator should know about where the settings come from, before
+/// anything runs: an `APP_ENV` with no settings of its own (a typo, most
+/// likely), a missing `APP_CONFIG_DIR`.
+pub fn notes(dir: &Path, env: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    let own = dir.join(format!("{env}.toml"));
+    if !KNOWN_ENVS.contains(&env) && !own.exists() {
+        notes.push(format!(
+            "APP_ENV={env} is not one of {} and {} does not exist: only the built-in defaults and APP__ variables apply",
+            KNOWN_ENVS.join(", "),
+            own.display()
+        ));
+    }
+    if std::env::var_os("APP_CONFIG_DIR").is_some() && !dir.is_dir() {
+        notes.push(format!(
+            "APP_CONFIG_DIR={} is not a directory: only the built-in defaults and APP__ variables apply",
+            dir.display()
+        ));
+    }
+    notes
+}
+
 impl Settings {
     /// Reads the layered configuration for `APP_ENV` (default `local`) and validates it.
     pub fn load() -> Result<Self, ConfigError> {
-        let dir = std::env::var_os("APP_CONFIG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("config"));
-        let env = std::env::var("APP_ENV").unwrap_or_else(|_| "local".into());
+        let (dir, env) = environment();
         Self::load_from(&dir, &env)
     }
 
-    /// Reads `dir/default.toml`, `dir/<env>.toml` and the `APP__` variables, and validates.
+    /// Reads the built-in defaults, then `dir/default.toml` and
+    /// `dir/<env>.toml` where they exist, then the `APP__` variables, and
+    /// validates.
     pub fn load_from(dir: &Path, env: &str) -> Result<Self, ConfigError> {
         let settings: Settings = config::Config::builder()
-            .add_source(config::File::from(dir.join("default.toml")).required(true))
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from(dir.join("default.toml")).required(false))
             .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))
             .add_source(
                 config::Environment::with_prefix("APP")
@@ -701,6 +773,76 @@ mod tests {
         assert!(http.metrics_port.is_some_and(|p| p != 0 && p != http.port));
         assert_eq!(http.metrics_host, "127.0.0.1");
         assert_eq!(valid().http.metrics_port, None, "local keeps one port");
+    }
+
+    #[test]
+    fn the_built_in_defaults_suffice_without_a_config_directory() {
+        let nowhere = std::env::temp_dir().join(format!("registrar-none-{}", uuid::Uuid::new_v4()));
+        let loaded = Settings::load_from(&nowhere, "local").expect("the defaults alone are valid");
+        assert_eq!(loaded.http.port, valid().http.port);
+        assert_eq!(loaded.database.url.expose(), valid().database.url.expose());
+    }
+
+    #[test]
+    fn an_app_env_without_settings_of_its_own_is_pointed_out() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for env in KNOWN_ENVS {
+            assert!(notes(&dir, env).is_empty(), "{env}");
+        }
+        let said = notes(&dir, "prod");
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("APP_ENV=prod") && said[0].contains("prod.toml"),
+            "{said:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_show_where_they_point_and_nothing_else() {
+        let shown = |v: &str| Secret::new(v).redacted();
+        assert_eq!(
+            shown("postgres://app:s3cret@db:5432/registrar"),
+            "postgres://app:[redacted]@db:5432/registrar"
+        );
+        assert_eq!(
+            shown("redis://:pw@cache:6379/0"),
+            "redis://:[redacted]@cache:6379/0"
+        );
+        assert_eq!(
+            shown("postgres://postgres@127.0.0.1/registrar"),
+            "postgres://postgres@127.0.0.1/registrar",
+            "no password, nothing to hide"
+        );
+        assert_eq!(
+            shown("redis+cluster://a:7000,b:7001"),
+            "redis+cluster://a:7000,b:7001"
+        );
+        assert_eq!(shown("0123456789abcdef0123456789abcdef"), "[redacted]");
+    }
+
+    #[test]
+    fn printed_settings_read_back_and_carry_no_secret() {
+        let mut s = valid();
+        s.database.url = Secret::new("postgres://app:db-password-1@db/registrar");
+        s.auth.jwt_secret = Secret::new("signing-key-that-must-not-show-0123456789");
+        let printed = toml::to_string(&s).unwrap();
+        assert!(!printed.contains("db-password-1"), "{printed}");
+        assert!(!printed.contains("signing-key-that"), "{printed}");
+        assert!(
+            printed.contains("postgres://app:[redacted]@db/registrar"),
+            "{printed}"
+        );
+        // The same settings, read back (secrets aside).
+        let dir = tempdir_with(&[("default.toml", &printed)]);
+        let back = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")))
+            .build()
+            .unwrap()
+            .try_deserialize::<Settings>();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let back = back.expect("the printed settings are settings");
+        assert_eq!(back.sync.ineligible_sweep_ms, s.sync.ineligible_sweep_ms);
+        assert_eq!(back.http.request_timeout_ms, s.http.request_timeout_ms);
     }
 
     #[test]

@@ -17,6 +17,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let (dir, env) = registrar::config::environment();
+    for note in registrar::config::notes(&dir, &env) {
+        eprintln!("warning: {note}");
+    }
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {

@@ -31,3 +31,51 @@ fn a_production_server_refuses_the_signing_key_shipped_in_the_repository() {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("auth.jwt_secret"), "{stderr}");
 }
+
+/// `registrar config check` from a directory without `config/`: the
+/// defaults are built in; `--version` names the commit.
+#[test]
+fn the_binary_runs_from_anywhere_and_says_what_it_is() {
+    let elsewhere = std::env::temp_dir();
+    let output = Command::new(env!("CARGO_BIN_EXE_registrar"))
+        .args(["config", "check"])
+        .current_dir(&elsewhere)
+        .env_remove("APP_CONFIG_DIR")
+        .env_remove("APP_ENV")
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with("configuration is valid: APP_ENV=local"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("postgres:postgres@"),
+        "the password is redacted: {stdout}"
+    );
+
+    let typo = Command::new(env!("CARGO_BIN_EXE_registrar"))
+        .args(["config", "check"])
+        .current_dir(&elsewhere)
+        .env_remove("APP_CONFIG_DIR")
+        .env("APP_ENV", "locl")
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(stderr.contains("warning: APP_ENV=locl"), "{stderr}");
+
+    let version = Command::new(env!("CARGO_BIN_EXE_registrar"))
+        .arg("--version")
+        .output()
+        .expect("the binary runs");
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.starts_with(&format!("registrar {} (", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+}
