@@ -195,7 +195,7 @@ pub async fn listen(state: Arc<AppState>) {
                 CatchUp::Nothing
             }
             Err((owed, e)) => {
-                tracing::warn!(error = %e, "accounts could not be copied to Redis; retrying");
+                tracing::warn!(error = %format!("{e:#}"), "accounts could not be copied to Redis; retrying");
                 tokio::time::sleep(RELISTEN_AFTER).await;
                 owed
             }

@@ -186,7 +186,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            telemetry::init(&settings.log, std::io::stdout);
+            telemetry::init(
+                &settings.log,
+                std::io::stdout,
+                std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            );
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await
         }

@@ -50,7 +50,8 @@ where
     let elapsed = started.elapsed();
     let error = match outcome {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
+        // With its causes: "db error" alone does not say what is wrong.
+        Ok(Err(e)) => Some(format!("{e:#}")),
         Err(_) => Some(format!("no answer within {} ms", deadline.as_millis())),
     };
     metrics::histogram!(DEPENDENCY_LATENCY, "dependency" => name).record(elapsed.as_secs_f64());

@@ -60,6 +60,11 @@ impl Application {
         let db = store::pool(&settings.database)?;
         let sync_db = store::persistence_pool(&settings.database)?;
         let read_db = store::read_pool(&settings.database, &db)?;
+        if !settings.database.migrate_on_start {
+            if let Err(e) = store::ping(&db).await {
+                tracing::warn!(error = %format!("{e:#}"), database = %settings.database.url.redacted(), "PostgreSQL is not ready for this server");
+            }
+        }
         if settings.database.migrate_on_start {
             match db.get().await {
                 Ok(mut client) => {
@@ -71,7 +76,12 @@ impl Application {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "PostgreSQL unreachable at start; migrations skipped")
+                    tracing::warn!(
+                        error = %crate::store::error_chain(&e),
+                        database = %settings.database.url.redacted(),
+                        "PostgreSQL unreachable at start; migrations skipped (check database.url, \
+                         or start PostgreSQL: `bash scripts/services.sh`)"
+                    )
                 }
             }
         }
@@ -339,7 +349,7 @@ async fn warm_up(state: Arc<AppState>, loader: Arc<warmup::Loader>) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "warm-up failed; retrying");
+                tracing::warn!(error = %format!("{e:#}"), "warm-up failed; retrying");
                 tokio::time::sleep(WARMUP_RETRY).await;
             }
         }

@@ -7,8 +7,10 @@ use crate::config::{LogFormat, LogSettings};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the
 /// configured level. Calling it twice is harmless (the second call is ignored),
-/// which lets every test in one binary ask for logging.
-pub fn init<W>(settings: &LogSettings, sink: W)
+/// which lets every test in one binary ask for logging. The readable format
+/// is coloured only when `colour` (a terminal reads it): a file or a log
+/// collector gets plain text.
+pub fn init<W>(settings: &LogSettings, sink: W, colour: bool)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -17,7 +19,8 @@ where
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(sink);
+        .with_writer(sink)
+        .with_ansi(colour);
     let _ = match settings.format {
         LogFormat::Json => builder
             .json()

@@ -22,8 +22,26 @@ use crate::config::DatabaseSettings;
 
 /// One round trip on a pooled connection of `db` (the health check, which
 /// reports the error as it is).
+/// A round trip that also checks the schema is this binary's: a database
+/// without it (or behind it) answers, but nothing would work, so it counts
+/// as down, with the fix in the error.
 pub async fn ping(db: &Pool) -> anyhow::Result<()> {
-    db.get().await?.simple_query("select 1").await?;
+    let client = db.get().await?;
+    let latest = migrate::MIGRATIONS.last().map_or(0, |m| m.version);
+    let applied: Option<i32> = match client
+        .query_one("select max(version) from schema_migrations", &[])
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            anyhow::bail!("the database has no schema: run `registrar migrate`")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let applied = applied.unwrap_or(0);
+    if applied < latest {
+        anyhow::bail!("the schema is at migration {applied} of {latest}: run `registrar migrate`");
+    }
     Ok(())
 }
 
@@ -171,6 +189,22 @@ pub fn unique_violation(err: &tokio_postgres::Error) -> Option<&str> {
     let db = err.as_db_error()?;
     (db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
         .then(|| db.constraint().unwrap_or(""))
+}
+
+/// An error with its causes, `: `-separated (a pool's "db error" then says
+/// which: `database "x" does not exist`, `password authentication failed`).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The constraint named by a foreign-key violation, if that is what `err` is.

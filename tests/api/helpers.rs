@@ -52,7 +52,11 @@ fn init_logging() {
                     level.into_owned()
                 },
             };
-            registrar::telemetry::init(&settings, std::io::stdout);
+            registrar::telemetry::init(
+                &settings,
+                std::io::stdout,
+                std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            );
         }
     });
 }

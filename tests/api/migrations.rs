@@ -95,3 +95,37 @@ async fn the_database_refuses_more_enrolments_than_seats() {
         Some("sections_no_oversell")
     );
 }
+
+/// A database without this binary's schema answers, but nothing would work:
+/// the PostgreSQL check (what `/health` reports) says so and names the fix,
+/// until `registrar migrate` has run.
+#[tokio::test]
+async fn a_database_behind_the_binary_counts_as_down_with_the_fix_named() {
+    let database = create_database().await;
+    let pool = store::pool(&test_settings(&database.url).database).unwrap();
+    let deadline = std::time::Duration::from_secs(5);
+
+    let empty = registrar::health::postgres(&pool, deadline).await;
+    assert!(!empty.up());
+    let said = empty.error.unwrap_or_default();
+    assert!(
+        said.contains("no schema") && said.contains("registrar migrate"),
+        "{said}"
+    );
+
+    let mut client = pool.get().await.unwrap();
+    let last = migrate::MIGRATIONS.last().unwrap().version;
+    migrate::run_through(&mut client, last - 1).await.unwrap();
+    let behind = registrar::health::postgres(&pool, deadline).await;
+    let said = behind.error.unwrap_or_default();
+    assert!(
+        said.contains(&format!("at migration {} of {last}", last - 1))
+            && said.contains("registrar migrate"),
+        "{said}"
+    );
+
+    migrate::run(&mut client).await.unwrap();
+    assert!(registrar::health::postgres(&pool, deadline).await.up());
+    drop(client);
+    pool.close();
+}
