@@ -20,8 +20,10 @@ fi
 export APP__DATABASE__URL=${APP__DATABASE__URL:-postgres://postgres:postgres@127.0.0.1:5432/registrar}
 export APP__REDIS__URL=${APP__REDIS__URL:-redis://127.0.0.1:6379/0}
 
-cargo build --release --quiet
-bin=target/release/registrar
+# A cold build takes a few minutes: cargo's own progress shows, on stderr.
+echo "[demo] building the release binary (a few minutes the first time)..." >&2
+cargo build --release
+bin=${CARGO_TARGET_DIR:-target}/release/registrar
 "$bin" migrate
 "$bin" seed --students "${DEMO_STUDENTS:-1000}" --with-rules
 

@@ -44,7 +44,7 @@ command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
 bin=${REGISTRAR_BIN:-}
 if [ -z "$bin" ]; then
     cargo build --quiet --bin registrar
-    bin=$PWD/target/debug/registrar
+    bin=$(realpath "${CARGO_TARGET_DIR:-target}")/debug/registrar
 fi
 
 suffix="$(date +%s)_$$"
