@@ -186,9 +186,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
+            // Flushed when the guard drops, after the server stopped.
+            let (writer, _flush) = tracing_appender::non_blocking(std::io::stdout());
             telemetry::init(
                 &settings.log,
-                std::io::stdout,
+                writer,
                 std::io::IsTerminal::is_terminal(&std::io::stdout()),
             );
             let app = Application::build(settings).await?;

@@ -311,6 +311,9 @@ pub struct RateLimitSettings {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    /// One INFO line per request (method, route template, status, latency,
+    /// request id, student, trace id); off: DEBUG.
+    pub requests: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

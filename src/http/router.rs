@@ -328,6 +328,35 @@ fn request_id(parts: &Parts) -> HeaderValue {
         })
 }
 
+/// The trace and parent ids of a W3C `traceparent` header
+/// (`00-<32 hex>-<16 hex>-<2 hex>`), when it is one (all-zero ids are
+/// invalid, and so is version ff).
+fn traceparent(parts: &Parts) -> Option<(&str, &str)> {
+    let value = parts.headers.get("traceparent")?.to_str().ok()?;
+    let mut fields = value.split('-');
+    let (version, trace, parent, flags) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let valid = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || fields.next().is_none())
+        && hex(trace, 32)
+        && !zero(trace)
+        && hex(parent, 16)
+        && !zero(parent)
+        && hex(flags, 2);
+    valid.then_some((trace, parent))
+}
+
 /// The service function: never fails, every error is an HTTP answer. A
 /// route this listener does not serve is answered as no route at all.
 pub async fn handle(
@@ -348,8 +377,15 @@ pub async fn handle(
         "request",
         id = rid.to_str().unwrap_or(""),
         method = %method,
-        route = template
+        route = template,
+        student = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        parent_id = tracing::field::Empty,
     );
+    if let Some((trace, parent)) = traceparent(&parts) {
+        span.record("trace_id", tracing::field::display(trace));
+        span.record("parent_id", tracing::field::display(parent));
+    }
     let in_flight = InFlight::enter();
     let deadline = state.settings.http.request_timeout();
     let body_wait = BodyWait::default();
@@ -369,6 +405,9 @@ pub async fn handle(
     .instrument(span.clone())
     .await;
     drop(in_flight);
+    if let Some(principal) = parts.extensions.get::<crate::auth::Principal>() {
+        span.record("student", tracing::field::display(principal.student_id));
+    }
     let mut response = result.unwrap_or_else(|e| span.in_scope(|| e.into_response()));
     if method == Method::HEAD {
         *response.body_mut() = Body::default();
@@ -382,10 +421,13 @@ pub async fn handle(
     ];
     metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
     metrics::histogram!(HTTP_DURATION, &labels).record(elapsed);
+    let latency_ms = (elapsed * 1e6).round() / 1e3;
     if status.is_server_error() {
-        span.in_scope(|| tracing::warn!(status = status.as_u16(), elapsed, "request failed"));
+        span.in_scope(|| tracing::warn!(status = status.as_u16(), latency_ms, "request failed"));
+    } else if state.settings.log.requests {
+        span.in_scope(|| tracing::info!(status = status.as_u16(), latency_ms, "request"));
     } else {
-        span.in_scope(|| tracing::debug!(status = status.as_u16(), elapsed, "request done"));
+        span.in_scope(|| tracing::debug!(status = status.as_u16(), latency_ms, "request"));
     }
     response.headers_mut().insert("x-request-id", rid);
     Ok(response)
@@ -471,6 +513,39 @@ mod tests {
         future::Future,
         task::{Context, Poll, Waker},
     };
+
+    #[test]
+    fn a_w3c_traceparent_is_read_and_anything_else_ignored() {
+        let parts = |value: &str| {
+            Request::builder()
+                .header("traceparent", value)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let good = parts("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            super::traceparent(&good),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(super::traceparent(&parts(bad)), None, "{bad}");
+        }
+        let later = parts("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future");
+        assert!(
+            super::traceparent(&later).is_some(),
+            "a later version may add fields"
+        );
+    }
 
     use super::*;
 

@@ -51,6 +51,7 @@ fn init_logging() {
                 } else {
                     level.into_owned()
                 },
+                requests: true,
             };
             registrar::telemetry::init(
                 &settings,

@@ -91,3 +91,85 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     assert!(answer.contains("access_token"), "{answer}");
     assert_eq!(status.code(), Some(0), "clean exit after draining");
 }
+
+/// The real binary logs one INFO line per request, as plain text when its
+/// stdout is a file: method, route template, status, latency, request id,
+/// the student once authenticated, and the trace id of a W3C traceparent.
+#[tokio::test]
+async fn every_request_is_one_plain_log_line_with_its_student_and_trace() {
+    let database = create_database().await;
+    let url = database.url.clone();
+    let settings = test_settings(&url);
+    let _keys = Namespace::named(settings.redis.namespace.clone(), &redis_url());
+    let pool = store::pool(&settings.database).unwrap();
+    store::migrate::run(&mut pool.get().await.unwrap())
+        .await
+        .unwrap();
+    seed::seed(
+        &pool,
+        &seed::SeedOptions {
+            students: 1,
+            courses: 1,
+            sections_per_course: 1,
+            seats: 1,
+            waitlist: 0,
+            password: PASSWORD.into(),
+            admin_password: PASSWORD.into(),
+        },
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    let log = std::env::temp_dir().join(format!("registrar-log-{}", uuid::Uuid::new_v4()));
+    let server = Launch::new("test", &url, &redis_url(), &settings.redis.namespace)
+        .env("APP__LOG__LEVEL", "info")
+        .log_to(&log)
+        .spawn();
+    server.wait_ready().await;
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(server.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({"student_number": seed::student_number(1), "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap();
+    let student = login["student_id"].as_str().unwrap();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let answer = http
+        .get(server.url("/api/v1/students/me/registrations"))
+        .bearer_auth(token)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("x-request-id", "log-line-test-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    server.sigterm();
+    assert!(server.wait_exit().await.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes in a file:\n{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("log-line-test-1"))
+        .unwrap_or_else(|| panic!("the request's line:\n{text}"));
+    for part in [
+        " INFO ",
+        "method=GET",
+        "route=\"/api/v1/students/{id}/registrations\"",
+        "status=200",
+        "latency_ms=",
+        &format!("student={student}"),
+        &format!("trace_id={trace}"),
+    ] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+    assert!(!line.contains(token), "no token in the log: {line}");
+}
