@@ -424,7 +424,11 @@ pub async fn handle(
     let latency_ms = (elapsed * 1e6).round() / 1e3;
     if status.is_server_error() {
         span.in_scope(|| tracing::warn!(status = status.as_u16(), latency_ms, "request failed"));
-    } else if state.settings.log.requests {
+    } else if state.settings.log.requests
+        // Probes and scrapes come every few seconds from machines and say
+        // nothing about users: DEBUG, so they cost /live nothing either.
+        && matched.is_none_or(|m| m.route.audience == Audience::Clients)
+    {
         span.in_scope(|| tracing::info!(status = status.as_u16(), latency_ms, "request"));
     } else {
         span.in_scope(|| tracing::debug!(status = status.as_u16(), latency_ms, "request"));
