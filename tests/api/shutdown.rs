@@ -13,13 +13,17 @@ use crate::{
     kit::{child::Launch, free_port, namespace::Namespace},
 };
 
-#[tokio::test]
-async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
+/// A migrated database with one student, one section of one seat, and the
+/// settings and Redis namespace for a server on it (the namespace's keys go
+/// when it is dropped: keep it until the server is gone).
+async fn one_student() -> (
+    crate::kit::database::Database,
+    registrar::config::Settings,
+    Namespace,
+) {
     let database = create_database().await;
-    let url = database.url.clone();
-    let settings = test_settings(&url);
-    // Declared before the server, so dropped after it is killed.
-    let _keys = Namespace::named(settings.redis.namespace.clone(), &redis_url());
+    let settings = test_settings(&database.url);
+    let keys = Namespace::named(settings.redis.namespace.clone(), &redis_url());
     let pool = store::pool(&settings.database).unwrap();
     store::migrate::run(&mut pool.get().await.unwrap())
         .await
@@ -39,6 +43,14 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     )
     .await
     .unwrap();
+    pool.close();
+    (database, settings, keys)
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
+    let (database, settings, _keys) = one_student().await;
+    let url = database.url.clone();
     let metrics_port = free_port();
     let server = Launch::new("test", &url, &redis_url(), &settings.redis.namespace)
         .env("APP__HTTP__METRICS_PORT", metrics_port.to_string())
@@ -97,29 +109,8 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
 /// the student once authenticated, and the trace id of a W3C traceparent.
 #[tokio::test]
 async fn every_request_is_one_plain_log_line_with_its_student_and_trace() {
-    let database = create_database().await;
+    let (database, settings, _keys) = one_student().await;
     let url = database.url.clone();
-    let settings = test_settings(&url);
-    let _keys = Namespace::named(settings.redis.namespace.clone(), &redis_url());
-    let pool = store::pool(&settings.database).unwrap();
-    store::migrate::run(&mut pool.get().await.unwrap())
-        .await
-        .unwrap();
-    seed::seed(
-        &pool,
-        &seed::SeedOptions {
-            students: 1,
-            courses: 1,
-            sections_per_course: 1,
-            seats: 1,
-            waitlist: 0,
-            password: PASSWORD.into(),
-            admin_password: PASSWORD.into(),
-        },
-        |_, _| {},
-    )
-    .await
-    .unwrap();
     let log = std::env::temp_dir().join(format!("registrar-log-{}", uuid::Uuid::new_v4()));
     let server = Launch::new("test", &url, &redis_url(), &settings.redis.namespace)
         .env("APP__LOG__LEVEL", "info")
