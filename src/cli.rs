@@ -61,8 +61,10 @@ pub enum Command {
         /// Number of students (S0000001, S0000002, ...).
         #[arg(long, default_value_t = 1000)]
         students: usize,
+        /// Number of courses (DEMO101, DEMO102, ...).
         #[arg(long, default_value_t = 10)]
         courses: usize,
+        /// Sections of each course (001, 002, ...).
         #[arg(long, default_value_t = 2)]
         sections_per_course: usize,
         /// Seats per section.
@@ -92,6 +94,7 @@ pub enum Command {
     /// Redis state from PostgreSQL, each only if it is still at the point
     /// compared (safe under traffic).
     Reconcile {
+        /// Rebuild each drifted section's Redis state from PostgreSQL.
         #[arg(long)]
         fix: bool,
     },
@@ -108,8 +111,10 @@ pub enum Command {
     },
     /// Print a JWT for a student (by number or id) or for the admin.
     Token {
+        /// The student's number, e.g. S0000001.
         #[arg(long, conflicts_with_all = ["student_id", "admin"])]
         student_number: Option<String>,
+        /// The student's id (a UUID).
         #[arg(long, conflicts_with = "admin")]
         student_id: Option<Uuid>,
         /// Mint for the demo admin account.
@@ -127,7 +132,10 @@ pub enum SemesterCommand {
     /// its dead letters) into the `archive` schema, to dump and drop there.
     /// Refused while the semester is active, its registration window is not
     /// over, or any of its events is not yet in PostgreSQL. Safe to repeat.
-    Detach { semester_id: Uuid },
+    Detach {
+        /// The semester's id (a UUID).
+        semester_id: Uuid,
+    },
 }
 
 #[derive(Subcommand)]
