@@ -86,6 +86,16 @@ impl Application {
             }
         }
         let redis = Redis::new(&settings.redis)?;
+        // Not fatal either: registration waits (503, /ready 503) until Redis
+        // answers; said once here with the address and the fix.
+        if let Err(e) = redis.ping().await {
+            tracing::warn!(
+                error = %e,
+                redis = %redis.address(),
+                "Redis unreachable at start; registration waits for it (check redis.url, \
+                 or start Redis: `bash scripts/services.sh`)"
+            );
+        }
         let addr = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -326,7 +336,12 @@ impl Application {
 async fn warm_up(state: Arc<AppState>, loader: Arc<warmup::Loader>) {
     loop {
         let attempt = async {
-            state.redis.load_scripts().await?;
+            state.redis.load_scripts().await.with_context(|| {
+                format!(
+                    "loading the scripts into Redis at {} (redis.url)",
+                    state.redis.address()
+                )
+            })?;
             let warmed = loader.warm_up().await?;
             state.registrar.prime_rules(&loader.known()).await;
             anyhow::Ok(warmed)

@@ -46,6 +46,8 @@ pub struct Redis {
     replication: Arc<replication::Replication>,
     /// Prefix of every key this instance touches (`<ns>:{s:<id>}:...`).
     namespace: Arc<str>,
+    /// `redis.url`, redacted.
+    address: Arc<str>,
     scripts: Arc<Scripts>,
     watch: Arc<RedisWatch>,
 }
@@ -135,6 +137,7 @@ impl Redis {
             bulk,
             replication: Arc::new(replication::Replication::new(settings)),
             namespace: settings.namespace.as_str().into(),
+            address: settings.url.redacted().into(),
             scripts: Arc::new(Scripts::new()),
             watch: Arc::new(RedisWatch::new()),
         })
@@ -147,6 +150,12 @@ impl Redis {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// `redis.url` with any password redacted: for messages naming the
+    /// server that did not answer.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     pub fn section_keys(&self, section: Uuid) -> keys::SectionKeys {

@@ -58,6 +58,8 @@ const IN_FLIGHT_WAIT: Duration = Duration::from_secs(3);
 /// Failed revalidations in a row (every [`RETRY`]) after which the bulk
 /// cluster connections, which it reads Redis through, are replaced: 2 s.
 const RENEW_AFTER: u32 = 8;
+/// One failed revalidation in this many is logged at WARN: every 5 s.
+const LOG_EVERY: u32 = 20;
 /// Attempts to drain and force-rebuild a reported section per revalidation.
 const FORCE_ATTEMPTS: usize = 5;
 
@@ -140,7 +142,13 @@ impl Revalidator {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "Redis revalidation failed; retrying");
+                        // Every RETRY while it lasts: the first failure and
+                        // then one in LOG_EVERY at WARN, the rest at DEBUG.
+                        if failures % LOG_EVERY == 0 {
+                            tracing::warn!(error = %format!("{e:#}"), failures, "Redis revalidation failed; registration stays paused, retrying");
+                        } else {
+                            tracing::debug!(error = %format!("{e:#}"), failures, "Redis revalidation failed; retrying");
+                        }
                         failures += 1;
                         if failures % RENEW_AFTER == 0 {
                             match self.redis.renew_bulk() {
@@ -165,7 +173,9 @@ impl Revalidator {
         while watch.in_flight() > 0 && waited.elapsed() < IN_FLIGHT_WAIT {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let run_id = self.redis.run_id().await.context("Redis unreachable")?;
+        let run_id = self.redis.run_id().await.with_context(|| {
+            format!("Redis unreachable at {} (redis.url)", self.redis.address())
+        })?;
         // Never seen a server yet (the connection failed before the first
         // check): take this one as found, as at any start; warm-up compares
         // it with PostgreSQL when PostgreSQL answers.
