@@ -8,7 +8,9 @@
 #
 # With `--with-binaries`, also makes sure redis-server and the PostgreSQL server
 # binaries are installed even when servers already run: some tests start
-# private instances of their own to stop and restart them.
+# private instances of their own to stop and restart them, and promtool
+# (Debian package prometheus, which on a systemd host also enables a
+# Prometheus service: `systemctl disable --now prometheus` if unwanted).
 set -euo pipefail
 
 PG_PORT=5432
@@ -126,6 +128,8 @@ ensure_services() {
     ensure_redis
     if [ "${1:-}" = --with-binaries ]; then
         command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+        # promtool checks and unit-tests the alert rules (tests/api/observability.rs).
+        command -v promtool >/dev/null 2>&1 || apt_install prometheus
         ensure_postgres_binaries
     fi
 }

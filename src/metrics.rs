@@ -6,46 +6,76 @@ use std::sync::OnceLock;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const HTTP_REQUESTS: &str = "http_requests_total";
-pub const HTTP_DURATION: &str = "http_request_duration_seconds";
-pub const HTTP_IN_FLIGHT: &str = "http_requests_in_flight";
-pub const HTTP_CONNECTIONS: &str = "http_open_connections";
-pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
-pub const DEPENDENCY_UP: &str = "dependency_up";
-pub const DEPENDENCY_LATENCY: &str = "dependency_check_duration_seconds";
-pub const LOGINS: &str = "auth_logins_total";
-pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
-pub const REGISTRATIONS: &str = "registrations_total";
-pub const DROPS: &str = "drops_total";
-pub const SCRIPT_DURATION: &str = "redis_script_duration_seconds";
-pub const QUEUE_DEPTH: &str = "persistence_queue_depth";
-pub const QUEUE_FULL: &str = "persistence_queue_full_total";
-pub const PERSIST_LAG: &str = "persistence_lag_seconds";
-pub const BATCH_SIZE: &str = "persistence_batch_size";
-pub const EVENTS_APPLIED: &str = "persistence_events_applied_total";
-pub const WRITE_RETRIES: &str = "persistence_write_retries_total";
-pub const VERSION_CONFLICTS: &str = "persistence_version_conflicts_total";
-pub const SEQUENCE_CONFLICTS: &str = "persistence_sequence_conflicts_total";
-pub const REDIS_REVALIDATIONS: &str = "redis_revalidations_total";
-pub const COMPENSATIONS: &str = "compensations_total";
-pub const DEAD_LETTERS: &str = "dead_letters_total";
-pub const OUTBOX_BACKLOG: &str = "outbox_backlog";
-pub const OUTBOX_OLDEST_AGE: &str = "outbox_oldest_age_seconds";
-pub const SWEEPER_REQUEUED: &str = "sweeper_requeued_total";
-pub const SECTIONS_LOADED: &str = "warmup_sections_loaded_total";
-pub const RECONCILE_DRIFT: &str = "reconcile_drift_sections";
-pub const IDEMPOTENT_REPLAYS: &str = "idempotent_replays_total";
-pub const RATE_LIMITED: &str = "rate_limited_total";
-pub const RATE_LIMIT_ERRORS: &str = "rate_limit_errors_total";
-pub const LOGIN_LOCKS: &str = "auth_login_locks_total";
-pub const ACCESS_REFRESHES: &str = "auth_access_refreshes_total";
-pub const TOKENS_REVOKED: &str = "auth_tokens_refused_total";
-pub const ACCESS_UNCHECKED: &str = "auth_access_unchecked_total";
-pub const TASK_FAILURES: &str = "background_task_failures_total";
-pub const QUEUE_CLOSED: &str = "persistence_queue_closed_total";
-pub const PARTITIONS_OWNED: &str = "persistence_partitions_owned";
-pub const UNOWNED_SKIPPED: &str = "persistence_unowned_events_total";
-pub const REPLICATION_UNCONFIRMED: &str = "redis_replication_unconfirmed_total";
+pub const HTTP_REQUESTS: &str = "registrar_http_requests_total";
+pub const HTTP_DURATION: &str = "registrar_http_request_duration_seconds";
+pub const HTTP_IN_FLIGHT: &str = "registrar_http_requests_in_flight";
+pub const HTTP_CONNECTIONS: &str = "registrar_http_open_connections";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "registrar_http_connections_refused_total";
+pub const DEPENDENCY_UP: &str = "registrar_dependency_up";
+pub const DEPENDENCY_LATENCY: &str = "registrar_dependency_check_duration_seconds";
+pub const LOGINS: &str = "registrar_auth_logins_total";
+pub const DB_POOL_CONNECTIONS: &str = "registrar_db_pool_connections";
+pub const REGISTRATIONS: &str = "registrar_registrations_total";
+pub const DROPS: &str = "registrar_drops_total";
+pub const SCRIPT_DURATION: &str = "registrar_redis_script_duration_seconds";
+pub const QUEUE_DEPTH: &str = "registrar_persistence_queue_depth";
+pub const QUEUE_FULL: &str = "registrar_persistence_queue_full_total";
+pub const PERSIST_LAG: &str = "registrar_persistence_lag_seconds";
+pub const BATCH_SIZE: &str = "registrar_persistence_batch_size";
+pub const EVENTS_APPLIED: &str = "registrar_persistence_events_applied_total";
+pub const WRITE_RETRIES: &str = "registrar_persistence_write_retries_total";
+pub const VERSION_CONFLICTS: &str = "registrar_persistence_version_conflicts_total";
+pub const SEQUENCE_CONFLICTS: &str = "registrar_persistence_sequence_conflicts_total";
+pub const REDIS_REVALIDATIONS: &str = "registrar_redis_revalidations_total";
+pub const COMPENSATIONS: &str = "registrar_compensations_total";
+pub const DEAD_LETTERS: &str = "registrar_dead_letters_total";
+pub const OUTBOX_BACKLOG: &str = "registrar_outbox_backlog";
+pub const OUTBOX_OLDEST_AGE: &str = "registrar_outbox_oldest_age_seconds";
+pub const SWEEPER_REQUEUED: &str = "registrar_sweeper_requeued_total";
+pub const SECTIONS_LOADED: &str = "registrar_warmup_sections_loaded_total";
+pub const RECONCILE_DRIFT: &str = "registrar_reconcile_drift_sections";
+pub const IDEMPOTENT_REPLAYS: &str = "registrar_idempotent_replays_total";
+pub const RATE_LIMITED: &str = "registrar_rate_limited_total";
+pub const RATE_LIMIT_ERRORS: &str = "registrar_rate_limit_errors_total";
+pub const LOGIN_LOCKS: &str = "registrar_auth_login_locks_total";
+pub const ACCESS_REFRESHES: &str = "registrar_auth_access_refreshes_total";
+pub const TOKENS_REVOKED: &str = "registrar_auth_tokens_refused_total";
+pub const ACCESS_UNCHECKED: &str = "registrar_auth_access_unchecked_total";
+pub const TASK_FAILURES: &str = "registrar_background_task_failures_total";
+pub const QUEUE_CLOSED: &str = "registrar_persistence_queue_closed_total";
+pub const PARTITIONS_OWNED: &str = "registrar_persistence_partitions_owned";
+pub const UNOWNED_SKIPPED: &str = "registrar_persistence_unowned_events_total";
+pub const REPLICATION_UNCONFIRMED: &str = "registrar_redis_replication_unconfirmed_total";
+pub const DB_POOL_MAX: &str = "registrar_db_pool_max_connections";
+pub const DB_POOL_WAITING: &str = "registrar_db_pool_waiting";
+pub const BUILD_INFO: &str = "registrar_build_info";
+
+/// Label values known in advance, so their series exist (at zero) from the
+/// first scrape: a rate or an alert over a counter that has never moved then
+/// reads 0, not "no data". Other values (rejection reasons, routes, status
+/// codes) appear when first seen.
+pub const REGISTRATION_OUTCOMES: &[&str] = &[
+    "enrolled",
+    "already_enrolled",
+    "waitlisted",
+    "already_waitlisted",
+    "full",
+];
+pub const DROP_OUTCOMES: &[&str] = &["dropped", "promoted", "left_waitlist", "not_registered"];
+pub const LOGIN_OUTCOMES: &[&str] = &["success", "invalid", "locked"];
+pub const COMPENSATION_RESULTS: &[&str] =
+    &["reverted", "already", "nothing_to_undo", "not_undoable"];
+pub const REVALIDATION_RESULTS: &[&str] = &["same_server", "rebuilt"];
+pub const RATE_LIMIT_SCOPES: &[&str] =
+    &["student", "address", "login", "account_address", "account"];
+/// The pools of `registrar_db_pool_*`: the API's and the persistence side's
+/// (the catalogue's read pool, `database.read_url`, is the API's unless set).
+pub const DB_POOLS: &[&str] = &["api", "persistence", "read"];
+
+/// Events per PostgreSQL transaction, up to `sync.batch_size`'s maximum.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 512.0, 1024.0, 4096.0,
+];
 
 /// Latency buckets from 100 µs to 10 s: the hot path answers in well under a
 /// millisecond, the slow tail (timeouts) is seconds.
@@ -76,15 +106,87 @@ pub async fn upkeep(handle: PrometheusHandle) {
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            // Every histogram gets buckets (a histogram without them is
+            // rendered as a summary, which cannot be aggregated).
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .expect("latency buckets are non-empty")
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
+                })
+                .expect("buckets are non-empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             describe();
+            zero();
+            PROCESS.describe();
+            metrics::gauge!(
+                BUILD_INFO,
+                "version" => env!("CARGO_PKG_VERSION"),
+                "git_sha" => env!("REGISTRAR_GIT_SHA")
+            )
+            .set(1.0);
             handle
         })
         .clone()
+}
+
+/// The process's own metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, open file descriptors, threads, start
+/// time: the Prometheus client conventions), read from /proc at each scrape.
+static PROCESS: std::sync::LazyLock<metrics_process::Collector> =
+    std::sync::LazyLock::new(metrics_process::Collector::default);
+
+/// Renders the metrics page, with the process metrics read just now.
+pub fn render(handle: &PrometheusHandle) -> String {
+    PROCESS.collect();
+    handle.render()
+}
+
+/// Registers every counter at zero (with its known label values).
+fn zero() {
+    use metrics::counter;
+    for &outcome in REGISTRATION_OUTCOMES {
+        counter!(REGISTRATIONS, "outcome" => outcome).increment(0);
+    }
+    for &outcome in DROP_OUTCOMES {
+        counter!(DROPS, "outcome" => outcome).increment(0);
+    }
+    for &outcome in LOGIN_OUTCOMES {
+        counter!(LOGINS, "outcome" => outcome).increment(0);
+    }
+    for &result in COMPENSATION_RESULTS {
+        counter!(COMPENSATIONS, "result" => result).increment(0);
+    }
+    for &result in REVALIDATION_RESULTS {
+        counter!(REDIS_REVALIDATIONS, "result" => result).increment(0);
+    }
+    for &scope in RATE_LIMIT_SCOPES {
+        counter!(RATE_LIMITED, "scope" => scope).increment(0);
+    }
+    for kind in crate::domain::EventKind::ALL {
+        counter!(EVENTS_APPLIED, "kind" => kind.as_str()).increment(0);
+    }
+    for name in [
+        HTTP_CONNECTIONS_REFUSED,
+        QUEUE_FULL,
+        QUEUE_CLOSED,
+        WRITE_RETRIES,
+        VERSION_CONFLICTS,
+        SEQUENCE_CONFLICTS,
+        DEAD_LETTERS,
+        REPLICATION_UNCONFIRMED,
+        SWEEPER_REQUEUED,
+        SECTIONS_LOADED,
+        RATE_LIMIT_ERRORS,
+        ACCESS_REFRESHES,
+        ACCESS_UNCHECKED,
+        TOKENS_REVOKED,
+        LOGIN_LOCKS,
+        IDEMPOTENT_REPLAYS,
+        UNOWNED_SKIPPED,
+    ] {
+        counter!(name).increment(0);
+    }
 }
 
 fn describe() {
@@ -114,11 +216,11 @@ fn describe() {
     );
     describe_counter!(
         LOGINS,
-        "Login attempts by outcome (success, invalid, error)."
+        "Login attempts by outcome (success, invalid: unknown account or wrong password, locked: refused during a back-off)."
     );
     describe_counter!(
         REGISTRATIONS,
-        "Per-section registration results by outcome (enrolled, waitlisted, already_*, rejected_*)."
+        "Per-section registration results by outcome: the answer's status (enrolled, waitlisted, already_enrolled, already_waitlisted) or, when rejected, its reason code (full, hold, credit_limit, ...)."
     );
     describe_counter!(
         DROPS,
@@ -140,7 +242,7 @@ fn describe() {
     describe_histogram!(
         PERSIST_LAG,
         Unit::Seconds,
-        "Time from a seat change in Redis to its commit in PostgreSQL."
+        "Time from a seat change in Redis to its commit in PostgreSQL (seconds)."
     );
     describe_histogram!(BATCH_SIZE, "Events written per PostgreSQL transaction.");
     describe_counter!(
@@ -165,7 +267,7 @@ fn describe() {
     );
     describe_counter!(
         COMPENSATIONS,
-        "Events undone in Redis after a permanent write failure, by result."
+        "Events undone in Redis after a permanent write failure, by result (reverted, already, nothing_to_undo, not_undoable)."
     );
     describe_counter!(DEAD_LETTERS, "Events written to the dead_letters table.");
     describe_counter!(
@@ -239,6 +341,18 @@ fn describe() {
     );
     describe_gauge!(
         DB_POOL_CONNECTIONS,
-        "PostgreSQL pool connections by pool (api, persistence) and state (size, available, waiting)."
+        "PostgreSQL connections open in each pool (api, persistence, read) by state (idle, in_use); their sum is the pool's size."
+    );
+    describe_gauge!(
+        DB_POOL_MAX,
+        "Most connections each pool (api, persistence, read) may open."
+    );
+    describe_gauge!(
+        DB_POOL_WAITING,
+        "Callers waiting for a connection of each pool (api, persistence, read)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; its labels name the running build (version, git_sha)."
     );
 }

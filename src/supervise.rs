@@ -4,7 +4,7 @@
 //! Each runs as its own tokio task under a watcher. If one ends while the
 //! process is not stopping (it panicked, or returned when it should run
 //! for ever), the watcher logs it, counts it
-//! (`background_task_failures_total{task}`), marks the process failed —
+//! (`registrar_background_task_failures_total{task}`), marks the process failed —
 //! `/ready` answers 503 from then on — and wakes [`Supervisor::failure`],
 //! which `startup` races against the shutdown signal: the process then
 //! shuts down gracefully and exits non-zero, so its orchestrator starts a
@@ -67,6 +67,8 @@ impl Supervisor {
     {
         let this = self.clone();
         let name = name.into();
+        // The series exists from the start, at zero.
+        metrics::counter!(TASK_FAILURES, "task" => name.clone()).increment(0);
         tokio::spawn(async move {
             let mut task = AbortOnDrop(tokio::spawn(task));
             let outcome = (&mut task.0).await;

@@ -24,6 +24,16 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Enroll,
+        EventKind::Waitlist,
+        EventKind::Drop,
+        EventKind::Unwait,
+        EventKind::Promote,
+        EventKind::Revert,
+        EventKind::Config,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Enroll => "enroll",

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::{json, ApiResult};
 use crate::{
     health::{self, Components},
-    metrics::DB_POOL_CONNECTIONS,
+    metrics::{DB_POOL_CONNECTIONS, DB_POOL_MAX, DB_POOL_WAITING},
     state::{AppState, NotServing},
 };
 
@@ -139,15 +139,28 @@ pub async fn health(state: &AppState) -> ApiResult {
     )
 }
 
-pub fn metrics(state: &AppState) -> ApiResult {
-    for (name, pool) in [("api", &state.db), ("persistence", &state.sync_db)] {
-        let status = pool.status();
-        let gauge = |state: &'static str| metrics::gauge!(DB_POOL_CONNECTIONS, "pool" => name, "state" => state);
-        gauge("size").set(status.size as f64);
-        gauge("available").set(status.available as f64);
-        gauge("waiting").set(status.waiting as f64);
+pub async fn metrics(state: &AppState) -> ApiResult {
+    // registrar_dependency_up and its latency are those of the shared
+    // /health checks (one per http.health_cache_ms however many callers):
+    // fresh at every scrape even where nothing else asks /health.
+    state
+        .dependency_checks
+        .components(&state.db, &state.redis)
+        .await;
+    let mut pools = vec![("api", &state.db), ("persistence", &state.sync_db)];
+    if state.settings.database.read_url.is_some() {
+        pools.push(("read", &state.read_db));
     }
-    let text = state.metrics.render();
+    for (name, pool) in pools {
+        let status = pool.status();
+        let idle = status.available;
+        metrics::gauge!(DB_POOL_CONNECTIONS, "pool" => name, "state" => "idle").set(idle as f64);
+        metrics::gauge!(DB_POOL_CONNECTIONS, "pool" => name, "state" => "in_use")
+            .set(status.size.saturating_sub(idle) as f64);
+        metrics::gauge!(DB_POOL_MAX, "pool" => name).set(status.max_size as f64);
+        metrics::gauge!(DB_POOL_WAITING, "pool" => name).set(status.waiting as f64);
+    }
+    let text = crate::metrics::render(&state.metrics);
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(

@@ -77,7 +77,7 @@ routes! {
     Live                 GET   "/live"                               Free  => probes::live(),
     Ready                GET   "/ready"                              Free  => probes::ready(state).await,
     Health               GET   "/health"                             Free  => probes::health(state).await,
-    Metrics              GET   "/metrics"                            Free  => probes::metrics(state),
+    Metrics              GET   "/metrics"                            Free  => probes::metrics(state).await,
     OpenApi              GET   "/api/v1/openapi.json"                Api   => openapi::document(req),
     Login                POST  "/api/v1/auth/login"                  Login => auth::login(state, req, body).await,
     Register             POST  "/api/v1/register"                    Api   => registration::register(state, req, body).await,

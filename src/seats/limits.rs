@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::{access::Access, keys, Redis};
 use crate::config::RateLimitSettings;
 
-/// Which limit refused a request (the label of `rate_limited_total`).
+/// Which limit refused a request (the label of `registrar_rate_limited_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Student,

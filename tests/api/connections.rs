@@ -326,11 +326,11 @@ async fn answer_or_silence(stream: &mut TcpStream, within: Duration) -> Option<S
     }
 }
 
-/// The value of `http_connections_refused_total` on a /metrics page.
+/// The value of `registrar_http_connections_refused_total` on a /metrics page.
 fn refused_total(metrics: &str) -> u64 {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("http_connections_refused_total "))
+        .find_map(|l| l.strip_prefix("registrar_http_connections_refused_total "))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 

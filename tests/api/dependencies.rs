@@ -607,9 +607,10 @@ async fn an_event_reusing_an_applied_sequence_is_counted_and_its_section_rebuilt
     assert!(rebuilt, "the section was rebuilt from PostgreSQL");
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("persistence_sequence_conflicts_total") && !l.ends_with(" 0")),
+        metrics.lines().any(
+            |l| l.starts_with("registrar_persistence_sequence_conflicts_total")
+                && !l.ends_with(" 0")
+        ),
         "the conflict is counted"
     );
     app.wait_persisted(&[section]).await;

@@ -88,7 +88,7 @@ async fn one_student_over_the_limit_gets_429_and_changes_nothing_while_others_go
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
     let counted = metrics
         .lines()
-        .find_map(|l| l.strip_prefix(r#"rate_limited_total{scope="student"} "#))
+        .find_map(|l| l.strip_prefix(r#"registrar_rate_limited_total{scope="student"} "#))
         .and_then(|v| v.parse::<f64>().ok());
     assert!(
         counted.is_some_and(|n| n >= 1.0),
@@ -477,7 +477,7 @@ async fn with_redis_away_the_limits_let_requests_through_instead_of_failing_them
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("rate_limit_errors_total ") && !l.ends_with(" 0")),
+            .any(|l| l.starts_with("registrar_rate_limit_errors_total ") && !l.ends_with(" 0")),
         "the unchecked requests are counted"
     );
 }

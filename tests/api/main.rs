@@ -20,6 +20,7 @@ mod limits;
 mod me;
 mod migrations;
 mod model;
+mod observability;
 mod openapi;
 mod ordinary;
 mod partitions;

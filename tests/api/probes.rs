@@ -38,13 +38,16 @@ async fn metrics_are_prometheus_text_with_descriptions_and_request_counts() {
 
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
-    assert!(text.contains("# HELP http_requests_total"), "{text}");
     assert!(
-        text.contains("# TYPE http_request_duration_seconds histogram"),
+        text.contains("# HELP registrar_http_requests_total"),
         "{text}"
     );
     assert!(
-        text.contains(r#"http_requests_total{route="/live",method="GET",status="200"}"#),
+        text.contains("# TYPE registrar_http_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"registrar_http_requests_total{route="/live",method="GET",status="200"}"#),
         "{text}"
     );
     assert!(
@@ -199,7 +202,7 @@ async fn with_a_metrics_port_metrics_and_health_are_served_there_and_not_on_the_
         .text()
         .await
         .unwrap()
-        .contains("# HELP http_requests_total"));
+        .contains("# HELP registrar_http_requests_total"));
     let health = app
         .http
         .get(app.metrics_url("/health"))

@@ -20,7 +20,7 @@
 //! skipping those would lose them silently. So such an event is compared
 //! with the fingerprint PostgreSQL recorded for that sequence
 //! ([`crate::store::journal`]); a different one is counted
-//! (`persistence_sequence_conflicts_total`), logged, and the section's Redis
+//! (`registrar_persistence_sequence_conflicts_total`), logged, and the section's Redis
 //! state is rebuilt from PostgreSQL ([`crate::seats::RedisWatch`]). The
 //! same holds for a queued copy that differs from the outbox entry of its
 //! sequence; the queued copy, which continues PostgreSQL's history, wins.
