@@ -15,10 +15,13 @@ export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
 
 # The whole suite (no arguments) also checks the API against its contract,
-# docs/openapi.json, with schemathesis (bounded, ~1.5 min) before cargo test,
+# docs/openapi.json, with schemathesis (bounded, ~1.5 min), and validates
+# deploy/kubernetes/ (scripts/check-deploy.sh, seconds) before cargo test,
 # whose summary ends the output. With arguments, only cargo test runs them.
 if [ $# -eq 0 ]; then
     bash scripts/schemathesis.sh
+    # The Kubernetes manifests against the API schemas, and consistent.
+    bash scripts/check-deploy.sh
     # The engine suite once more on a Redis Cluster (3 primaries + 3
     # replicas started here from redis-server, stopped on exit): the engine,
     # several-writers, recovery and reconcile tests and the model-based test,
