@@ -30,6 +30,9 @@ pub struct Call {
     pub body: Option<Bytes>,
     /// (student, section) the call is about, for the ledger.
     pub tag: Option<(uuid::Uuid, uuid::Uuid)>,
+    /// When it was sent (set by [`Conn::send`]): the ledger orders two
+    /// answers only when one was back before the other was sent.
+    pub sent: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Call {
@@ -41,6 +44,7 @@ impl Call {
             token,
             body: None,
             tag: None,
+            sent: std::sync::OnceLock::new(),
         }
     }
 
@@ -52,6 +56,7 @@ impl Call {
             token: Some(format!("Bearer {token}")),
             body: Some(Bytes::from(body.to_string())),
             tag: None,
+            sent: std::sync::OnceLock::new(),
         }
     }
 
@@ -133,6 +138,8 @@ impl Conn {
 
     /// Sends `call`; returns the status and body, or an error kind.
     pub async fn send(&mut self, call: &Call) -> Result<(StatusCode, Bytes), &'static str> {
+        // The first send counts (a call is sent once).
+        let _ = call.sent.set(std::time::Instant::now());
         let result = async {
             let sender = self.sender().await?;
             sender.ready().await.map_err(|_| "connection")?;

@@ -24,28 +24,43 @@ use crate::{
     server::{redis_handle, Addrs, System, Target},
 };
 
-/// What the service acknowledged, in the order the answers arrived.
+/// What the service acknowledged, with when each answer was asked for and
+/// arrived.
 #[derive(Default)]
 pub struct Ledger {
-    /// (answer time, student, section, state): `Some(true)` holds a seat,
-    /// `Some(false)` does not, `None` unknown (a register or drop whose
-    /// answer was lost or a 5xx: it may or may not have happened).
     entries: Mutex<Vec<LedgerEntry>>,
 }
 
-type LedgerEntry = (Instant, Uuid, Uuid, Option<bool>);
+/// One acknowledged fact about (student, section): `Some(true)` holds a
+/// seat, `Some(false)` does not, `None` unknown (a register or drop whose
+/// answer was lost or a 5xx: it may or may not have happened). A promotion
+/// is a fact about the promoted student acknowledged in another student's
+/// drop answer, so it carries that call's times.
+#[derive(Clone, Copy)]
+struct LedgerEntry {
+    sent: Instant,
+    answered: Instant,
+    student: Uuid,
+    section: Uuid,
+    state: Option<bool>,
+}
 
 impl Ledger {
-    /// `student` holds a seat in `section` (enrolled or promoted), or no longer does.
-    pub fn note(&self, student: Uuid, section: Uuid, enrolled: bool) {
-        self.record(student, section, Some(enrolled));
+    /// What `call`'s answer said of `student` in `section`.
+    fn note(&self, call: &Call, student: Uuid, section: Uuid, enrolled: bool) {
+        self.record(call, student, section, Some(enrolled));
     }
 
-    fn record(&self, student: Uuid, section: Uuid, state: Option<bool>) {
-        self.entries
-            .lock()
-            .unwrap()
-            .push((Instant::now(), student, section, state));
+    fn record(&self, call: &Call, student: Uuid, section: Uuid, state: Option<bool>) {
+        let answered = Instant::now();
+        let sent = call.sent.get().copied().unwrap_or(answered);
+        self.entries.lock().unwrap().push(LedgerEntry {
+            sent,
+            answered,
+            student,
+            section,
+            state,
+        });
     }
 
     /// Per section, the students whose last acknowledged state is enrolled.
@@ -70,12 +85,30 @@ impl Ledger {
             .count()
     }
 
+    /// The last state of each (student, section) the answers establish.
+    /// Answers are ordered by arrival, but two calls in flight at the same
+    /// time may have run on the server in either order (a student's own
+    /// drop and, on another connection, the drop that promoted them): when
+    /// an answer with another state arrived after the last one was sent,
+    /// which came last on the server is unknown, and so is the state.
     fn last_states(&self) -> HashMap<(Uuid, Uuid), Option<bool>> {
-        let mut entries = self.entries.lock().unwrap().clone();
-        entries.sort_by_key(|e| e.0);
-        entries
+        let mut by_pair: HashMap<(Uuid, Uuid), Vec<LedgerEntry>> = HashMap::new();
+        for e in self.entries.lock().unwrap().iter() {
+            by_pair.entry((e.student, e.section)).or_default().push(*e);
+        }
+        by_pair
             .into_iter()
-            .map(|(_, student, section, state)| ((student, section), state))
+            .map(|(pair, mut entries)| {
+                entries.sort_by_key(|e| e.answered);
+                let last = *entries.last().expect("at least one entry");
+                let overlapped = entries
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .take_while(|e| e.answered > last.sent)
+                    .any(|e| e.state != last.state);
+                (pair, if overlapped { None } else { last.state })
+            })
             .collect()
     }
 
@@ -91,7 +124,7 @@ impl Ledger {
             return;
         }
         if call.kind == "drop" && status == StatusCode::NOT_FOUND {
-            self.note(student, section, false);
+            self.note(call, student, section, false);
             return;
         }
         if !status.is_success() {
@@ -109,9 +142,11 @@ impl Ledger {
                         .and_then(|s| Uuid::try_parse(s).ok())
                         .unwrap_or(section);
                     match result["status"].as_str() {
-                        Some("enrolled" | "already_enrolled") => self.note(student, section, true),
+                        Some("enrolled" | "already_enrolled") => {
+                            self.note(call, student, section, true)
+                        }
                         Some("waitlisted" | "already_waitlisted") => {
-                            self.note(student, section, false)
+                            self.note(call, student, section, false)
                         }
                         _ => {}
                     }
@@ -119,13 +154,13 @@ impl Ledger {
             }
             "drop" => {
                 if matches!(v["status"].as_str(), Some("dropped" | "left_waitlist")) {
-                    self.note(student, section, false);
+                    self.note(call, student, section, false);
                 }
                 if let Some(promoted) = v["promoted_student_id"]
                     .as_str()
                     .and_then(|s| Uuid::try_parse(s).ok())
                 {
-                    self.note(promoted, section, true);
+                    self.note(call, promoted, section, true);
                 }
             }
             _ => {}
@@ -140,10 +175,10 @@ impl Ledger {
         match call.kind {
             "register" => {
                 for section in call.sections() {
-                    self.record(student, section, None);
+                    self.record(call, student, section, None);
                 }
             }
-            "drop" => self.record(student, section, None),
+            "drop" => self.record(call, student, section, None),
             _ => {}
         }
     }
