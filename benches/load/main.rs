@@ -1055,7 +1055,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(report) = &fault_report {
         audit.push(faults::recovery_check(report));
     }
-    let measures = growth(&system, db_ready, &sampled, sections_ready, &students).await?;
+    let mut measures = growth(&system, db_ready, &sampled, sections_ready, &students).await?;
+    // What the audit could not hold the service to: the last answer was
+    // lost or a 5xx, or two answers about the pair crossed in flight.
+    measures.push(model::Measure {
+        name: "(student, section) pairs of unknown final state".into(),
+        value: ledger.uncertain() as f64,
+    });
     let rss_peak = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
     let rss_end = system.rss_mib();
     let report = RunReport {
