@@ -19,6 +19,7 @@ pub mod error;
 pub mod idempotency;
 pub mod limits;
 pub mod openapi;
+pub mod operations;
 pub mod probes;
 pub mod registration;
 pub mod router;

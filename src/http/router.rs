@@ -16,7 +16,7 @@ use super::{
     body::BodyWait,
     catalog,
     limits::{self, Charge},
-    openapi, path_id, probes, registration, rules, students, ApiError, ApiResult, Body,
+    openapi, operations, path_id, probes, registration, rules, students, ApiError, ApiResult, Body,
 };
 use crate::{
     metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS},
@@ -111,6 +111,11 @@ routes! {
     AdminPermits         GET   "/api/v1/admin/students/{id}/permits" Api   => rules::permits(state, req, path_id(id)?).await,
     AdminPermitGrant     POST  "/api/v1/admin/students/{id}/permits" Api   => rules::grant_permit(state, req, body, path_id(id)?).await,
     AdminPermitRevoke    POST  "/api/v1/admin/students/{id}/permits/revoke" Api => rules::revoke_permit(state, req, body, path_id(id)?).await,
+    AdminStudentList     GET   "/api/v1/admin/students"              Api   => operations::students(state, req).await,
+    AdminSectionRoster   GET   "/api/v1/admin/sections/{id}/roster"  Api   => operations::roster(state, req, path_id(id)?).await,
+    AdminSectionWaitlist GET   "/api/v1/admin/sections/{id}/waitlist" Api  => operations::waitlist(state, req, path_id(id)?).await,
+    AdminDeadLetters     GET   "/api/v1/admin/dead-letters"          Api   => operations::dead_letters(state, req).await,
+    AdminPersistence     GET   "/api/v1/admin/persistence"           Api   => operations::persistence(state, req).await,
 }
 
 /// Who a route is for, which decides the listeners that answer it.

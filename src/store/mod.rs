@@ -8,6 +8,7 @@ pub mod journal;
 pub mod leases;
 pub mod migrate;
 pub mod notify;
+pub mod operations;
 pub mod partitions;
 pub mod rules;
 pub mod students;

@@ -106,7 +106,7 @@ impl Leases {
 
 /// The advisory-lock key of a namespace: instances of one deployment share
 /// it; other namespaces on the same database (tests) never collide with it.
-fn namespace_key(namespace: &str) -> i32 {
+pub fn namespace_key(namespace: &str) -> i32 {
     let digest = Sha256::digest(namespace.as_bytes());
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }

@@ -22,6 +22,7 @@ mod migrations;
 mod model;
 mod observability;
 mod openapi;
+mod operations;
 mod ordinary;
 mod partitions;
 mod probes;
