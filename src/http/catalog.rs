@@ -84,7 +84,11 @@ const MAX_COURSE_CODE: usize = 64;
 /// PostgreSQL refuses a NUL in text (a 500), and no catalogue field holds a
 /// control character: such a filter is refused as malformed, and so is one
 /// longer than any value could be.
-fn filter_text(name: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+pub(super) fn filter_text(
+    name: &str,
+    value: Option<String>,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
     let Some(value) = value
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
@@ -102,7 +106,7 @@ fn filter_text(name: &str, value: Option<String>, max: usize) -> Result<Option<S
 
 /// A page size from the query: `api.default_page_size` when absent, at
 /// most `api.max_page_size`.
-fn page_limit(state: &AppState, limit: Option<i64>) -> Result<i64, ApiError> {
+pub(super) fn page_limit(state: &AppState, limit: Option<i64>) -> Result<i64, ApiError> {
     let api = &state.settings.api;
     let limit = limit.unwrap_or(api.default_page_size);
     if !(1..=api.max_page_size).contains(&limit) {

@@ -6,11 +6,18 @@
 //! `api.max_page_size`) and an opaque `cursor`, `next_cursor` null on the
 //! last page.
 
-use hyper::{http::request::Parts, StatusCode};
+use hyper::{body::Incoming, http::request::Parts, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{auth::authenticate_admin, body, json, ApiError, ApiResult};
+use super::{
+    auth::authenticate_admin,
+    body,
+    catalog::{filter_text as text, page_limit as limit_of},
+    json,
+    registration::{self, ensure_serving},
+    ApiError, ApiResult,
+};
 use crate::{
     state::AppState,
     store::{
@@ -23,38 +30,8 @@ fn invalid(detail: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_query", detail)
 }
 
-/// A page size from the query, as the catalogue reads it.
-fn limit_of(state: &AppState, limit: Option<i64>) -> Result<i64, ApiError> {
-    let api = &state.settings.api;
-    let limit = limit.unwrap_or(api.default_page_size);
-    if !(1..=api.max_page_size).contains(&limit) {
-        return Err(invalid(format!(
-            "limit must be between 1 and {}",
-            api.max_page_size
-        )));
-    }
-    Ok(limit)
-}
-
 fn bad_cursor() -> ApiError {
     invalid("cursor is not one this API answered: pass `next_cursor` back unchanged")
-}
-
-/// Query text: trimmed, `None` when empty; no control characters (which
-/// PostgreSQL refuses in text) and at most `max` characters.
-fn text(name: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
-    let Some(value) = value
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-    else {
-        return Ok(None);
-    };
-    if value.contains(char::is_control) || value.chars().count() > max {
-        return Err(invalid(format!(
-            "{name} must be at most {max} characters without control characters"
-        )));
-    }
-    Ok(Some(value))
 }
 
 fn one_of(name: &str, value: Option<String>, allowed: &[&str]) -> Result<Option<String>, ApiError> {
@@ -300,6 +277,8 @@ pub async fn waitlist(state: &AppState, req: &Parts, section: Uuid) -> ApiResult
 #[serde(deny_unknown_fields)]
 struct DeadLettersQuery {
     section_id: Option<Uuid>,
+    /// Only those no admin has resolved yet.
+    open: Option<bool>,
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -314,7 +293,8 @@ pub async fn dead_letters(state: &AppState, req: &Parts) -> ApiResult {
         Some(c) => Some(c.parse::<i64>().map_err(|_| bad_cursor())?),
     };
     let db = state.db.get().await?;
-    let rows = operations::dead_letters(&db, q.section_id, before, limit).await?;
+    let open = q.open.unwrap_or(false);
+    let rows = operations::dead_letters(&db, q.section_id, open, before, limit).await?;
     let (items, more) = page(rows, limit);
     let next_cursor = more
         .then(|| items.last().map(|d: &DeadLetter| d.id.to_string()))
@@ -383,4 +363,227 @@ pub async fn persistence(state: &AppState, req: &Parts) -> ApiResult {
             dead_letters_undo_owed,
         },
     )
+}
+
+/// A dead letter's id in a path: a positive integer.
+pub fn dead_letter_id(segment: &str) -> Result<i64, ApiError> {
+    segment
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_id",
+                format!("`{segment}` is not a dead letter's id (a positive integer)"),
+            )
+        })
+}
+
+/// Why resolving `id` did nothing: it is resolved already, or there is none.
+async fn not_open(db: &impl deadpool_postgres::GenericClient, id: i64) -> ApiError {
+    match operations::dead_letter(db, id).await {
+        Ok(Some(letter)) => ApiError::Conflict {
+            code: "already_resolved",
+            detail: format!(
+                "dead letter {id} was {} already",
+                letter.resolution.as_deref().unwrap_or("resolved")
+            ),
+        },
+        Ok(None) => ApiError::not_found("dead letter"),
+        Err(e) => e.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Dismissal {
+    reason: String,
+}
+
+/// Longest dismissal reason.
+const MAX_REASON: usize = 500;
+
+/// `POST /api/v1/admin/dead-letters/{id}/dismiss`: closes it with a reason
+/// (the event stays undone; nothing else changes).
+pub async fn dismiss(state: &AppState, req: &Parts, body: Incoming, id: i64) -> ApiResult {
+    let admin = authenticate_admin(state, req)?;
+    let dismissal: Dismissal = body::json(req, body, state.settings.http.max_body_bytes).await?;
+    let reason = dismissal.reason.trim();
+    if reason.is_empty()
+        || reason.chars().count() > MAX_REASON
+        || reason.contains(|c: char| c.is_control() && c != '\n')
+    {
+        return Err(ApiError::unprocessable(
+            "validation_failed",
+            format!("reason must be 1 to {MAX_REASON} characters, without control characters"),
+        ));
+    }
+    let db = state.db.get().await?;
+    match operations::resolve(&db, id, admin.student_id, "dismissed", Some(reason)).await? {
+        Some(letter) => {
+            tracing::info!(dead_letter = id, admin = %admin.student_id, "dead letter dismissed");
+            json(StatusCode::OK, &letter)
+        }
+        None => Err(not_open(&db, id).await),
+    }
+}
+
+/// What a retry did, beside the dead letter as it is now.
+#[derive(Serialize)]
+struct Retried {
+    dead_letter: DeadLetter,
+    /// `register` (the event took a seat or a waitlist place) or `drop`
+    /// (it gave one up).
+    action: &'static str,
+    /// As `POST /register` or `/register/drop` would answer it;
+    /// `not_registered` for a drop of a place the student no longer holds.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waitlist_position: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    promoted_student_id: Option<Uuid>,
+}
+
+/// `POST /api/v1/admin/dead-letters/{id}/retry`: does again, now, what the
+/// event did for its student (register for the section, or drop it), as
+/// the admin acting for them: the student's eligibility and every rule of
+/// today apply, and the answer may differ (the seat went to someone else).
+/// The dead letter is closed as `retried` with what the retry was answered.
+pub async fn retry(state: &AppState, req: &Parts, id: i64) -> ApiResult {
+    let admin = authenticate_admin(state, req)?;
+    ensure_serving(state)?;
+    let db = state.db.get().await?;
+    let letter = operations::dead_letter(&db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dead letter"))?;
+    let (action, student) = match (letter.kind.as_str(), letter.student_id) {
+        ("enroll" | "waitlist" | "promote", Some(student)) => ("register", student),
+        ("drop" | "unwait", Some(student)) => ("drop", student),
+        (kind, _) => {
+            return Err(ApiError::Conflict {
+                code: "not_retryable",
+                detail: format!("a `{kind}` event is no student's request to repeat; dismiss it"),
+            })
+        }
+    };
+    if letter.undone_at.is_none() {
+        return Err(ApiError::Conflict {
+            code: "undo_owed",
+            detail:
+                "its undo in Redis is still owed (recovery does it within a sweep); retry after"
+                    .into(),
+        });
+    }
+    // Claimed first, so that two admins retrying at once do it once.
+    if operations::resolve(&db, id, admin.student_id, "retried", None)
+        .await?
+        .is_none()
+    {
+        return Err(not_open(&db, id).await);
+    }
+    drop(db);
+    let section = letter.section_id;
+    let done = match action {
+        "register" => registration::decide(state, req, &admin, student, &[section])
+            .await
+            .map(|mut results| {
+                let r = results.remove(0);
+                (r.status, r.reason, r.waitlist_position, None)
+            }),
+        _ => match registration::leave(state, req, &admin, student, section).await {
+            Ok(d) => Ok((d.status, None, None, d.promoted_student_id)),
+            Err(ApiError::NotFound(_)) => Ok(("not_registered", None, None, None)),
+            Err(e) => Err(e),
+        },
+    };
+    let db = state.db.get().await?;
+    let (status, reason, waitlist_position, promoted_student_id) = match done {
+        Ok(done) => done,
+        Err(e) => {
+            // Nothing decided (Redis or PostgreSQL away): open again.
+            if let Err(reopen) = operations::reopen(&db, id).await {
+                tracing::warn!(dead_letter = id, error = %reopen, "a failed retry left its dead letter closed");
+            }
+            return Err(e);
+        }
+    };
+    let note = reason.unwrap_or(status);
+    let dead_letter = match operations::retried(&db, id, note).await {
+        Ok(Some(letter)) => letter,
+        Ok(None) | Err(_) => {
+            tracing::warn!(
+                dead_letter = id,
+                note,
+                "retried, but its outcome is not recorded"
+            );
+            letter
+        }
+    };
+    tracing::info!(dead_letter = id, admin = %admin.student_id, %student, %section, action, note, "dead letter retried");
+    json(
+        StatusCode::OK,
+        &Retried {
+            dead_letter,
+            action,
+            status,
+            reason,
+            waitlist_position,
+            promoted_student_id,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct SectionReconcile {
+    section_id: Uuid,
+    /// Redis and PostgreSQL hold the same state (at one consistent point).
+    agrees: bool,
+    /// They disagree beyond PostgreSQL merely lagging behind the outbox.
+    drift: bool,
+    differences: Vec<crate::sync::reconcile::Difference>,
+}
+
+/// `GET /api/v1/admin/sections/{id}/reconcile`: the section's Redis state
+/// compared with PostgreSQL's now (what `registrar reconcile` does for
+/// every section; read-only: `registrar reconcile --fix` repairs).
+pub async fn reconcile(state: &AppState, req: &Parts, section: Uuid) -> ApiResult {
+    authenticate_admin(state, req)?;
+    {
+        let db = state.db.get().await?;
+        if !operations::section_exists(&db, section).await? {
+            return Err(ApiError::not_found("section"));
+        }
+    }
+    let reports =
+        crate::sync::reconcile::reconcile_sections(&state.db, &state.redis, &[section], false)
+            .await
+            .map_err(unavailable_or_internal)?;
+    let report = reports.into_iter().find(|r| r.section == section);
+    json(
+        StatusCode::OK,
+        &SectionReconcile {
+            section_id: section,
+            agrees: report.is_none(),
+            drift: report.as_ref().is_some_and(|r| r.is_drift()),
+            differences: report.map(|r| r.differences).unwrap_or_default(),
+        },
+    )
+}
+
+/// An error of Redis or PostgreSQL as their 503; anything else a 500.
+fn unavailable_or_internal(e: anyhow::Error) -> ApiError {
+    let e = match e.downcast::<redis::RedisError>() {
+        Ok(e) => return e.into(),
+        Err(e) => e,
+    };
+    let e = match e.downcast::<tokio_postgres::Error>() {
+        Ok(e) => return e.into(),
+        Err(e) => e,
+    };
+    match e.downcast::<deadpool_postgres::PoolError>() {
+        Ok(e) => e.into(),
+        Err(e) => ApiError::Internal(e),
+    }
 }

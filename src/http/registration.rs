@@ -274,30 +274,45 @@ pub async fn register(state: &AppState, req: &Parts, body: Incoming) -> ApiResul
         &canonical_ids(&sections),
     ]);
     idempotency::run(state, student, key, fingerprint, async {
-        let refused = |reason, hold: Option<&String>| {
-            sections
-                .iter()
-                .map(|s| SectionResult {
-                    section_id: *s,
-                    status: "rejected",
-                    waitlist_position: None,
-                    reason: Some(reason),
-                    hold: hold.cloned(),
-                    rule: RuleDetail::default(),
-                })
-                .collect()
-        };
-        let results = match eligibility(state, req, &principal, student).await? {
-            Eligibility::Eligible => reserve_all(state, student, &sections).await?,
-            Eligibility::Inactive => refused("ineligible", None),
-            Eligibility::Hold(hold) => refused("hold", Some(&hold)),
-        };
-        for r in &results {
-            metrics::counter!(REGISTRATIONS, "outcome" => outcome_label(r)).increment(1);
-        }
+        let results = decide(state, req, &principal, student, &sections).await?;
         json(StatusCode::OK, &RegisterResponse { results })
     })
     .await
+}
+
+/// What registering `student` in `sections` comes to, for `principal` (the
+/// student, or an admin acting for them): the student's eligibility and
+/// every rule apply. `POST /register` answers it; the dead-letter retry
+/// (`http::operations`) records it.
+pub(super) async fn decide(
+    state: &AppState,
+    req: &Parts,
+    principal: &Principal,
+    student: Uuid,
+    sections: &[Uuid],
+) -> Result<Vec<SectionResult>, ApiError> {
+    let refused = |reason, hold: Option<&String>| {
+        sections
+            .iter()
+            .map(|s| SectionResult {
+                section_id: *s,
+                status: "rejected",
+                waitlist_position: None,
+                reason: Some(reason),
+                hold: hold.cloned(),
+                rule: RuleDetail::default(),
+            })
+            .collect()
+    };
+    let results = match eligibility(state, req, principal, student).await? {
+        Eligibility::Eligible => reserve_all(state, student, sections).await?,
+        Eligibility::Inactive => refused("ineligible", None),
+        Eligibility::Hold(hold) => refused("hold", Some(&hold)),
+    };
+    for r in &results {
+        metrics::counter!(REGISTRATIONS, "outcome" => outcome_label(r)).increment(1);
+    }
+    Ok(results)
 }
 
 /// Reserves every section through the registration service and encodes
@@ -342,10 +357,10 @@ struct DropRequest {
 }
 
 #[derive(Serialize)]
-struct DropResponse {
-    status: &'static str,
+pub(super) struct DropResponse {
+    pub(super) status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    promoted_student_id: Option<Uuid>,
+    pub(super) promoted_student_id: Option<Uuid>,
 }
 
 pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
@@ -361,41 +376,53 @@ pub async fn drop(state: &AppState, req: &Parts, body: Incoming) -> ApiResult {
         section.as_bytes(),
     ]);
     idempotency::run(state, student, key, fingerprint, async {
-        // Only existence matters: an inactive student, or one with a hold,
-        // may still leave.
-        eligibility(state, req, &principal, student).await?;
-        let outcome = state.registrar.drop(section, student, now_ms()).await?;
-        let response = match outcome {
-            None => return Err(ApiError::not_found("section")),
-            Some(Drop::NotLoaded | Drop::NotRegistered) => {
-                metrics::counter!(DROPS, "outcome" => "not_registered").increment(1);
-                return Err(ApiError::NotFound(
-                    "the student is neither enrolled nor waitlisted in this section".into(),
-                ));
-            }
-            Some(Drop::Dropped { promoted, .. }) => {
-                let label = if promoted.is_some() {
-                    "promoted"
-                } else {
-                    "dropped"
-                };
-                metrics::counter!(DROPS, "outcome" => label).increment(1);
-                DropResponse {
-                    status: "dropped",
-                    promoted_student_id: promoted,
-                }
-            }
-            Some(Drop::LeftWaitlist { .. }) => {
-                metrics::counter!(DROPS, "outcome" => "left_waitlist").increment(1);
-                DropResponse {
-                    status: "left_waitlist",
-                    promoted_student_id: None,
-                }
-            }
-        };
+        let response = leave(state, req, &principal, student, section).await?;
         json(StatusCode::OK, &response)
     })
     .await
+}
+
+/// What dropping `student` from `section` comes to, for `principal` (the
+/// student, or an admin acting for them). Not registered there is 404.
+pub(super) async fn leave(
+    state: &AppState,
+    req: &Parts,
+    principal: &Principal,
+    student: Uuid,
+    section: Uuid,
+) -> Result<DropResponse, ApiError> {
+    // Only existence matters: an inactive student, or one with a hold,
+    // may still leave.
+    eligibility(state, req, principal, student).await?;
+    let outcome = state.registrar.drop(section, student, now_ms()).await?;
+    Ok(match outcome {
+        None => return Err(ApiError::not_found("section")),
+        Some(Drop::NotLoaded | Drop::NotRegistered) => {
+            metrics::counter!(DROPS, "outcome" => "not_registered").increment(1);
+            return Err(ApiError::NotFound(
+                "the student is neither enrolled nor waitlisted in this section".into(),
+            ));
+        }
+        Some(Drop::Dropped { promoted, .. }) => {
+            let label = if promoted.is_some() {
+                "promoted"
+            } else {
+                "dropped"
+            };
+            metrics::counter!(DROPS, "outcome" => label).increment(1);
+            DropResponse {
+                status: "dropped",
+                promoted_student_id: promoted,
+            }
+        }
+        Some(Drop::LeftWaitlist { .. }) => {
+            metrics::counter!(DROPS, "outcome" => "left_waitlist").increment(1);
+            DropResponse {
+                status: "left_waitlist",
+                promoted_student_id: None,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

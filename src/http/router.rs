@@ -114,7 +114,10 @@ routes! {
     AdminStudentList     GET   "/api/v1/admin/students"              Api   => operations::students(state, req).await,
     AdminSectionRoster   GET   "/api/v1/admin/sections/{id}/roster"  Api   => operations::roster(state, req, path_id(id)?).await,
     AdminSectionWaitlist GET   "/api/v1/admin/sections/{id}/waitlist" Api  => operations::waitlist(state, req, path_id(id)?).await,
+    AdminSectionReconcile GET  "/api/v1/admin/sections/{id}/reconcile" Api => operations::reconcile(state, req, path_id(id)?).await,
     AdminDeadLetters     GET   "/api/v1/admin/dead-letters"          Api   => operations::dead_letters(state, req).await,
+    AdminDeadLetterRetry POST  "/api/v1/admin/dead-letters/{id}/retry" Api => operations::retry(state, req, operations::dead_letter_id(id)?).await,
+    AdminDeadLetterDismiss POST "/api/v1/admin/dead-letters/{id}/dismiss" Api => operations::dismiss(state, req, body, operations::dead_letter_id(id)?).await,
     AdminPersistence     GET   "/api/v1/admin/persistence"           Api   => operations::persistence(state, req).await,
 }
 

@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_registration_rules.sql",
         sql: include_str!("../../sql/0009_registration_rules.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_dead_letter_resolution.sql",
+        sql: include_str!("../../sql/0010_dead_letter_resolution.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).

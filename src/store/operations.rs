@@ -118,41 +118,124 @@ pub struct DeadLetter {
     /// When the event was undone in Redis (null: the undo is still owed).
     pub undone_at: Option<DateTime<Utc>>,
     pub undo_result: Option<String>,
+    /// When an admin resolved it (null: open).
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<Uuid>,
+    /// `retried` or `dismissed`.
+    pub resolution: Option<String>,
+    /// The dismissal's reason, or what the retry was answered.
+    pub resolution_note: Option<String>,
 }
 
-/// Dead letters newest first, before id `before`; at most `limit + 1`.
+const DEAD_LETTER_COLUMNS: &str = "id, section_id, seq, kind, student_id, error, sqlstate, \
+     created_at, undone_at, undo_result, resolved_at, resolved_by, resolution, resolution_note";
+
+fn dead_letter_of(r: &tokio_postgres::Row) -> DeadLetter {
+    DeadLetter {
+        id: r.get(0),
+        section_id: r.get(1),
+        seq: r.get(2),
+        kind: r.get(3),
+        student_id: r.get(4),
+        error: r.get(5),
+        sqlstate: r.get(6),
+        created_at: r.get(7),
+        undone_at: r.get(8),
+        undo_result: r.get(9),
+        resolved_at: r.get(10),
+        resolved_by: r.get(11),
+        resolution: r.get(12),
+        resolution_note: r.get(13),
+    }
+}
+
+/// Dead letters newest first, before id `before` (only unresolved ones
+/// with `open`); at most `limit + 1`.
 pub async fn dead_letters(
     db: &impl GenericClient,
     section: Option<Uuid>,
+    open: bool,
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, tokio_postgres::Error> {
     let stmt = db
-        .prepare_cached(
-            "select id, section_id, seq, kind, student_id, error, sqlstate, created_at, \
-                    undone_at, undo_result \
-               from dead_letters \
+        .prepare_cached(&format!(
+            "select {DEAD_LETTER_COLUMNS} from dead_letters \
               where ($1::uuid is null or section_id = $1) \
-                and ($2::bigint is null or id < $2) \
-              order by id desc limit $3",
+                and (not $2 or resolved_at is null) \
+                and ($3::bigint is null or id < $3) \
+              order by id desc limit $4"
+        ))
+        .await?;
+    let rows = db
+        .query(&stmt, &[&section, &open, &before, &(limit + 1)])
+        .await?;
+    Ok(rows.iter().map(dead_letter_of).collect())
+}
+
+pub async fn dead_letter(
+    db: &impl GenericClient,
+    id: i64,
+) -> Result<Option<DeadLetter>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            &format!("select {DEAD_LETTER_COLUMNS} from dead_letters where id = $1"),
+            &[&id],
         )
         .await?;
-    let rows = db.query(&stmt, &[&section, &before, &(limit + 1)]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| DeadLetter {
-            id: r.get(0),
-            section_id: r.get(1),
-            seq: r.get(2),
-            kind: r.get(3),
-            student_id: r.get(4),
-            error: r.get(5),
-            sqlstate: r.get(6),
-            created_at: r.get(7),
-            undone_at: r.get(8),
-            undo_result: r.get(9),
-        })
-        .collect())
+    Ok(row.as_ref().map(dead_letter_of))
+}
+
+/// Marks dead letter `id` resolved by `admin` if nobody has yet; `None`
+/// when it was resolved already (or does not exist: the caller tells which).
+pub async fn resolve(
+    db: &impl GenericClient,
+    id: i64,
+    admin: Uuid,
+    resolution: &str,
+    note: Option<&str>,
+) -> Result<Option<DeadLetter>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            &format!(
+                "update dead_letters \
+                    set resolved_at = now(), resolved_by = $2, resolution = $3, resolution_note = $4 \
+                  where id = $1 and resolved_at is null \
+                  returning {DEAD_LETTER_COLUMNS}"
+            ),
+            &[&id, &admin, &resolution, &note],
+        )
+        .await?;
+    Ok(row.as_ref().map(dead_letter_of))
+}
+
+/// Records what a claimed retry was answered.
+pub async fn retried(
+    db: &impl GenericClient,
+    id: i64,
+    note: &str,
+) -> Result<Option<DeadLetter>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            &format!(
+                "update dead_letters set resolution_note = $2 \
+                  where id = $1 and resolution = 'retried' returning {DEAD_LETTER_COLUMNS}"
+            ),
+            &[&id, &note],
+        )
+        .await?;
+    Ok(row.as_ref().map(dead_letter_of))
+}
+
+/// Opens a claimed retry again (it could not be carried out: try later).
+pub async fn reopen(db: &impl GenericClient, id: i64) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "update dead_letters set resolved_at = null, resolved_by = null, resolution = null, \
+                resolution_note = null where id = $1 and resolution = 'retried'",
+        &[&id],
+    )
+    .await?;
+    Ok(())
 }
 
 /// How many dead letters there are, and how many still owe their undo.
@@ -213,4 +296,15 @@ pub async fn writers(
             partitions: r.get(3),
         })
         .collect())
+}
+
+/// Whether section `id` exists.
+pub async fn section_exists(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(db
+        .query_opt("select 1 from sections where id = $1", &[&id])
+        .await?
+        .is_some())
 }

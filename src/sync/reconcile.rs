@@ -274,8 +274,34 @@ async fn snapshots(db: &Pool, which: Snapshots<'_>) -> anyhow::Result<Vec<Sectio
 /// if it is still at the point compared. Sets the drift gauge. Sections
 /// that agree are left out of the answer.
 pub async fn reconcile(db: &Pool, redis: &Redis, fix: bool) -> anyhow::Result<Vec<SectionReport>> {
+    let reports = compare_sections(db, redis, Snapshots::All, fix).await?;
+    let drift = reports
+        .iter()
+        .filter(|r| r.is_drift() && !r.repaired)
+        .count();
+    metrics::gauge!(RECONCILE_DRIFT).set(drift as f64);
+    Ok(reports)
+}
+
+/// [`reconcile`] for `sections` only (an admin asking about one section);
+/// the drift gauge stays the whole check's.
+pub async fn reconcile_sections(
+    db: &Pool,
+    redis: &Redis,
+    sections: &[Uuid],
+    fix: bool,
+) -> anyhow::Result<Vec<SectionReport>> {
+    compare_sections(db, redis, Snapshots::Only(sections), fix).await
+}
+
+async fn compare_sections(
+    db: &Pool,
+    redis: &Redis,
+    which: Snapshots<'_>,
+    fix: bool,
+) -> anyhow::Result<Vec<SectionReport>> {
     let mut reports = Vec::new();
-    let mut round = snapshots(db, Snapshots::All).await?;
+    let mut round = snapshots(db, which).await?;
     for attempt in 1..=ROUNDS {
         let mut moving = Vec::new();
         for snapshot in &round {
@@ -306,10 +332,5 @@ pub async fn reconcile(db: &Pool, redis: &Redis, fix: bool) -> anyhow::Result<Ve
         let ids: Vec<Uuid> = moving.iter().map(|(section, ..)| *section).collect();
         round = snapshots(db, Snapshots::Only(&ids)).await?;
     }
-    let drift = reports
-        .iter()
-        .filter(|r| r.is_drift() && !r.repaired)
-        .count();
-    metrics::gauge!(RECONCILE_DRIFT).set(drift as f64);
     Ok(reports)
 }

@@ -297,3 +297,242 @@ async fn dead_letters_are_listed_newest_first_and_persistence_names_every_lease(
         app.state.settings.sync.shards
     );
 }
+
+/// A dead letter as the shards write one, already undone in Redis.
+async fn dead_letter(
+    app: &TestApp,
+    section: Uuid,
+    seq: i64,
+    kind: &str,
+    student: Option<Uuid>,
+) -> i64 {
+    app.db
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "insert into dead_letters (section_id, seq, kind, student_id, error, sqlstate, undone_at, undo_result) \
+             values ($1, $2, $3, $4, 'a check failed', '23514', now(), 'reverted') returning id",
+            &[&section, &seq, &kind, &student],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_retried_once_as_the_student_would_be_answered_today_or_dismissed() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(2, 2, 1, 0).await;
+    let admin = &seeded.admin_token;
+    let [a, b] = seeded.report.section_ids[..] else {
+        panic!("two sections")
+    };
+    let (token1, first) = app.student(1).await;
+    let (_, second) = app.student(2).await;
+
+    // An enrolment that failed for good: retried, it enrols now.
+    let enrol = dead_letter(&app, a, 1, "enroll", Some(first)).await;
+    let retried = app
+        .post(
+            &format!("/api/v1/admin/dead-letters/{enrol}/retry"),
+            Some(admin),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["action"], "register");
+    assert_eq!(retried["status"], "enrolled", "{retried}");
+    assert_eq!(retried["dead_letter"]["resolution"], "retried");
+    assert_eq!(retried["dead_letter"]["resolution_note"], "enrolled");
+    let me: Value = get_ok(&app, "/api/v1/students/me/registrations", &token1).await;
+    assert_eq!(me["items"][0]["section_id"], a.to_string(), "{me}");
+    // Once only.
+    let again = app
+        .post(
+            &format!("/api/v1/admin/dead-letters/{enrol}/retry"),
+            Some(admin),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["code"], "already_resolved");
+
+    // Today's answer can differ: the one seat of `a` is taken now.
+    let late = dead_letter(&app, a, 2, "enroll", Some(second)).await;
+    let answer: Value = app
+        .post(
+            &format!("/api/v1/admin/dead-letters/{late}/retry"),
+            Some(admin),
+            &Value::Null,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "rejected", "{answer}");
+    assert_eq!(answer["reason"], "full");
+    assert_eq!(answer["dead_letter"]["resolution_note"], "full");
+
+    // A drop that failed: retried, the student leaves.
+    let drop = dead_letter(&app, a, 3, "drop", Some(first)).await;
+    let answer: Value = app
+        .post(
+            &format!("/api/v1/admin/dead-letters/{drop}/retry"),
+            Some(admin),
+            &Value::Null,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer["action"].as_str(), answer["status"].as_str()),
+        (Some("drop"), Some("dropped")),
+        "{answer}"
+    );
+
+    // A capacity change is nobody's request: only dismissed.
+    let config = dead_letter(&app, b, 1, "config", None).await;
+    let refused = app
+        .post(
+            &format!("/api/v1/admin/dead-letters/{config}/retry"),
+            Some(admin),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["code"], "not_retryable");
+    let empty = app
+        .post(
+            &format!("/api/v1/admin/dead-letters/{config}/dismiss"),
+            Some(admin),
+            &serde_json::json!({"reason": "  "}),
+        )
+        .await;
+    assert_eq!(empty.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let dismissed = app
+        .post(
+            &format!("/api/v1/admin/dead-letters/{config}/dismiss"),
+            Some(admin),
+            &serde_json::json!({"reason": "capacity was set again by hand"}),
+        )
+        .await;
+    assert_eq!(dismissed.status(), StatusCode::OK);
+    let dismissed: Value = dismissed.json().await.unwrap();
+    assert_eq!(dismissed["resolution"], "dismissed");
+    assert_eq!(
+        dismissed["resolution_note"],
+        "capacity was set again by hand"
+    );
+    assert!(dismissed["resolved_by"].is_string() && dismissed["resolved_at"].is_string());
+
+    // Open ones only: everything above is resolved.
+    let open = get_ok(&app, "/api/v1/admin/dead-letters?open=true", admin).await;
+    assert_eq!(open["items"], Value::Array(vec![]), "{open}");
+    let all = get_ok(&app, "/api/v1/admin/dead-letters", admin).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 4);
+
+    for (path, status) in [
+        (
+            "/api/v1/admin/dead-letters/0/retry",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/admin/dead-letters/x/retry",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/admin/dead-letters/999999/retry",
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        assert_eq!(
+            app.post(path, Some(admin), &Value::Null).await.status(),
+            status,
+            "{path}"
+        );
+    }
+    let student = app
+        .post(
+            &format!("/api/v1/admin/dead-letters/{late}/retry"),
+            Some(&token1),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(student.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_sections_reconcile_status_names_each_difference() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(1, 2, 3, 0).await;
+    let admin = &seeded.admin_token;
+    let [a, b] = seeded.report.section_ids[..] else {
+        panic!("two sections")
+    };
+    let (token, _) = app.student(1).await;
+    assert_eq!(app.register(&token, &[a]).await.status(), StatusCode::OK);
+    app.wait_persisted(&[a]).await;
+
+    let agrees = get_ok(
+        &app,
+        &format!("/api/v1/admin/sections/{a}/reconcile"),
+        admin,
+    )
+    .await;
+    assert_eq!(agrees["agrees"], true, "{agrees}");
+    assert_eq!(agrees["drift"], false);
+    assert_eq!(agrees["differences"], Value::Array(vec![]));
+
+    // Capacity moved behind the engine's back, in Redis only.
+    let meta = app.redis.section_keys(b).meta;
+    redis::cmd("HINCRBY")
+        .arg(&meta)
+        .arg("capacity")
+        .arg(5)
+        .query_async::<()>(&mut app.redis.conn())
+        .await
+        .unwrap();
+    let drifted = get_ok(
+        &app,
+        &format!("/api/v1/admin/sections/{b}/reconcile"),
+        admin,
+    )
+    .await;
+    assert_eq!(drifted["agrees"], false, "{drifted}");
+    assert_eq!(drifted["drift"], true);
+    let kinds: Vec<&str> = drifted["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"capacity"), "{drifted}");
+    // The other section is not disturbed by it, and nothing was repaired.
+    let a_again = get_ok(
+        &app,
+        &format!("/api/v1/admin/sections/{a}/reconcile"),
+        admin,
+    )
+    .await;
+    assert_eq!(a_again["agrees"], true);
+    let still = get_ok(
+        &app,
+        &format!("/api/v1/admin/sections/{b}/reconcile"),
+        admin,
+    )
+    .await;
+    assert_eq!(still["drift"], true);
+
+    let unknown = app
+        .get(
+            &format!("/api/v1/admin/sections/{}/reconcile", Uuid::now_v7()),
+            Some(admin),
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
