@@ -8,9 +8,10 @@
 #
 # With `--with-binaries`, also makes sure redis-server and the PostgreSQL server
 # binaries are installed even when servers already run: some tests start
-# private instances of their own to stop and restart them, and promtool
+# private instances of their own to stop and restart them, promtool
 # (Debian package prometheus, which on a systemd host also enables a
-# Prometheus service: `systemctl disable --now prometheus` if unwanted).
+# Prometheus service: `systemctl disable --now prometheus` if unwanted) and
+# Chromium (package chromium) for the headless browser test.
 set -euo pipefail
 
 PG_PORT=5432
@@ -130,6 +131,8 @@ ensure_services() {
         command -v redis-server >/dev/null 2>&1 || apt_install redis-server
         # promtool checks and unit-tests the alert rules (tests/api/observability.rs).
         command -v promtool >/dev/null 2>&1 || apt_install prometheus
+        # Headless Chromium renders /docs in tests/api/openapi.rs.
+        command -v chromium >/dev/null 2>&1 || apt_install chromium
         ensure_postgres_binaries
     fi
 }

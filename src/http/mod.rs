@@ -15,6 +15,7 @@ pub mod body;
 pub mod catalog;
 pub mod client;
 pub mod connections;
+pub mod docs;
 pub mod error;
 pub mod idempotency;
 pub mod limits;

@@ -24,11 +24,14 @@ const CACHE_CONTROL: &str = "public, max-age=300";
 
 /// A strong validator derived from the content: it changes exactly when the
 /// document does, also across servers built from the same source.
-static ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
-    let digest = Sha256::digest(DOCUMENT.as_bytes());
+static ETAG: LazyLock<HeaderValue> = LazyLock::new(|| etag_of(DOCUMENT.as_bytes()));
+
+/// A strong validator of `content`: a quoted prefix of its SHA-256.
+pub fn etag_of(content: &[u8]) -> HeaderValue {
+    let digest = Sha256::digest(content);
     HeaderValue::from_str(&format!("\"{}\"", hex(&digest[..16])))
         .expect("a quoted hex string is a valid header value")
-});
+}
 
 pub fn document(req: &Parts) -> ApiResult {
     conditional(
@@ -47,6 +50,17 @@ pub fn conditional(
     cache_control: &'static str,
     body: Bytes,
 ) -> ApiResult {
+    conditional_as(req, etag, cache_control, "application/json", body)
+}
+
+/// [`conditional`] for a body of `content_type`.
+pub fn conditional_as(
+    req: &Parts,
+    etag: HeaderValue,
+    cache_control: &'static str,
+    content_type: &'static str,
+    body: Bytes,
+) -> ApiResult {
     let fresh = req
         .headers
         .get_all(header::IF_NONE_MATCH)
@@ -62,7 +76,7 @@ pub fn conditional(
     } else {
         builder
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
     };
     Ok(response.expect("static headers are valid"))

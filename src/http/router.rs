@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::{
     accounts, admin, auth,
     body::BodyWait,
-    catalog,
+    catalog, docs,
     limits::{self, Charge},
     openapi, operations, path_id, probes, registration, rules, students, ApiError, ApiResult, Body,
 };
@@ -79,6 +79,8 @@ routes! {
     Health               GET   "/health"                             Free  => probes::health(state).await,
     Metrics              GET   "/metrics"                            Free  => probes::metrics(state).await,
     OpenApi              GET   "/api/v1/openapi.json"                Api   => openapi::document(req),
+    Docs                 GET   "/docs"                               Api   => docs::page(req),
+    DocsRedoc            GET   "/docs/redoc.standalone.js"           Api   => docs::redoc(req),
     Login                POST  "/api/v1/auth/login"                  Login => auth::login(state, req, body).await,
     Register             POST  "/api/v1/register"                    Api   => registration::register(state, req, body).await,
     RegisterDrop         POST  "/api/v1/register/drop"               Api   => registration::drop(state, req, body).await,

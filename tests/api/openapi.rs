@@ -214,3 +214,101 @@ async fn values_postgres_cannot_store_get_the_documented_4xx() {
     let created = app.post("/api/v1/admin/semesters", admin, &semester).await;
     assert_eq!(created.status(), StatusCode::CREATED);
 }
+
+/// `/docs` renders the served document with the vendored Redoc: the page
+/// names the document and the script, and both are this server's.
+#[tokio::test]
+async fn the_api_reference_page_and_its_renderer_are_served_without_a_cdn() {
+    let app = crate::helpers::spawn_app().await;
+    let page = app.get("/docs", None).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(
+        page.headers()[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    let policy = page.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"spec-url="/api/v1/openapi.json""#),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"<script src="/docs/redoc.standalone.js">"#),
+        "{html}"
+    );
+    assert!(!html.contains("https://"), "nothing from elsewhere: {html}");
+
+    let script = app.get("/docs/redoc.standalone.js", None).await;
+    assert_eq!(script.status(), StatusCode::OK);
+    assert!(script.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let etag = script.headers()[header::ETAG].clone();
+    let body = script.bytes().await.unwrap();
+    let vendored = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/redoc/redoc.standalone.js"),
+    )
+    .unwrap();
+    assert_eq!(body.len(), vendored.len());
+    let again = app
+        .http
+        .get(app.url("/docs/redoc.standalone.js"))
+        .header(header::IF_NONE_MATCH, etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+}
+
+/// The page renders in a real browser under its own content security
+/// policy: headless Chromium (Debian package chromium; `bash
+/// scripts/services.sh --with-binaries` installs it) runs Redoc, which
+/// fetches the document and lays out every operation.
+#[tokio::test]
+async fn the_api_reference_renders_in_a_headless_browser() {
+    let app = crate::helpers::spawn_app().await;
+    let profile = tempfile_dir("docs-browser");
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(90),
+        tokio::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=20000",
+                &format!("--user-data-dir={}", profile.display()),
+                "--dump-dom",
+                &app.url("/docs"),
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finished within 90 s")
+    .expect("chromium runs (Debian package chromium)");
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&output.stdout);
+    // Summaries of operations, as Redoc lays them out from the document.
+    for summary in [
+        "Accounts, paged and searched",
+        "Liveness: the process answers",
+    ] {
+        assert!(
+            dom.contains(summary),
+            "{summary:?} not rendered; chromium said: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
