@@ -86,16 +86,6 @@ impl Application {
             }
         }
         let redis = Redis::new(&settings.redis)?;
-        // Not fatal either: registration waits (503, /ready 503) until Redis
-        // answers; said once here with the address and the fix.
-        if let Err(e) = redis.ping().await {
-            tracing::warn!(
-                error = %e,
-                redis = %redis.address(),
-                "Redis unreachable at start; registration waits for it (check redis.url, \
-                 or start Redis: `bash scripts/services.sh`)"
-            );
-        }
         let addr = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -334,6 +324,16 @@ impl Application {
 /// Loads the scripts and every active section Redis lacks, retrying until
 /// both Redis and PostgreSQL answer; `/ready` turns 200 after.
 async fn warm_up(state: Arc<AppState>, loader: Arc<warmup::Loader>) {
+    // Not fatal: registration waits (503, /ready 503) until Redis answers;
+    // said once, with the address and the fix.
+    if let Err(e) = state.redis.ping().await {
+        tracing::warn!(
+            error = %e,
+            redis = %state.redis.address(),
+            "Redis unreachable at start; registration waits for it (check redis.url, \
+             or start Redis: `bash scripts/services.sh`)"
+        );
+    }
     loop {
         let attempt = async {
             state.redis.load_scripts().await.with_context(|| {
