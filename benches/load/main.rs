@@ -1062,6 +1062,10 @@ async fn main() -> anyhow::Result<()> {
         name: "(student, section) pairs of unknown final state".into(),
         value: ledger.uncertain() as f64,
     });
+    measures.push(model::Measure {
+        name: "... of which answers crossed in flight".into(),
+        value: ledger.crossed() as f64,
+    });
     let rss_peak = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
     let rss_end = system.rss_mib();
     let report = RunReport {

@@ -31,6 +31,13 @@ pub struct Ledger {
     entries: Mutex<Vec<LedgerEntry>>,
 }
 
+/// What the answers establish about one (student, section).
+struct Last {
+    state: Option<bool>,
+    /// Unknown because two answers crossed in flight.
+    crossed: bool,
+}
+
 /// One acknowledged fact about (student, section): `Some(true)` holds a
 /// seat, `Some(false)` does not, `None` unknown (a register or drop whose
 /// answer was lost or a 5xx: it may or may not have happened). A promotion
@@ -68,9 +75,9 @@ impl Ledger {
     /// out: the service never told the client where they stand.
     pub fn enrolled(&self) -> HashMap<Uuid, BTreeSet<Uuid>> {
         let mut map: HashMap<Uuid, BTreeSet<Uuid>> = HashMap::new();
-        for ((student, section), state) in self.last_states() {
+        for ((student, section), last) in self.last_states() {
             let set = map.entry(section).or_default();
-            if state == Some(true) {
+            if last.state == Some(true) {
                 set.insert(student);
             }
         }
@@ -81,7 +88,16 @@ impl Ledger {
     pub fn uncertain(&self) -> usize {
         self.last_states()
             .values()
-            .filter(|state| state.is_none())
+            .filter(|last| last.state.is_none())
+            .count()
+    }
+
+    /// Of those, the pairs whose last answers crossed in flight (see
+    /// [`Ledger::last_states`]); the rest lost their last answer or got a 5xx.
+    pub fn crossed(&self) -> usize {
+        self.last_states()
+            .values()
+            .filter(|last| last.crossed)
             .count()
     }
 
@@ -91,7 +107,7 @@ impl Ledger {
     /// drop and, on another connection, the drop that promoted them): when
     /// an answer with another state arrived after the last one was sent,
     /// which came last on the server is unknown, and so is the state.
-    fn last_states(&self) -> HashMap<(Uuid, Uuid), Option<bool>> {
+    fn last_states(&self) -> HashMap<(Uuid, Uuid), Last> {
         let mut by_pair: HashMap<(Uuid, Uuid), Vec<LedgerEntry>> = HashMap::new();
         for e in self.entries.lock().unwrap().iter() {
             by_pair.entry((e.student, e.section)).or_default().push(*e);
@@ -101,13 +117,14 @@ impl Ledger {
             .map(|(pair, mut entries)| {
                 entries.sort_by_key(|e| e.answered);
                 let last = *entries.last().expect("at least one entry");
-                let overlapped = entries
+                let crossed = entries
                     .iter()
                     .rev()
                     .skip(1)
                     .take_while(|e| e.answered > last.sent)
                     .any(|e| e.state != last.state);
-                (pair, if overlapped { None } else { last.state })
+                let state = if crossed { None } else { last.state };
+                (pair, Last { state, crossed })
             })
             .collect()
     }

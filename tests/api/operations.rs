@@ -320,6 +320,16 @@ async fn dead_letter(
         .get(0)
 }
 
+/// `POST /admin/dead-letters/{id}/retry` with `token`.
+async fn retry(app: &TestApp, id: i64, token: &str) -> reqwest::Response {
+    app.post(
+        &format!("/api/v1/admin/dead-letters/{id}/retry"),
+        Some(token),
+        &Value::Null,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_dead_letter_is_retried_once_as_the_student_would_be_answered_today_or_dismissed() {
     let app = spawn_app().await;
@@ -333,13 +343,7 @@ async fn a_dead_letter_is_retried_once_as_the_student_would_be_answered_today_or
 
     // An enrolment that failed for good: retried, it enrols now.
     let enrol = dead_letter(&app, a, 1, "enroll", Some(first)).await;
-    let retried = app
-        .post(
-            &format!("/api/v1/admin/dead-letters/{enrol}/retry"),
-            Some(admin),
-            &Value::Null,
-        )
-        .await;
+    let retried = retry(&app, enrol, admin).await;
     assert_eq!(retried.status(), StatusCode::OK);
     let retried: Value = retried.json().await.unwrap();
     assert_eq!(retried["action"], "register");
@@ -349,45 +353,21 @@ async fn a_dead_letter_is_retried_once_as_the_student_would_be_answered_today_or
     let me: Value = get_ok(&app, "/api/v1/students/me/registrations", &token1).await;
     assert_eq!(me["items"][0]["section_id"], a.to_string(), "{me}");
     // Once only.
-    let again = app
-        .post(
-            &format!("/api/v1/admin/dead-letters/{enrol}/retry"),
-            Some(admin),
-            &Value::Null,
-        )
-        .await;
+    let again = retry(&app, enrol, admin).await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["code"], "already_resolved");
 
     // Today's answer can differ: the one seat of `a` is taken now.
     let late = dead_letter(&app, a, 2, "enroll", Some(second)).await;
-    let answer: Value = app
-        .post(
-            &format!("/api/v1/admin/dead-letters/{late}/retry"),
-            Some(admin),
-            &Value::Null,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = retry(&app, late, admin).await.json().await.unwrap();
     assert_eq!(answer["status"], "rejected", "{answer}");
     assert_eq!(answer["reason"], "full");
     assert_eq!(answer["dead_letter"]["resolution_note"], "full");
 
     // A drop that failed: retried, the student leaves.
     let drop = dead_letter(&app, a, 3, "drop", Some(first)).await;
-    let answer: Value = app
-        .post(
-            &format!("/api/v1/admin/dead-letters/{drop}/retry"),
-            Some(admin),
-            &Value::Null,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = retry(&app, drop, admin).await.json().await.unwrap();
     assert_eq!(
         (answer["action"].as_str(), answer["status"].as_str()),
         (Some("drop"), Some("dropped")),
@@ -396,13 +376,7 @@ async fn a_dead_letter_is_retried_once_as_the_student_would_be_answered_today_or
 
     // A capacity change is nobody's request: only dismissed.
     let config = dead_letter(&app, b, 1, "config", None).await;
-    let refused = app
-        .post(
-            &format!("/api/v1/admin/dead-letters/{config}/retry"),
-            Some(admin),
-            &Value::Null,
-        )
-        .await;
+    let refused = retry(&app, config, admin).await;
     assert_eq!(refused.status(), StatusCode::CONFLICT);
     let refused: Value = refused.json().await.unwrap();
     assert_eq!(refused["code"], "not_retryable");
@@ -456,13 +430,7 @@ async fn a_dead_letter_is_retried_once_as_the_student_would_be_answered_today_or
             "{path}"
         );
     }
-    let student = app
-        .post(
-            &format!("/api/v1/admin/dead-letters/{late}/retry"),
-            Some(&token1),
-            &Value::Null,
-        )
-        .await;
+    let student = retry(&app, late, &token1).await;
     assert_eq!(student.status(), StatusCode::FORBIDDEN);
 }
 
