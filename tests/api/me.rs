@@ -90,7 +90,10 @@ async fn login_names_the_student_and_me_shows_their_account_holds_and_credits() 
     // The hold took them off the waitlist (README "Registration rules").
     assert_eq!(view["credits"][0]["waitlisted"], 0, "{view}");
 
-    // `me` in the student's own paths.
+    // `me` in the student's own paths. Both reads of each pair must see the
+    // same persistence state, so let PostgreSQL catch up first: otherwise a
+    // write landing between them turns "pending" into "persisted".
+    app.wait_persisted(&s[..3]).await;
     for path in ["registrations", "waitlist"] {
         let mine = app
             .get(&format!("/api/v1/students/me/{path}"), Some(&token))
