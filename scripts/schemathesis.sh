@@ -93,6 +93,9 @@ for _ in $(seq 1 100); do
 done
 curl -fs "$base/ready" >/dev/null || { log "the server did not become ready"; exit 1; }
 
+# The live streams (`.../events`, text/event-stream) answer 200 and then
+# never end, which schemathesis can only report as a timeout: they are left
+# out here and tested by tests/api/live.rs with a real stream reader.
 checks=not_a_server_error,status_code_conformance,content_type_conformance
 checks+=,response_headers_conformance,response_schema_conformance
 checks+=,unsupported_method,allow_header_conformance,ignored_auth
@@ -115,6 +118,7 @@ run() {
             --seed "$SEED" \
             --workers 1 \
             --request-timeout 15 \
+            --exclude-path-regex '/events$' \
             --generation-database none \
             --no-color
     ) || {

@@ -31,7 +31,25 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
     pub rules: RulesSettings,
+    pub live: LiveSettings,
     pub log: LogSettings,
+}
+
+/// Live updates over Server-Sent Events (`src/live.rs`, README "Live updates").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveSettings {
+    /// Off: the persistence writers publish nothing and the stream
+    /// endpoints answer 503 `live_disabled`.
+    pub enabled: bool,
+    /// Streams one instance keeps open at once; beyond it 503 with Retry-After.
+    pub max_streams: usize,
+    /// A comment line this often keeps proxies from closing a quiet stream.
+    pub heartbeat_ms: Millis,
+    /// How long a stream lives before the server ends it (the client
+    /// reconnects with Last-Event-ID): a token that expires meanwhile is
+    /// checked again, and streams spread over instances after a scale-out.
+    pub max_stream_secs: u64,
 }
 
 /// The registration rules (issue 14, SPEC §14; `src/rules.rs`).
@@ -529,7 +547,7 @@ impl Settings {
                 "must not exceed api.max_page_size",
             ));
         }
-        let positive: [(&'static str, u64); 21] = [
+        let positive: [(&'static str, u64); 23] = [
             (
                 "api.max_sections_per_request",
                 self.api.max_sections_per_request as u64,
@@ -569,6 +587,8 @@ impl Settings {
                 "auth.max_concurrent_hashes",
                 self.auth.max_concurrent_hashes as u64,
             ),
+            ("live.max_streams", self.live.max_streams as u64),
+            ("live.max_stream_secs", self.live.max_stream_secs),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(name, "must be greater than zero"));

@@ -52,6 +52,7 @@ pub mod config;
 pub mod domain;
 pub mod health;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod registration;
 pub mod rules;

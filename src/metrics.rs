@@ -49,6 +49,10 @@ pub const REPLICATION_UNCONFIRMED: &str = "registrar_redis_replication_unconfirm
 pub const DB_POOL_MAX: &str = "registrar_db_pool_max_connections";
 pub const DB_POOL_WAITING: &str = "registrar_db_pool_waiting";
 pub const BUILD_INFO: &str = "registrar_build_info";
+pub const LIVE_STREAMS: &str = "registrar_live_streams";
+pub const LIVE_SUBSCRIBED: &str = "registrar_live_subscribed";
+pub const LIVE_MESSAGES: &str = "registrar_live_messages_total";
+pub const LIVE_RESYNCS: &str = "registrar_live_resyncs_total";
 
 /// Label values known in advance, so their series exist (at zero) from the
 /// first scrape: a rate or an alert over a counter that has never moved then
@@ -184,6 +188,8 @@ fn zero() {
         LOGIN_LOCKS,
         IDEMPOTENT_REPLAYS,
         UNOWNED_SKIPPED,
+        LIVE_MESSAGES,
+        LIVE_RESYNCS,
     ] {
         counter!(name).increment(0);
     }
@@ -201,6 +207,22 @@ fn describe() {
     );
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being handled right now.");
     describe_gauge!(HTTP_CONNECTIONS, "Client connections open right now.");
+    describe_gauge!(
+        LIVE_STREAMS,
+        "Server-Sent Event streams open on this instance (section and student streams)."
+    );
+    describe_gauge!(
+        LIVE_SUBSCRIBED,
+        "1 while this instance's Redis subscription to the live announcements is up, else 0."
+    );
+    describe_counter!(
+        LIVE_MESSAGES,
+        "Announcements of committed batches this instance heard (one per section per batch)."
+    );
+    describe_counter!(
+        LIVE_RESYNCS,
+        "Times the live subscription came back after a loss and every stream reread its state."
+    );
     describe_counter!(
         HTTP_CONNECTIONS_REFUSED,
         "Connections refused at accept because their client address (an IPv6 /64 counts as one) already held http.max_connections_per_address."

@@ -85,7 +85,7 @@ impl Application {
                 }
             }
         }
-        let redis = Redis::new(&settings.redis)?;
+        let redis = Redis::new(&settings.redis)?.announcing(settings.live.enabled);
         let addr = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -138,6 +138,10 @@ impl Application {
             ),
             passwords: Passwords::new(settings.auth.max_concurrent_hashes)?,
             metrics: metrics::install(),
+            live: Arc::new(crate::live::Hub::new(
+                &settings.live,
+                &settings.redis.namespace,
+            )),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             warmed_up: AtomicBool::new(false),
@@ -225,6 +229,17 @@ impl Application {
             metrics::upkeep(self.state.metrics.clone()),
         );
         let sweeper = supervisor.spawn("sweeper", self.sweeper.run(self.stop.subscribe()));
+        // Live updates: this instance hears every committed batch (src/live.rs).
+        let live = self.state.settings.live.enabled.then(|| {
+            supervisor.spawn(
+                "live-subscription",
+                self.state.live.clone().run(
+                    self.state.settings.redis.clone(),
+                    self.state.persistence.clone(),
+                    self.leases.clone(),
+                ),
+            )
+        });
         // Account changes made anywhere reach every server's Redis copy.
         let access = supervisor.spawn("access-listener", crate::access::listen(self.state.clone()));
         let ineligible = supervisor.spawn(
@@ -295,6 +310,9 @@ impl Application {
         supervisor.stopping();
         warm.abort();
         upkeep.abort();
+        if let Some(live) = live {
+            live.abort();
+        }
         access.abort();
         let _ = self.stop.send(true);
         revalidator.abort();

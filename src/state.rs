@@ -60,6 +60,8 @@ pub struct AppState {
     pub limiter: Limiter,
     /// `/health`'s Redis and PostgreSQL checks, shared for a moment.
     pub dependency_checks: DependencyChecks,
+    /// Live updates: this instance's subscription and its open streams.
+    pub live: Arc<crate::live::Hub>,
     /// Watches the background tasks; `/ready` fails once one has died.
     pub supervisor: Supervisor,
     pub started: Instant,
@@ -79,6 +81,7 @@ impl AppState {
 
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        self.live.close();
     }
 
     pub fn is_access_copied(&self) -> bool {

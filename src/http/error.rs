@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{header, Response, StatusCode};
 use serde::Serialize;
 
@@ -146,7 +144,7 @@ impl ApiError {
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<super::Body> {
         let status = self.status();
         let detail = match &self {
             ApiError::Internal(cause) => {
@@ -189,7 +187,7 @@ impl ApiError {
             _ => {}
         }
         builder
-            .body(Full::new(Bytes::from(body)))
+            .body(super::Body::from(body))
             .expect("static headers are valid")
     }
 }

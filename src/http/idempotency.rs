@@ -8,8 +8,7 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::{header, http::request::Parts, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -89,7 +88,7 @@ fn replay(status: &str, body: String) -> ApiResult {
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
         .header("idempotent-replayed", "true")
-        .body(Full::new(Bytes::from(body)))
+        .body(super::Body::from(body))
         .expect("static headers are valid"))
 }
 
@@ -142,7 +141,7 @@ where
         tracing::warn!(error = %e, "failed to store an idempotent answer");
         release(state, &record).await;
     }
-    Ok(Response::from_parts(parts, Full::new(bytes)))
+    Ok(Response::from_parts(parts, super::Body::from(bytes)))
 }
 
 /// Frees a claim whose answer is not kept; if Redis cannot be told, the

@@ -19,6 +19,7 @@ pub mod docs;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
+pub mod live;
 pub mod openapi;
 pub mod operations;
 pub mod probes;
@@ -28,15 +29,85 @@ pub mod rules;
 pub mod server;
 pub mod students;
 
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{header, Response, StatusCode};
+use hyper::{
+    body::{Frame, SizeHint},
+    header, Response, StatusCode,
+};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 pub use error::ApiError;
 
-/// Every response body is a single buffer: answers are small and complete.
-pub type Body = Full<Bytes>;
+/// A response body: one buffer (every answer but the live streams: they are
+/// small and complete), or the chunks a live stream's task sends
+/// ([`live`]), which ends when that task stops or the client goes away
+/// (dropping the body drops the receiver, and the task's next send fails).
+#[derive(Debug)]
+pub enum Body {
+    Full(Full<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::Full(Full::default())
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Body::Full(Full::new(bytes))
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Self {
+        Body::from(Bytes::from(bytes))
+    }
+}
+
+impl From<String> for Body {
+    fn from(text: String) -> Self {
+        Body::from(Bytes::from(text))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(full) => Pin::new(full).poll_frame(cx),
+            Body::Stream(chunks) => chunks.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(full) => full.is_end_stream(),
+            Body::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(full) => full.size_hint(),
+            Body::Stream(_) => SizeHint::default(),
+        }
+    }
+}
 
 /// What handlers return.
 pub type ApiResult = Result<Response<Body>, ApiError>;
@@ -49,7 +120,7 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> ApiResult {
     Ok(Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Body::from(body))
         .expect("static headers are valid"))
 }
 
@@ -57,7 +128,7 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> ApiResult {
 pub fn empty(status: StatusCode) -> Response<Body> {
     Response::builder()
         .status(status)
-        .body(Full::new(Bytes::new()))
+        .body(Body::default())
         .expect("a status alone is a valid response")
 }
 

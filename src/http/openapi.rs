@@ -8,7 +8,6 @@
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{header, header::HeaderValue, http::request::Parts, Response, StatusCode};
 use sha2::{Digest, Sha256};
 
@@ -72,12 +71,12 @@ pub fn conditional_as(
     let response = if fresh {
         builder
             .status(StatusCode::NOT_MODIFIED)
-            .body(Full::default())
+            .body(super::Body::default())
     } else {
         builder
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, content_type)
-            .body(Full::new(body))
+            .body(super::Body::from(body))
     };
     Ok(response.expect("static headers are valid"))
 }

@@ -11,8 +11,6 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{header, Response, StatusCode};
 use serde::Serialize;
 
@@ -167,6 +165,6 @@ pub async fn metrics(state: &AppState) -> ApiResult {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )
-        .body(Full::new(Bytes::from(text)))
+        .body(super::Body::from(text))
         .expect("static headers are valid"))
 }

@@ -16,7 +16,8 @@ use super::{
     body::BodyWait,
     catalog, docs,
     limits::{self, Charge},
-    openapi, operations, path_id, probes, registration, rules, students, ApiError, ApiResult, Body,
+    live, openapi, operations, path_id, probes, registration, rules, students, ApiError, ApiResult,
+    Body,
 };
 use crate::{
     metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS},
@@ -89,9 +90,11 @@ routes! {
     SemesterSections     GET   "/api/v1/semesters/{id}/sections"     Api   => catalog::semester_sections(state, req, path_id(id)?).await,
     SectionsAvailable    GET   "/api/v1/sections/available"          Api   => catalog::available(state, req).await,
     Section              GET   "/api/v1/sections/{id}"               Api   => catalog::section(state, req, path_id(id)?).await,
+    SectionEvents        GET   "/api/v1/sections/{id}/events"        Api   => live::section(state, req, path_id(id)?).await,
     Me                   GET   "/api/v1/me"                          Api   => students::me(state, req).await,
     StudentRegistrations GET   "/api/v1/students/{id}/registrations" Api   => students::registrations(state, req, students::student_of(state, req, id)?).await,
     StudentWaitlist      GET   "/api/v1/students/{id}/waitlist"      Api   => students::waitlist(state, req, students::student_of(state, req, id)?).await,
+    StudentEvents        GET   "/api/v1/students/{id}/events"        Api   => live::student(state, req, students::student_of(state, req, id)?).await,
     AdminSemesters       POST  "/api/v1/admin/semesters"             Api   => admin::create_semester(state, req, body).await,
     AdminCourses         POST  "/api/v1/admin/courses"               Api   => admin::create_course(state, req, body).await,
     AdminSections        POST  "/api/v1/admin/sections"              Api   => admin::create_section(state, req, body).await,

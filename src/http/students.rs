@@ -31,7 +31,11 @@ struct List<T> {
     live: bool,
 }
 
-fn ensure_may_read(state: &AppState, req: &Parts, student_id: Uuid) -> Result<(), ApiError> {
+pub(super) fn ensure_may_read(
+    state: &AppState,
+    req: &Parts,
+    student_id: Uuid,
+) -> Result<(), ApiError> {
     let principal = authenticate(state, req)?;
     if principal.may_act_for(student_id) {
         Ok(())
@@ -169,7 +173,7 @@ pub async fn me(state: &AppState, req: &Parts) -> ApiResult {
 
 /// Sections to look at: those PostgreSQL has for the student plus those the
 /// student registered in through Redis; and Redis's standing in each.
-async fn standings(
+pub(super) async fn standings(
     state: &AppState,
     student: Uuid,
     persisted: impl Iterator<Item = Uuid>,

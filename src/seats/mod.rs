@@ -50,6 +50,9 @@ pub struct Redis {
     address: Arc<str>,
     scripts: Arc<Scripts>,
     watch: Arc<RedisWatch>,
+    /// Whether acknowledging a committed batch also announces it
+    /// (`live.enabled`, see `crate::live`).
+    announce: bool,
 }
 
 /// The shared connection as handed out by [`Redis::conn`]: every failure of
@@ -140,7 +143,14 @@ impl Redis {
             address: settings.url.redacted().into(),
             scripts: Arc::new(Scripts::new()),
             watch: Arc::new(RedisWatch::new()),
+            announce: false,
         })
+    }
+
+    /// Whether [`Self::ack_all`] announces each batch to the live streams.
+    pub fn announcing(mut self, on: bool) -> Self {
+        self.announce = on;
+        self
     }
 
     /// True on a Redis Cluster.

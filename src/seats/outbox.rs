@@ -12,6 +12,14 @@ use uuid::Uuid;
 use super::Redis;
 use crate::domain::{Event, EventKind, SectionConfig};
 
+/// Persisted events of one section to remove from its outbox, and the
+/// students they concern (for the live announcement).
+pub struct Ack {
+    pub section: Uuid,
+    pub seqs: Vec<i64>,
+    pub students: Vec<Uuid>,
+}
+
 /// A reply value as text (bulk or simple string, or an integer's digits).
 pub(super) fn text(v: &Value) -> Option<String> {
     match v {
@@ -158,16 +166,28 @@ impl Redis {
 
     /// [`Self::ack`] for many sections in one round trip (one per slot on a
     /// cluster): a batch spread over hundreds of sections would otherwise
-    /// wait on one XDEL after another.
-    pub async fn ack_all(&self, acks: &[(Uuid, Vec<i64>)]) -> RedisResult<()> {
+    /// wait on one XDEL after another. When announcing (`live.enabled`),
+    /// each section's XDEL is followed by the PUBLISH of the batch to its
+    /// live channel (`crate::live`), in the same pipeline and slot.
+    pub async fn ack_all(&self, acks: &[Ack]) -> RedisResult<()> {
         let groups: Vec<redis::Pipeline> = acks
             .iter()
-            .filter(|(_, seqs)| !seqs.is_empty())
-            .map(|(section, seqs)| {
+            .filter(|ack| !ack.seqs.is_empty())
+            .map(|ack| {
                 let mut pipe = redis::pipe();
-                let xdel = pipe.cmd("XDEL").arg(self.section_keys(*section).outbox);
-                for seq in seqs {
+                let xdel = pipe
+                    .cmd("XDEL")
+                    .arg(self.section_keys(ack.section).outbox)
+                    .ignore();
+                for seq in &ack.seqs {
                     xdel.arg(format!("{seq}-0"));
+                }
+                if self.announce {
+                    let last = ack.seqs.iter().max().copied().unwrap_or_default();
+                    pipe.cmd("PUBLISH")
+                        .arg(crate::live::channel(&self.namespace, ack.section))
+                        .arg(crate::live::payload(last, ack.students.iter().copied()))
+                        .ignore();
                 }
                 pipe
             })
@@ -175,6 +195,27 @@ impl Redis {
         if groups.is_empty() {
             return Ok(());
         }
+        self.per_slot(false, groups).await.map(drop)
+    }
+
+    /// Tells the instances that write `sections` that events of theirs wait
+    /// in the outboxes (`crate::live`, a wake). Nothing when not announcing:
+    /// the owners' sweepers find them then.
+    pub async fn wake_writers(&self, sections: &[Uuid]) -> RedisResult<()> {
+        if !self.announce || sections.is_empty() {
+            return Ok(());
+        }
+        let groups = sections
+            .iter()
+            .map(|section| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("PUBLISH")
+                    .arg(crate::live::channel(&self.namespace, *section))
+                    .arg(crate::live::WAKE)
+                    .ignore();
+                pipe
+            })
+            .collect();
         self.per_slot(false, groups).await.map(drop)
     }
 

@@ -182,13 +182,12 @@ async fn start(settings: &Settings) -> Started {
 }
 
 impl TestApp {
-    /// Restarts the application as a process restart does: stops it the way
-    /// SIGTERM does (stop accepting, let the shards drain for at most
-    /// `sync.drain_timeout_ms`, leave the rest in the outbox, close the
-    /// pools), then starts a new one on the same database and Redis
-    /// namespace. The new one listens on a new port and is not yet ready:
-    /// call `wait_ready` (or wait for `/live` while PostgreSQL is away).
-    pub async fn restart(&mut self) {
+    /// Stops it the way SIGTERM does and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    async fn halt(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -198,6 +197,16 @@ impl TestApp {
                 .expect("the server task did not panic")
                 .expect("the server stopped cleanly");
         }
+    }
+
+    /// Restarts the application as a process restart does: stops it the way
+    /// SIGTERM does (stop accepting, let the shards drain for at most
+    /// `sync.drain_timeout_ms`, leave the rest in the outbox, close the
+    /// pools), then starts a new one on the same database and Redis
+    /// namespace. The new one listens on a new port and is not yet ready:
+    /// call `wait_ready` (or wait for `/live` while PostgreSQL is away).
+    pub async fn restart(&mut self) {
+        self.halt().await;
         let started = start(&self.settings).await;
         self.state = started.state;
         self.addr = started.addr;

@@ -17,6 +17,7 @@ mod input;
 #[path = "../kit/mod.rs"]
 mod kit;
 mod limits;
+mod live;
 mod me;
 mod migrations;
 mod model;

@@ -167,13 +167,20 @@ impl Shard {
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut queued: BTreeMap<Uuid, (Vec<Event>, bool)> = BTreeMap::new();
         let mut unowned = 0u64;
+        let mut others: Vec<Uuid> = Vec::new();
         for job in jobs {
             match job {
                 // Another instance writes this section: its events wait in
-                // the outbox, where the owner's sweeper finds them. Work
-                // taken on while owning is finished even if the lease goes
-                // meanwhile (the optimistic check keeps that safe).
-                Job::Event(e) if !self.leases.owns(e.section) => unowned += 1,
+                // the outbox, where the owner's sweeper finds them (or at
+                // once, woken below). Work taken on while owning is finished
+                // even if the lease goes meanwhile (the optimistic check
+                // keeps that safe).
+                Job::Event(e) if !self.leases.owns(e.section) => {
+                    unowned += 1;
+                    if !others.contains(&e.section) {
+                        others.push(e.section);
+                    }
+                }
                 Job::CatchUp(s) if !self.leases.owns(s) => unowned += 1,
                 Job::Event(e) => queued.entry(e.section).or_default().0.push(e),
                 Job::CatchUp(s) => queued.entry(s).or_default().1 = true,
@@ -182,6 +189,12 @@ impl Shard {
         }
         if unowned > 0 {
             metrics::counter!(UNOWNED_SKIPPED).increment(unowned);
+        }
+        if !others.is_empty() {
+            if let Err(e) = self.redis.wake_writers(&others).await {
+                // Harmless: the owner's sweeper finds them.
+                tracing::debug!(error = %e, sections = others.len(), "failed to wake the sections' writers");
+            }
         }
         if self.write_all(queued).await {
             for done in flushes {

@@ -73,7 +73,15 @@ impl Shard {
                 metrics::counter!(EVENTS_APPLIED, "kind" => e.kind.as_str()).increment(1);
                 metrics::histogram!(PERSIST_LAG).record((now - e.at_ms).max(0) as f64 / 1000.0);
             }
-            acks.push((plan.section, plan.events.iter().map(|e| e.seq).collect()));
+            let mut students: Vec<uuid::Uuid> =
+                plan.events.iter().filter_map(|e| e.student).collect();
+            students.sort_unstable();
+            students.dedup();
+            acks.push(crate::seats::outbox::Ack {
+                section: plan.section,
+                seqs: plan.events.iter().map(|e| e.seq).collect(),
+                students,
+            });
         }
         if let Err(e) = self.redis.ack_all(&acks).await {
             // Harmless: the entries are skipped (seq ≤ last_seq) and acknowledged next time.
