@@ -21,6 +21,7 @@ mod kit;
 mod model;
 mod report;
 mod server;
+mod streams;
 mod workloads;
 
 use std::{
@@ -218,6 +219,11 @@ struct Args {
     /// Flood: connections the flooding student sends on, as fast as they can.
     #[arg(long, default_value_t = 8)]
     flood_connections: usize,
+    /// Live update streams held open through the scenario phase (half
+    /// students' own, half section streams over the scenario's sections),
+    /// each read like a browser would: what they cost the registrations.
+    #[arg(long, default_value_t = 0)]
+    streams: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -781,6 +787,15 @@ async fn main() -> anyhow::Result<()> {
             ),
             Scenario::Flood => unreachable!("the flood runs its own phases above"),
         };
+        let live_streams = match args.streams {
+            0 => None,
+            n => {
+                let open =
+                    streams::Streams::open(&system.addrs, &students, scenario_sections, n).await?;
+                eprintln!("live streams: {n} open");
+                Some(open)
+            }
+        };
         let (cpu_before, eval_before) = redis_usec(&system.redis).await?;
         let procs_before = cpu::Cpu::now(&system.pids());
         // scripts/profile-enrol.sh starts sampling the server on this line.
@@ -826,6 +841,23 @@ async fn main() -> anyhow::Result<()> {
         let (cpu_after, eval_after) = redis_usec(&system.redis).await?;
         let spent = procs_before.until(&cpu::Cpu::now(&system.pids()));
         let answered = Instant::now();
+        if let Some(live) = &live_streams {
+            // Events still on their way after the last answer are not counted.
+            let (events, bytes, open) = (live.events(), live.bytes(), live.still_open());
+            eprintln!(
+                "live streams: {open} of {} still open after the phase; {events} events, {bytes} bytes delivered",
+                live.open
+            );
+            ratios.push(Ratio {
+                name: format!(
+                    "live: events/s delivered to {} open streams ({open} still open at the end)",
+                    live.open
+                ),
+                value: events as f64 / phase.duration_s.max(1e-9),
+                target: String::new(),
+                met: None,
+            });
+        }
         let drain_s = system
             .drain(scenario_sections, Duration::from_secs(120))
             .await?
