@@ -39,6 +39,15 @@ pub fn parser_max_headers(max_headers: usize) -> usize {
     max_headers.saturating_mul(2).max(HYPER_DEFAULT_MAX_HEADERS)
 }
 
+/// Longest request head (request line and headers) hyper accepts; over it,
+/// a bare 431. Without it hyper's only bound is its read buffer (~408 KiB),
+/// checked while a head is incomplete: one read could carry a whole larger
+/// head past it, so a 500 KB head was refused or served depending on how
+/// TCP cut it (tests/api/input.rs saw both). With it the parsed length is
+/// checked too. Above hyper's longest request target (64 KiB), so a long
+/// target is still a 414.
+const MAX_HEAD_BYTES: usize = 400 * 1024;
+
 /// Refused connections being answered at once (each for at most
 /// [`connections::REFUSAL_DEADLINE`]). A flood beyond it is closed without
 /// an answer: refusing must stay cheaper than serving.
@@ -88,6 +97,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout())
         .max_headers(parser_max_headers(settings.max_headers))
+        .max_header_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
