@@ -11,7 +11,8 @@
 # private instances of their own to stop and restart them, promtool
 # (Debian package prometheus, which on a systemd host also enables a
 # Prometheus service: `systemctl disable --now prometheus` if unwanted) and
-# Chromium (package chromium) for the headless browser test.
+# Chromium and chromedriver (packages chromium, chromium-driver) for the
+# headless browser tests.
 set -euo pipefail
 
 PG_PORT=5432
@@ -131,8 +132,10 @@ ensure_services() {
         command -v redis-server >/dev/null 2>&1 || apt_install redis-server
         # promtool checks and unit-tests the alert rules (tests/api/observability.rs).
         command -v promtool >/dev/null 2>&1 || apt_install prometheus
-        # Headless Chromium renders /docs in tests/api/openapi.rs.
+        # Headless Chromium renders /docs in tests/api/openapi.rs, and
+        # chromedriver drives it through the web page in tests/api/page.rs.
         command -v chromium >/dev/null 2>&1 || apt_install chromium
+        command -v chromedriver >/dev/null 2>&1 || apt_install chromium-driver
         ensure_postgres_binaries
     fi
 }

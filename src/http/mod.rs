@@ -22,6 +22,7 @@ pub mod limits;
 pub mod live;
 pub mod openapi;
 pub mod operations;
+pub mod page;
 pub mod probes;
 pub mod registration;
 pub mod router;

@@ -16,8 +16,8 @@ use super::{
     body::BodyWait,
     catalog, docs,
     limits::{self, Charge},
-    live, openapi, operations, path_id, probes, registration, rules, students, ApiError, ApiResult,
-    Body,
+    live, openapi, operations, page, path_id, probes, registration, rules, students, ApiError,
+    ApiResult, Body,
 };
 use crate::{
     metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS},
@@ -82,6 +82,9 @@ routes! {
     OpenApi              GET   "/api/v1/openapi.json"                Api   => openapi::document(req),
     Docs                 GET   "/docs"                               Api   => docs::page(req),
     DocsRedoc            GET   "/docs/redoc.standalone.js"           Api   => docs::redoc(req),
+    App                  GET   "/app"                                Api   => page::page(req),
+    AppScript            GET   "/app/app.js"                         Api   => page::script(req),
+    AppStyle             GET   "/app/app.css"                        Api   => page::style(req),
     Login                POST  "/api/v1/auth/login"                  Login => auth::login(state, req, body).await,
     Register             POST  "/api/v1/register"                    Api   => registration::register(state, req, body).await,
     RegisterDrop         POST  "/api/v1/register/drop"               Api   => registration::drop(state, req, body).await,

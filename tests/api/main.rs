@@ -25,6 +25,7 @@ mod observability;
 mod openapi;
 mod operations;
 mod ordinary;
+mod page;
 mod partitions;
 mod probes;
 mod processes;
