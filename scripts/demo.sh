@@ -29,6 +29,9 @@ bin=${CARGO_TARGET_DIR:-target}/release/registrar
 
 cat <<'TXT'
 
+Open http://127.0.0.1:8080/app (S0000001 / password123; admin / admin-password
+for the operator view), or the API reference at http://127.0.0.1:8080/docs.
+
 Try it (in another terminal):
   TOKEN=$(curl -s -X POST http://127.0.0.1:8080/api/v1/auth/login \
             -H 'content-type: application/json' \

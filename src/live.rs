@@ -25,7 +25,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, Weak,
     },
     time::Duration,
 };
@@ -37,6 +37,7 @@ use uuid::Uuid;
 use crate::{
     config::{LiveSettings, RedisSettings, RedisTarget},
     metrics::{LIVE_MESSAGES, LIVE_RESYNCS, LIVE_STREAMS, LIVE_SUBSCRIBED},
+    seats::LiveCounts,
     sync::{lease::Leases, Persistence},
 };
 
@@ -150,6 +151,19 @@ fn remove(map: &mut HashMap<Uuid, Vec<Arc<Watcher>>>, key: Uuid, id: u64) {
     }
 }
 
+/// A section's counts as read from Redis, with its sequence read just
+/// before them (so the counts are at least that recent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectionNow {
+    pub seq: i64,
+    pub counts: LiveCounts,
+}
+
+/// The last read of one section's counts, shared by the section's streams
+/// on this instance: the first stream a batch nudges reads, the others
+/// (waiting on the lock meanwhile) find that read recent enough.
+pub type SharedRead = Arc<tokio::sync::Mutex<Option<SectionNow>>>;
+
 /// This instance's side of the live updates (one per process, in `AppState`).
 pub struct Hub {
     settings: LiveSettings,
@@ -157,6 +171,7 @@ pub struct Hub {
     open: AtomicUsize,
     next_id: AtomicU64,
     routes: Mutex<Routes>,
+    reads: Mutex<HashMap<Uuid, Weak<tokio::sync::Mutex<Option<SectionNow>>>>>,
     closing: watch::Sender<bool>,
 }
 
@@ -170,6 +185,7 @@ impl Hub {
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             routes: Mutex::new(Routes::default()),
+            reads: Mutex::new(HashMap::new()),
             closing: watch::channel(false).0,
         }
     }
@@ -237,6 +253,19 @@ impl Hub {
             },
             rx,
         ))
+    }
+
+    /// The shared read of `section`'s counts (see [`SharedRead`]); it lives
+    /// as long as a stream holds it.
+    pub fn shared_read(&self, section: Uuid) -> SharedRead {
+        let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(read) = reads.get(&section).and_then(Weak::upgrade) {
+            return read;
+        }
+        reads.retain(|_, read| read.strong_count() > 0);
+        let read = Arc::new(tokio::sync::Mutex::new(None));
+        reads.insert(section, Arc::downgrade(&read));
+        read
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {

@@ -36,7 +36,7 @@ use super::{
     ApiError, ApiResult, Body,
 };
 use crate::{
-    live::{Notice, Refused, Subscription},
+    live::{Notice, Refused, SectionNow, SharedRead, Subscription},
     seats::{LiveCounts, Redis, StudentStanding},
     state::AppState,
     store::{self, students},
@@ -155,33 +155,39 @@ struct SeatsView {
     waitlist_length: i64,
 }
 
-async fn read_seats(redis: &Redis, section: Uuid) -> redis::RedisResult<Option<SeatsView>> {
-    let counts = redis.live_counts(&[section]).await?;
-    let seqs = redis.seqs(&[section]).await?;
-    Ok(
-        match (
-            counts.into_iter().next().flatten(),
-            seqs.first().copied().flatten(),
-        ) {
-            (
-                Some(LiveCounts {
-                    capacity,
-                    seats_available,
-                    enrolled,
-                    waitlist_length,
-                }),
-                seq,
-            ) => Some(SeatsView {
-                section_id: section,
-                seq: seq.unwrap_or(0),
-                total_seats: capacity,
-                enrolled,
-                seats_available,
-                waitlist_length,
-            }),
-            (None, _) => None,
-        },
-    )
+impl SeatsView {
+    fn new(section_id: Uuid, now: SectionNow) -> Self {
+        let LiveCounts {
+            capacity,
+            seats_available,
+            enrolled,
+            waitlist_length,
+        } = now.counts;
+        Self {
+            section_id,
+            seq: now.seq,
+            total_seats: capacity,
+            enrolled,
+            seats_available,
+            waitlist_length,
+        }
+    }
+}
+
+/// The section's sequence, then its counts: the counts are at least as
+/// recent as the sequence that names them.
+async fn read_now(redis: &Redis, section: Uuid) -> redis::RedisResult<Option<SectionNow>> {
+    let seq = redis.seqs(&[section]).await?.first().copied().flatten();
+    let counts = redis
+        .live_counts(&[section])
+        .await?
+        .into_iter()
+        .next()
+        .flatten();
+    Ok(counts.map(|counts| SectionNow {
+        seq: seq.unwrap_or(0),
+        counts,
+    }))
 }
 
 pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
@@ -190,7 +196,8 @@ pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     // Watching before the first read: a batch committed in between is
     // heard rather than missed.
     sub.watch_section(id);
-    let Some(now) = read_seats(&state.redis, id).await? else {
+    let shared = state.live.shared_read(id);
+    let Some(now) = read_now(&state.redis, id).await? else {
         // Redis holds every active section; an inactive one never moves.
         let db = state.read_db.get().await?;
         return match store::catalog::section_by_id(&db, id).await? {
@@ -202,6 +209,7 @@ pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
             None => Err(ApiError::not_found("section")),
         };
     };
+    let now = SeatsView::new(id, now);
     let (mut pipe, chunks) = Pipe::new(state);
     let mut opening = format!("retry: {RETRY_MS}\n\n");
     if last_event_id(req) != Some(now.seq.to_string().as_str()) {
@@ -210,32 +218,54 @@ pub async fn section(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
     let redis = state.redis.clone();
     tokio::spawn(async move {
         if pipe.send(opening).await {
-            follow_section(redis, sub, notices, pipe, now).await;
+            follow_section(redis, shared, sub, notices, pipe, now).await;
         }
     });
     Ok(stream_response(chunks))
 }
 
+/// Follows one section: each batch is read once per instance, by whichever
+/// of the section's streams gets to the shared read first.
 async fn follow_section(
     redis: Redis,
+    shared: SharedRead,
     sub: Subscription,
     mut notices: mpsc::Receiver<Notice>,
     mut pipe: Pipe,
     mut shown: SeatsView,
 ) {
-    while let Some(notice) = pipe.next(&mut notices).await {
+    while let Some(first) = pipe.next(&mut notices).await {
         // Nudges that queued meanwhile are answered by the same read.
-        while notices.try_recv().is_ok() {}
-        let _ = (notice, sub.take_lagged());
-        let now = match read_seats(&redis, shown.section_id).await {
-            Ok(Some(now)) => now,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, "live: cannot read a section's counts; the next change retries");
-                continue;
+        let mut forced = sub.take_lagged();
+        let mut wanted = 0;
+        let mut notice = Some(first);
+        while let Some(n) = notice {
+            match n {
+                Notice::Changed(a) => wanted = wanted.max(a.seq),
+                Notice::Resync => forced = true,
+            }
+            notice = notices.try_recv().ok();
+        }
+        let now = {
+            let mut last = shared.lock().await;
+            match *last {
+                Some(now) if !forced && now.seq >= wanted => now,
+                _ => match read_now(&redis, shown.section_id).await {
+                    Ok(Some(now)) => {
+                        *last = Some(now);
+                        now
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "live: cannot read a section's counts; the next change retries");
+                        continue;
+                    }
+                },
             }
         };
-        if now != shown {
+        let now = SeatsView::new(shown.section_id, now);
+        // A read older than the one shown (the streams share reads) is skipped.
+        if now.seq >= shown.seq && now != shown {
             if !pipe.send(frame("seats", &now.seq.to_string(), &now)).await {
                 return;
             }

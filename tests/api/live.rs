@@ -327,6 +327,26 @@ async fn streams_are_capped_private_and_end_when_the_server_shuts_down() {
     for _ in 0..3 {
         open.push(Stream::open(&app.base, &path, &one, None).await);
     }
+    // A batch is read once per instance for all of a section's streams
+    // (the shared read): each of them still shows it.
+    for stream in &mut open {
+        let first = stream
+            .next(Duration::from_secs(5))
+            .await
+            .expect("the seats now");
+        assert_eq!(first.data["seats_available"], 2, "{}", first.data);
+    }
+    assert_eq!(
+        app.register(&one, &[section]).await.status(),
+        StatusCode::OK
+    );
+    for stream in &mut open {
+        let taken = stream
+            .until(Duration::from_secs(5), |e| e.event == "seats")
+            .await
+            .expect("every stream of the section hears of it");
+        assert_eq!(taken.data["seats_available"], 1, "{}", taken.data);
+    }
     let refused = Stream::request(&app.base, &path, &two, None).await;
     assert!(refused.headers().contains_key("retry-after"));
     assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "too_many_streams").await;
@@ -343,9 +363,6 @@ async fn streams_are_capped_private_and_end_when_the_server_shuts_down() {
 
     // Shutdown ends the streams instead of waiting out the grace for them.
     let mut last = open.pop().unwrap();
-    last.next(Duration::from_secs(2))
-        .await
-        .expect("the seats now");
     let stopping = Instant::now();
     app.stop().await;
     assert!(last.next(Duration::from_secs(5)).await.is_none());
