@@ -37,7 +37,10 @@ use uuid::Uuid;
 use crate::{
     config::{LiveSettings, RedisSettings, RedisTarget},
     metrics::{LIVE_MESSAGES, LIVE_RESYNCS, LIVE_STREAMS, LIVE_SUBSCRIBED},
-    seats::LiveCounts,
+    seats::{
+        announce::{Announcement, Message},
+        LiveCounts,
+    },
     sync::{lease::Leases, Persistence},
 };
 
@@ -46,64 +49,6 @@ pub const QUEUE: usize = 32;
 
 /// Longest wait between two attempts to subscribe again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// The channel a section's committed batches are announced on.
-pub fn channel(namespace: &str, section: Uuid) -> String {
-    format!("{namespace}:{{s:{section}}}:live")
-}
-
-/// The payload of one announcement (see the module documentation).
-pub fn payload(seq: i64, students: impl IntoIterator<Item = Uuid>) -> String {
-    let mut text = seq.to_string();
-    for student in students {
-        text.push(' ');
-        text.push_str(&student.to_string());
-    }
-    text
-}
-
-/// What one message on a section's channel says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Message {
-    Batch(Announcement),
-    /// An instance that does not write the section took events of it: its
-    /// writer should read the outbox now rather than at the next sweep.
-    Wake(Uuid),
-}
-
-/// The payload of a [`Message::Wake`].
-pub const WAKE: &str = "wake";
-
-impl Message {
-    /// Parses a message of `channel(namespace, _)`; None for anything else.
-    pub fn parse(namespace: &str, channel: &str, payload: &str) -> Option<Self> {
-        let id = channel
-            .strip_prefix(namespace)?
-            .strip_prefix(":{s:")?
-            .strip_suffix("}:live")?;
-        let section = Uuid::try_parse(id).ok()?;
-        if payload == WAKE {
-            return Some(Message::Wake(section));
-        }
-        let mut words = payload.split(' ');
-        let seq = words.next()?.parse().ok()?;
-        let students = words.map(Uuid::try_parse).collect::<Result<_, _>>().ok()?;
-        Some(Message::Batch(Announcement {
-            section,
-            seq,
-            students,
-        }))
-    }
-}
-
-/// A committed batch of one section, as a stream hears of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Announcement {
-    pub section: Uuid,
-    /// The section's sequence after the batch.
-    pub seq: i64,
-    pub students: Vec<Uuid>,
-}
 
 /// What a stream is told.
 #[derive(Debug, Clone)]
@@ -440,6 +385,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seats::announce::{channel, payload, WAKE};
 
     fn settings(max_streams: usize) -> LiveSettings {
         LiveSettings {

@@ -12,6 +12,7 @@
 //! One server or a Redis Cluster, see [`link`]: the engine is the same.
 
 pub mod access;
+pub mod announce;
 pub mod idempotency;
 pub mod keys;
 pub mod limits;
@@ -51,7 +52,7 @@ pub struct Redis {
     scripts: Arc<Scripts>,
     watch: Arc<RedisWatch>,
     /// Whether acknowledging a committed batch also announces it
-    /// (`live.enabled`, see `crate::live`).
+    /// (`live.enabled`, see [`announce`]).
     announce: bool,
 }
 

@@ -168,7 +168,7 @@ impl Redis {
     /// cluster): a batch spread over hundreds of sections would otherwise
     /// wait on one XDEL after another. When announcing (`live.enabled`),
     /// each section's XDEL is followed by the PUBLISH of the batch to its
-    /// live channel (`crate::live`), in the same pipeline and slot.
+    /// live channel ([`super::announce`]), in the same pipeline and slot.
     pub async fn ack_all(&self, acks: &[Ack]) -> RedisResult<()> {
         let groups: Vec<redis::Pipeline> = acks
             .iter()
@@ -185,8 +185,8 @@ impl Redis {
                 if self.announce {
                     let last = ack.seqs.iter().max().copied().unwrap_or_default();
                     pipe.cmd("PUBLISH")
-                        .arg(crate::live::channel(&self.namespace, ack.section))
-                        .arg(crate::live::payload(last, ack.students.iter().copied()))
+                        .arg(super::announce::channel(&self.namespace, ack.section))
+                        .arg(super::announce::payload(last, ack.students.iter().copied()))
                         .ignore();
                 }
                 pipe
@@ -199,7 +199,7 @@ impl Redis {
     }
 
     /// Tells the instances that write `sections` that events of theirs wait
-    /// in the outboxes (`crate::live`, a wake). Nothing when not announcing:
+    /// in the outboxes (a wake, [`super::announce`]). Nothing when not announcing:
     /// the owners' sweepers find them then.
     pub async fn wake_writers(&self, sections: &[Uuid]) -> RedisResult<()> {
         if !self.announce || sections.is_empty() {
@@ -210,8 +210,8 @@ impl Redis {
             .map(|section| {
                 let mut pipe = redis::pipe();
                 pipe.cmd("PUBLISH")
-                    .arg(crate::live::channel(&self.namespace, *section))
-                    .arg(crate::live::WAKE)
+                    .arg(super::announce::channel(&self.namespace, *section))
+                    .arg(super::announce::WAKE)
                     .ignore();
                 pipe
             })
