@@ -74,15 +74,32 @@ async fn account_of(state: &AppState, id: Uuid) -> Result<students::Account, Api
 /// answer says so (503) and repeating the request (which changes nothing
 /// more in PostgreSQL) stores it. Meanwhile the NOTIFY listener of every
 /// server tries too.
+///
+/// A student who may no longer register leaves their waitlists before the
+/// answer too. Storing the record withdraws them only when it is the store
+/// that takes the right away; this server's NOTIFY listener may have stored
+/// it first and still be withdrawing, so this withdraws again (a student
+/// already off every waitlist costs one read).
 async fn apply(state: &AppState, id: Uuid, record: &AccessRecord) -> Result<(), ApiError> {
-    access::store(state, id, record).await.map_err(|e| {
+    let not_in_force = |e: &dyn std::fmt::Display| {
         tracing::warn!(error = %e, student = %id, "account changed, but its access record is not in Redis yet");
         ApiError::Unavailable {
             code: "change_not_in_force",
             detail: "the change is saved, but not yet in force on every server; repeat the request",
             retry_after_secs: 1,
         }
-    })
+    };
+    access::store(state, id, record)
+        .await
+        .map_err(|e| not_in_force(&e))?;
+    if !record.gone && (!record.may_register || record.hold.is_some()) {
+        state
+            .registrar
+            .withdraw_waitlists(id, crate::domain::now_ms())
+            .await
+            .map_err(|e| not_in_force(&e))?;
+    }
+    Ok(())
 }
 
 pub async fn get(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
