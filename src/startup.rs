@@ -27,7 +27,7 @@ use crate::{
     sync::{
         lease::{LeaseKeeper, Leases},
         sweeper::{Backlog, Sweeper},
-        warmup, Persistence, Workers,
+        warmup, Persistence, Recovered, Workers,
     },
 };
 
@@ -103,6 +103,7 @@ impl Application {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let supervisor = Supervisor::new();
         let leases = Leases::new(settings.sync.partitions);
+        let recovered = Recovered::new();
         let (persistence, workers) = Persistence::start(
             &settings.sync,
             sync_db.clone(),
@@ -110,12 +111,14 @@ impl Application {
             stop_rx,
             &supervisor,
             &leases,
+            &recovered,
         );
         let lease_keeper = LeaseKeeper::new(
             store::lease_pool(&settings.database)?,
             leases.clone(),
             &settings.redis.namespace,
             Duration::from_millis(settings.sync.lease_interval_ms),
+            recovered,
         );
         let backlog = Arc::new(Backlog::default());
         let loader = Arc::new(warmup::Loader::new(
@@ -128,6 +131,7 @@ impl Application {
             db: sync_db.clone(),
             redis: redis.clone(),
             persistence: persistence.clone(),
+            leases: leases.clone(),
             settings: settings.sync.clone(),
             backlog: backlog.clone(),
         };

@@ -160,6 +160,12 @@ impl System {
             for (key, value) in rate_limit_env(rate_limits) {
                 launch = launch.env(key, value);
             }
+            // BENCH_SERVER_LOG=<dir>: each instance's log, at info, in
+            // <dir>/server-<n>.log (to see what the server did in a run).
+            if let Some(dir) = std::env::var_os("BENCH_SERVER_LOG") {
+                let path = Path::new(&dir).join(format!("server-{}.log", servers.len()));
+                launch = launch.env("APP__LOG__LEVEL", "info").log_to(&path);
+            }
             servers.push(launch.spawn());
         }
         let redis = Redis::new(&settings.redis)?;

@@ -41,9 +41,10 @@ use std::{
 use anyhow::Context;
 use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
+use super::Recovered;
 use crate::{metrics::PARTITIONS_OWNED, store::leases};
 
 /// Refreshes an instance may miss before the others take its leases.
@@ -53,14 +54,24 @@ const MISSED_REFRESHES: u32 = 3;
 #[derive(Clone)]
 pub struct Leases {
     owned: Arc<[AtomicBool]>,
+    /// Partitions taken since the sweeper last asked ([`Leases::take_gained`]).
+    gained: Arc<[AtomicBool]>,
+    /// Rung when a round took partitions, so the sweeper hands their
+    /// waiting events to the shards at once instead of at its next tick.
+    woken: Arc<Notify>,
 }
 
 impl Leases {
     pub fn new(partitions: usize) -> Self {
-        Self {
-            owned: (0..partitions.max(1))
+        let flags = || -> Arc<[AtomicBool]> {
+            (0..partitions.max(1))
                 .map(|_| AtomicBool::new(false))
-                .collect(),
+                .collect()
+        };
+        Self {
+            owned: flags(),
+            gained: flags(),
+            woken: Arc::new(Notify::new()),
         }
     }
 
@@ -95,6 +106,28 @@ impl Leases {
         metrics::gauge!(PARTITIONS_OWNED).set(self.owned() as f64);
     }
 
+    /// Starts writing a partition just locked, and marks it gained.
+    fn take(&self, partition: usize) {
+        self.set(partition, true);
+        self.gained[partition].store(true, Ordering::Release);
+    }
+
+    /// Waits until a lease round has taken partitions (returns at once if
+    /// one did since the last wait).
+    pub async fn gained(&self) {
+        self.woken.notified().await;
+    }
+
+    /// The partitions taken since the last call, each reported once: their
+    /// sections' events may be waiting in the outbox (written while nobody
+    /// held the lease: an outage, a takeover, a handover).
+    pub fn take_gained(&self) -> Vec<bool> {
+        self.gained
+            .iter()
+            .map(|g| g.swap(false, Ordering::AcqRel))
+            .collect()
+    }
+
     /// Stops writing every partition (the locks may be gone).
     fn forget_all(&self) {
         for p in self.owned.iter() {
@@ -124,11 +157,21 @@ pub struct LeaseKeeper {
     /// The session holding the locks; None until connected, and after a
     /// failure (a new session starts from no lease).
     session: Option<deadpool_postgres::Object>,
+    /// PostgreSQL's return: announced when a round succeeds after a failed
+    /// one, and heard from the shards to start over without waiting a tick.
+    recovered: Recovered,
 }
 
 impl LeaseKeeper {
-    pub fn new(pool: Pool, leases: Leases, namespace: &str, interval: Duration) -> Self {
+    pub fn new(
+        pool: Pool,
+        leases: Leases,
+        namespace: &str,
+        interval: Duration,
+        recovered: Recovered,
+    ) -> Self {
         Self {
+            recovered,
             pool,
             leases,
             namespace: namespace.to_string(),
@@ -150,14 +193,25 @@ impl LeaseKeeper {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut back = self.recovered.watch();
+        let mut failed = false;
         loop {
+            let lost = self.session.is_none();
             tokio::select! {
                 _ = tick.tick() => {}
+                // A shard got through to PostgreSQL: take the leases back now.
+                _ = back.changed(), if lost => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
             let round = tokio::time::timeout(self.deadline(), self.round()).await;
             let failure = match round {
-                Ok(Ok(())) => continue,
+                Ok(Ok(())) => {
+                    if std::mem::take(&mut failed) {
+                        self.recovered.announce();
+                        back.borrow_and_update();
+                    }
+                    continue;
+                }
                 Ok(Err(e)) => e,
                 Err(_) => anyhow::anyhow!("no answer within {} ms", self.deadline().as_millis()),
             };
@@ -166,6 +220,7 @@ impl LeaseKeeper {
             } else {
                 tracing::debug!(error = %format!("{failure:#}"), "lease round failed");
             }
+            failed = true;
             self.leases.forget_all();
             if let Some(session) = self.session.take() {
                 drop(deadpool_postgres::Object::take(session));
@@ -221,14 +276,20 @@ impl LeaseKeeper {
                 tracing::info!(partition = p, live, "lease handed over to a newcomer");
             }
         }
+        let mut taken = 0;
         for &p in &order {
             if held >= share {
                 break;
             }
             if !self.leases.held(p) && leases::try_lock(db, self.key, p as i32).await? {
-                self.leases.set(p, true);
+                self.leases.take(p);
                 held += 1;
+                taken += 1;
             }
+        }
+        if taken > 0 {
+            tracing::debug!(taken, held, "partition leases taken");
+            self.leases.woken.notify_one();
         }
         Ok(())
     }
@@ -282,6 +343,49 @@ mod tests {
         assert_eq!(leases.owned(), 1);
         leases.forget_all();
         assert!(!leases.owns(s));
+    }
+
+    #[test]
+    fn a_partition_taken_is_reported_gained_once() {
+        let leases = Leases::new(4);
+        assert_eq!(leases.take_gained(), vec![false; 4]);
+        leases.take(2);
+        assert!(leases.held(2));
+        assert_eq!(leases.take_gained(), vec![false, false, true, false]);
+        assert_eq!(leases.take_gained(), vec![false; 4], "reported once");
+        leases.forget_all();
+        leases.take(2);
+        assert_eq!(
+            leases.take_gained(),
+            vec![false, false, true, false],
+            "taken again after a loss: gained again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_round_that_took_partitions_wakes_the_sweeper_even_if_it_was_not_waiting() {
+        let leases = Leases::new(2);
+        leases.woken.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), leases.gained())
+            .await
+            .expect("the wake-up is kept until someone waits");
+    }
+
+    #[tokio::test]
+    async fn an_announced_return_wakes_every_waiting_writer() {
+        let recovered = Recovered::new();
+        let mut a = recovered.watch();
+        let mut b = recovered.watch();
+        a.borrow_and_update();
+        b.borrow_and_update();
+        assert!(!a.has_changed().unwrap());
+        recovered.announce();
+        for rx in [&mut a, &mut b] {
+            tokio::time::timeout(Duration::from_secs(5), rx.changed())
+                .await
+                .expect("woken")
+                .expect("the sender lives");
+        }
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! known section; a section whose oldest entry is older than
 //! `sync.sweep_min_age_ms` goes back to its shard as a catch-up job (a crash
 //! lost the queued copy, the queue was full, or PostgreSQL was away). The
-//! first sweep after start-up takes every entry, whatever its age. It also
-//! publishes the backlog that `/health` and `/metrics` show.
+//! first sweep after start-up takes every entry, whatever its age, and so
+//! does a sweep of the partitions this instance has just taken a lease on
+//! (`lease::Leases::gained`: after a PostgreSQL outage, a takeover or a
+//! handover their events waited in the outbox for a writer, and are handed
+//! to the shards at once instead of a tick and `sweep_min_age_ms` later).
+//! It also publishes the backlog that `/health` and `/metrics` show.
 
 use std::{
     collections::HashSet,
@@ -20,7 +24,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{warmup::Loader, Persistence};
+use super::{lease::Leases, warmup::Loader, Persistence};
 use crate::{
     config::SyncSettings,
     domain::now_ms,
@@ -53,6 +57,8 @@ pub struct Sweeper {
     pub db: Pool,
     pub redis: Redis,
     pub persistence: Persistence,
+    /// This instance's partition leases: a gained one is swept at once.
+    pub leases: Leases,
     pub settings: SyncSettings,
     pub backlog: Arc<Backlog>,
 }
@@ -70,6 +76,7 @@ impl Sweeper {
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
+                () = self.leases.gained() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
             if sections.is_empty() || sweeps % REFRESH_EVERY == 0 {
@@ -95,7 +102,8 @@ impl Sweeper {
             } else {
                 self.settings.sweep_min_age_ms as i64
             };
-            match self.sweep(&sections, min_age).await {
+            let gained = self.leases.take_gained();
+            match self.sweep(&sections, min_age, &gained).await {
                 Ok(()) => first = false,
                 Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
             }
@@ -157,8 +165,15 @@ impl Sweeper {
         Ok(super::bounded(&self.db, async |c| engine::section_ids(&*c).await).await?)
     }
 
-    /// One pass over `sections`; re-enqueues those with entries older than `min_age_ms`.
-    pub async fn sweep(&self, sections: &[Uuid], min_age_ms: i64) -> anyhow::Result<()> {
+    /// One pass over `sections`; re-enqueues those with entries older than
+    /// `min_age_ms`, and those of a partition marked in `gained` whatever
+    /// their entries' age.
+    pub async fn sweep(
+        &self,
+        sections: &[Uuid],
+        min_age_ms: i64,
+        gained: &[bool],
+    ) -> anyhow::Result<()> {
         let now = now_ms();
         let mut entries = 0u64;
         let mut oldest: Option<i64> = None;
@@ -168,7 +183,11 @@ impl Sweeper {
                 entries += len;
                 let Some((_, at)) = head else { continue };
                 oldest = Some(oldest.map_or(at, |o| o.min(at)));
-                if now - at >= min_age_ms && self.persistence.catch_up(*section) {
+                let fresh = gained
+                    .get(self.leases.partition_of(*section))
+                    .copied()
+                    .unwrap_or(false);
+                if (fresh || now - at >= min_age_ms) && self.persistence.catch_up(*section) {
                     metrics::counter!(SWEEPER_REQUEUED).increment(1);
                 }
             }

@@ -47,7 +47,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::{backoff, lease::Leases, Job};
+use super::{backoff, lease::Leases, Job, Recovered};
 use crate::{
     config::SyncSettings,
     domain::Event,
@@ -58,6 +58,14 @@ use error::WriteError;
 
 pub use dead_letter::undo_owed;
 
+/// What a shard shares with this instance's other writers: which sections
+/// it may write, and the news that PostgreSQL answers again.
+#[derive(Clone)]
+pub struct Peers {
+    pub leases: Leases,
+    pub recovered: Recovered,
+}
+
 pub struct Shard {
     id: usize,
     rx: mpsc::Receiver<Job>,
@@ -67,6 +75,9 @@ pub struct Shard {
     stop: watch::Receiver<bool>,
     /// Which sections this instance writes (`sync::lease`).
     leases: Leases,
+    /// Announces PostgreSQL's return, and hears it from the other writers.
+    recovered: Recovered,
+    back: watch::Receiver<u64>,
     /// Last sequence known applied per section; dropped on a conflict.
     applied: HashMap<Uuid, i64>,
 }
@@ -79,16 +90,18 @@ impl Shard {
         redis: Redis,
         settings: SyncSettings,
         stop: watch::Receiver<bool>,
-        leases: Leases,
+        peers: Peers,
     ) -> Self {
         Self {
+            back: peers.recovered.watch(),
+            recovered: peers.recovered,
             id,
             rx,
             db,
             redis,
             settings,
             stop,
-            leases,
+            leases: peers.leases,
             applied: HashMap::new(),
         }
     }
@@ -210,6 +223,8 @@ impl Shard {
             // A failed plan leaves `queued` half taken apart; the copy keeps
             // queued events that may exist nowhere else (Redis lost them).
             let backup = queued.clone();
+            // Announcements from before this attempt are old news.
+            self.back.borrow_and_update();
             let result = match self.plan(&mut queued).await {
                 Ok(plans) => match self.write(&plans).await {
                     Ok(()) => {
@@ -243,7 +258,14 @@ impl Shard {
                 }
             };
             match result {
-                Ok(()) => attempt = 0,
+                Ok(()) => {
+                    if attempt > 0 {
+                        // PostgreSQL is back: the other shards need not
+                        // sleep out their backoff.
+                        self.recovered.announce();
+                    }
+                    attempt = 0;
+                }
                 Err(WriteError::Conflict(section)) => {
                     metrics::counter!(VERSION_CONFLICTS).increment(1);
                     self.applied.remove(&section);
@@ -259,7 +281,11 @@ impl Shard {
                         tracing::warn!(shard = self.id, "stopping with work left in the outbox");
                         return false;
                     }
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        // Another writer got through: PostgreSQL answers.
+                        _ = self.back.changed() => {}
+                    }
                 }
             }
         }
