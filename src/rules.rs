@@ -58,7 +58,14 @@ pub struct RuleBook {
     section_semester: Mutex<HashMap<Uuid, Uuid>>,
     /// One reader of PostgreSQL at a time.
     reading: Arc<tokio::sync::Mutex<()>>,
+    /// After a failed background reread, none until then: while PostgreSQL
+    /// is away, requests answer from the stale facts without each trying
+    /// (and logging) a reread of their own.
+    quiet_until: Mutex<Option<Instant>>,
 }
+
+/// Pause after a failed background reread.
+const REREAD_PAUSE: Duration = Duration::from_secs(1);
 
 /// Entries of the section map before it is emptied (a bound, as in
 /// `catalog::CatalogCache`).
@@ -75,6 +82,7 @@ impl RuleBook {
             semesters: Mutex::default(),
             section_semester: Mutex::default(),
             reading: Arc::new(tokio::sync::Mutex::new(())),
+            quiet_until: Mutex::default(),
         }
     }
 
@@ -143,11 +151,18 @@ impl RuleBook {
                 // Stale: answer from it while one task rereads it, so no
                 // request waits for a semester's rows on the hot path.
                 Some((facts, false)) => {
-                    if let Ok(one) = self.reading.clone().try_lock_owned() {
+                    let quiet = lock(&self.quiet_until).is_some_and(|t| Instant::now() < t);
+                    let one = if quiet {
+                        None
+                    } else {
+                        self.reading.clone().try_lock_owned().ok()
+                    };
+                    if let Some(one) = one {
                         let (book, db) = (self.clone(), db.clone());
                         tokio::spawn(async move {
                             if let Err(e) = book.reread(&db, semester, one).await {
-                                tracing::warn!(error = %e, %semester, "rule facts could not be reread");
+                                *lock(&book.quiet_until) = Some(Instant::now() + REREAD_PAUSE);
+                                tracing::warn!(error = %e, %semester, pause_ms = REREAD_PAUSE.as_millis() as u64, "rule facts could not be reread; answering from the last read meanwhile");
                             }
                         });
                     }
