@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod client;
 pub mod connections;
 pub mod docs;
+pub mod embedded;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
