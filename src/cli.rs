@@ -196,13 +196,21 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve => {
             // Flushed when the guard drops, after the server stopped.
             let (writer, _flush) = tracing_appender::non_blocking(std::io::stdout());
-            telemetry::init(
+            let traces = telemetry::init(
                 &settings.log,
                 writer,
                 std::io::IsTerminal::is_terminal(&std::io::stdout()),
-            );
-            let app = Application::build(settings).await?;
-            app.run_until_stopped(shutdown_signal()).await
+            )?;
+            let app = Application::build(settings).await;
+            let served = match app {
+                Ok(app) => app.run_until_stopped(shutdown_signal()).await,
+                Err(e) => Err(e),
+            };
+            if let Some(traces) = traces {
+                // Sends what is queued; blocking, so off the async threads.
+                let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+            }
+            served
         }
         Command::Migrate => {
             store::ensure_database(settings.database.url.expose()).await?;

@@ -332,6 +332,9 @@ pub struct LogSettings {
     /// One INFO line per request (method, route template, status, latency,
     /// request id, student, trace id); off: DEBUG.
     pub requests: bool,
+    /// OTLP/HTTP endpoint the request spans are exported to as traces
+    /// (e.g. `http://127.0.0.1:4318/v1/traces`); empty: no export.
+    pub otlp_endpoint: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -345,9 +345,9 @@ fn request_id(parts: &Parts) -> HeaderValue {
 }
 
 /// The trace and parent ids of a W3C `traceparent` header
-/// (`00-<32 hex>-<16 hex>-<2 hex>`), when it is one (all-zero ids are
-/// invalid, and so is version ff).
-fn traceparent(parts: &Parts) -> Option<(&str, &str)> {
+/// (`00-<32 hex>-<16 hex>-<2 hex>`) and its sampled flag, when it is one
+/// (all-zero ids are invalid, and so is version ff).
+fn traceparent(parts: &Parts) -> Option<(&str, &str, bool)> {
     let value = parts.headers.get("traceparent")?.to_str().ok()?;
     let mut fields = value.split('-');
     let (version, trace, parent, flags) = (
@@ -370,7 +370,28 @@ fn traceparent(parts: &Parts) -> Option<(&str, &str)> {
         && hex(parent, 16)
         && !zero(parent)
         && hex(flags, 2);
-    valid.then_some((trace, parent))
+    let sampled = u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1);
+    valid.then_some((trace, parent, sampled))
+}
+
+/// Makes `span` continue the caller's trace when traces are exported
+/// (`telemetry`): its parent is the caller's span, and the caller's
+/// sampling decision stands. Without the exporter this does nothing.
+fn continue_trace(span: &tracing::Span, trace: &str, parent: &str, sampled: bool) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let (Ok(trace), Ok(parent)) = (TraceId::from_hex(trace), SpanId::from_hex(parent)) else {
+        return;
+    };
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let caller = SpanContext::new(trace, parent, flags, true, TraceState::default());
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(caller));
 }
 
 /// The service function: never fails, every error is an HTTP answer. A
@@ -389,6 +410,7 @@ pub async fn handle(
     let uri = parts.uri.clone();
     let matched = resolve(uri.path()).filter(|m| serves.reaches(m.route.audience));
     let template = matched.map_or("unmatched", |m| m.route.template);
+    let exporting = !state.settings.log.otlp_endpoint.is_empty();
     let span = tracing::info_span!(
         "request",
         id = rid.to_str().unwrap_or(""),
@@ -398,9 +420,12 @@ pub async fn handle(
         trace_id = tracing::field::Empty,
         parent_id = tracing::field::Empty,
     );
-    if let Some((trace, parent)) = traceparent(&parts) {
+    if let Some((trace, parent, sampled)) = traceparent(&parts) {
         span.record("trace_id", tracing::field::display(trace));
         span.record("parent_id", tracing::field::display(parent));
+        if exporting {
+            continue_trace(&span, trace, parent, sampled);
+        }
     }
     let in_flight = InFlight::enter();
     let deadline = state.settings.http.request_timeout();
@@ -438,6 +463,10 @@ pub async fn handle(
     metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
     metrics::histogram!(HTTP_DURATION, &labels).record(elapsed);
     let latency_ms = (elapsed * 1e6).round() / 1e3;
+    if exporting {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+    }
     if status.is_server_error() {
         span.in_scope(|| tracing::warn!(status = status.as_u16(), latency_ms, "request failed"));
     } else if state.settings.log.requests
@@ -547,7 +576,13 @@ mod tests {
         let good = parts("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         assert_eq!(
             super::traceparent(&good),
-            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", true))
+        );
+        let unsampled = parts("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        assert_eq!(
+            super::traceparent(&unsampled).map(|t| t.2),
+            Some(false),
+            "the caller's sampling decision is read"
         );
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

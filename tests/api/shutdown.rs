@@ -164,3 +164,145 @@ async fn every_request_is_one_plain_log_line_with_its_student_and_trace() {
     }
     assert!(!line.contains(token), "no token in the log: {line}");
 }
+
+/// A collector of OTLP/HTTP exports on a free port: every request body it
+/// receives, in order (answered 200 with an empty response message).
+async fn collector() -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let _ = tx.send((path, body));
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/x-protobuf")
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// With `log.otlp_endpoint` set, the real binary exports each request's
+/// span as an OpenTelemetry trace: a request that names its caller's span
+/// in a W3C traceparent continues that trace (same trace id, the caller's
+/// span as parent), with the route template and the status; the resource
+/// names the service. What is still queued at SIGTERM is sent before exit.
+#[tokio::test]
+async fn request_spans_are_exported_over_otlp_and_continue_the_callers_trace() {
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value::Value,
+    };
+    use prost::Message;
+
+    let (database, settings, _keys) = one_student().await;
+    let (port, mut exports) = collector().await;
+    let server = Launch::new(
+        "test",
+        &database.url,
+        &redis_url(),
+        &settings.redis.namespace,
+    )
+    .env("APP__LOG__LEVEL", "info")
+    .env(
+        "APP__LOG__OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{port}/v1/traces"),
+    )
+    .spawn();
+    server.wait_ready().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = "00f067aa0ba902b7";
+    let answer = reqwest::Client::new()
+        .get(server.url("/api/v1/openapi.json"))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    // The batch exporter waits up to 5 s before sending; SIGTERM sends now.
+    server.sigterm();
+    assert!(server.wait_exit().await.success());
+
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
+        .as_ref()
+        .and_then(|v| v.value.as_ref())
+    {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        other => format!("{other:?}"),
+    };
+    let mut seen = Vec::new();
+    while let Ok(Some((path, body))) =
+        tokio::time::timeout(Duration::from_secs(10), exports.recv()).await
+    {
+        assert_eq!(path, "/v1/traces");
+        let request = ExportTraceServiceRequest::decode(body).expect("an OTLP trace export");
+        for resource in request.resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .map(|a| text(&a.value));
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    let attributes: std::collections::HashMap<String, String> = span
+                        .attributes
+                        .iter()
+                        .map(|a| (a.key.clone(), text(&a.value)))
+                        .collect();
+                    seen.push((
+                        service.clone(),
+                        span.name.clone(),
+                        hex(&span.trace_id),
+                        hex(&span.parent_span_id),
+                        attributes,
+                    ));
+                }
+            }
+        }
+        if seen.iter().any(|s| s.2 == trace) {
+            break;
+        }
+    }
+    let (service, name, _, parent, attributes) = seen
+        .iter()
+        .find(|s| s.2 == trace)
+        .unwrap_or_else(|| panic!("a span of the caller's trace among {seen:#?}"));
+    assert_eq!(service.as_deref(), Some("registrar"));
+    assert_eq!(name, "request");
+    assert_eq!(parent, caller, "the caller's span is the parent");
+    assert_eq!(
+        attributes.get("route").map(String::as_str),
+        Some("/api/v1/openapi.json")
+    );
+    assert_eq!(attributes.get("method").map(String::as_str), Some("GET"));
+    assert_eq!(
+        attributes
+            .get("http.response.status_code")
+            .map(String::as_str),
+        Some("200")
+    );
+}
