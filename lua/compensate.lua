@@ -10,6 +10,7 @@
 -- KEYS[8] undone   set of event sequences already compensated
 -- KEYS[9] since    hash: enrolled student -> sequence of their seat's event
 --                  (the waitlist's score is already its event's sequence)
+-- KEYS[10] offers  (as in reserve.lua)
 -- ARGV[1] sequence of the failed event
 -- ARGV[2] kind of the failed event: enroll | promote | waitlist
 -- ARGV[3] student id
@@ -24,6 +25,10 @@
 --   {"reverted", {revert}}           undone; a seat went back to the pool
 --                                    (or a waitlist place was given up)
 --   {"reverted", {revert, promote}}  undone; the seat went to the waitlist head
+--                                    (in offer mode: {revert, offer}, held
+--                                    for the next in line; an undone
+--                                    waitlist place that held an offer
+--                                    passes it on)
 local failed, kind, student, reason, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if kind ~= 'enroll' and kind ~= 'promote' and kind ~= 'waitlist' then
   return {'not_undoable', events}
@@ -50,15 +55,17 @@ else
 end
 redis.call('HSET', KEYS[7], student, reason)
 emit('revert', student, now, 'undoes', failed, 'reason', reason)
+local meta = redis.call('HMGET', KEYS[1], 'wl_mode', 'offer_ttl')
+local S = waitlist_settings({since = KEYS[9], offers = KEYS[10]}, meta[1], meta[2])
+local clock = 0
+if S.mode == 'offer' then
+  clock = redis_ms()
+end
 if kind == 'waitlist' then
+  pass_offer(S, student, now, clock)
   return {'reverted', events}
 end
-local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
-if head then
-  redis.call('ZREM', KEYS[4], head)
-  redis.call('SADD', KEYS[3], head)
-  redis.call('HSET', KEYS[9], head, emit('promote', head, now))
-  return {'reverted', events}
+if not give_seat(S, now, clock) then
+  redis.call('INCR', KEYS[2])
 end
-redis.call('INCR', KEYS[2])
 return {'reverted', events}

@@ -5,7 +5,8 @@
 -- after the caller read PostgreSQL can be erased.
 --
 -- KEYS[1] meta, KEYS[2] seats, KEYS[3] enrolled, KEYS[4] waitlist,
--- KEYS[5] seq, KEYS[6] outbox (as in reserve.lua)
+-- KEYS[5] seq, KEYS[6] outbox (as in reserve.lua), KEYS[7] offers
+-- (KEYS[10] of reserve.lua)
 -- ARGV[1] capacity
 -- ARGV[2] waitlist limit
 -- ARGV[3] the section's own active flag "1"/"0" (sections.is_active)
@@ -27,8 +28,13 @@
 --            empty: the caller compared Redis with PostgreSQL at that point,
 --            and a registration that slipped in since must not be erased
 --            (reconcile --fix).
--- ARGV[9] number of enrolled students n, then ARGV[10 .. 9+n] their ids,
---         then the waitlisted ids in position order
+-- ARGV[9] waitlist mode "auto" | "offer"
+-- ARGV[10] offer lifetime (ms)
+-- ARGV[11] number of open offers m, then m pairs (student id, deadline ms
+--         by Redis's clock); each offered student is also in the waitlist
+-- then the number of enrolled students n, their n ids, then the waitlisted
+--         ids in position order
+-- Free seats = capacity - enrolled - offers (lua/lib/seat.lua).
 --
 -- The meta hash gets `active` = both flags (what reserve.lua enforces),
 -- and each flag on its own (`section_active`, `semester_active`) so that
@@ -73,27 +79,41 @@ elseif mode == 'exact' and seq > applied then
 end
 -- Also forgets the stream's last id, so the sequence can start again at P.
 redis.call('DEL', KEYS[6])
-local n = tonumber(ARGV[9])
-local first_waiting = 10 + n
+local m = tonumber(ARGV[11])
+local base = 12 + 2 * m
+local n = tonumber(ARGV[base])
+local first_enrolled = base + 1
+local first_waiting = first_enrolled + n
 local waiting = #ARGV - first_waiting + 1
-redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[7])
 -- unpack() is limited by the Lua stack: add members in chunks.
 local chunk = 1000
-for i = 10, 9 + n, chunk do
-  redis.call('SADD', KEYS[3], unpack(ARGV, i, math.min(i + chunk - 1, 9 + n)))
+for i = first_enrolled, first_waiting - 1, chunk do
+  redis.call('SADD', KEYS[3], unpack(ARGV, i, math.min(i + chunk - 1, first_waiting - 1)))
 end
 -- Scores -waiting .. -1 keep PostgreSQL's order and sort before every later
 -- arrival, whose score is its (positive) sequence.
 for i = first_waiting, #ARGV do
   redis.call('ZADD', KEYS[4], i - first_waiting - waiting, ARGV[i])
 end
+local due = nil
+for i = 12, base - 1, 2 do
+  redis.call('HSET', KEYS[7], ARGV[i], ARGV[i + 1])
+  if not due or tonumber(ARGV[i + 1]) < due then
+    due = tonumber(ARGV[i + 1])
+  end
+end
 local active = '0'
 if ARGV[3] == '1' and ARGV[4] == '1' then
   active = '1'
 end
-redis.call('SET', KEYS[2], math.max(tonumber(ARGV[1]) - n, 0))
+redis.call('SET', KEYS[2], math.max(tonumber(ARGV[1]) - n - m, 0))
 redis.call('SET', KEYS[5], ARGV[7])
+redis.call('HDEL', KEYS[1], 'offer_due')
 redis.call('HSET', KEYS[1], 'capacity', ARGV[1], 'waitlist_limit', ARGV[2], 'active', active,
   'section_active', ARGV[3], 'semester_active', ARGV[4],
-  'reg_start', ARGV[5], 'reg_end', ARGV[6], 'loaded', 1)
+  'reg_start', ARGV[5], 'reg_end', ARGV[6], 'loaded', 1, 'wl_mode', ARGV[9], 'offer_ttl', ARGV[10])
+if due then
+  redis.call('HSET', KEYS[1], 'offer_due', due)
+end
 return {1, dropped}

@@ -13,49 +13,85 @@
 --
 -- KEYS[1] meta, KEYS[2] seats, KEYS[3] enrolled, KEYS[4] waitlist,
 -- KEYS[5] seq, KEYS[6] outbox, KEYS[7] since (KEYS[8] of reserve.lua)
+-- KEYS[8] offers (KEYS[10] of reserve.lua)
 -- ARGV[1] new capacity, or "" to keep it
 -- ARGV[2] new waitlist limit, or "" to keep it
 -- ARGV[3] the section's new own active flag "1"/"0", or "" to keep it
 -- ARGV[4] now (unix ms)
+-- ARGV[5] waitlist mode "auto" | "offer", or "" to keep it
+-- ARGV[6] offer lifetime (ms), or "" to keep it
+--
+-- Seats held by offers count as taken (lua/lib/seat.lua). Switching to
+-- auto enrols every student holding an offer (one promote each); new seats
+-- are given as the mode says (promote or offer). Due offers lapse first.
 --
 -- Returns {code, events, enrolled}; events as lua/lib/emit.lua describes:
 --   {"not_loaded", {}}
---   {"below_enrolled", {}, enrolled}       capacity would fall below the roster
---   {"resized", {config, promote...}}      the config event, then one promote
---                                          per waitlisted student given a seat
+--   {"below_enrolled", {}, taken}          capacity would fall below the roster
+--                                          and the seats held by offers
+--   {"resized", {..., config, promote...}} the config event (after any
+--                                          lapses), then one promote (or
+--                                          offer) per waitlisted student
+--                                          given a seat
 local capacity, limit, active, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local mode, ttl = ARGV[5], ARGV[6]
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_loaded', events}
 end
-local enrolled = redis.call('SCARD', KEYS[3])
-if capacity == '' then
-  capacity = redis.call('HGET', KEYS[1], 'capacity')
+local meta = redis.call('HMGET', KEYS[1], 'capacity', 'waitlist_limit', 'section_active', 'active',
+  'wl_mode', 'offer_ttl', 'semester_active')
+local clock = redis_ms()
+local S = waitlist_settings({since = KEYS[7], offers = KEYS[8]}, meta[5], meta[6])
+if S.mode == 'offer' then
+  lapse_offers(S, now, clock)
 end
-if tonumber(capacity) < enrolled then
-  return {'below_enrolled', events, enrolled}
+local enrolled = redis.call('SCARD', KEYS[3])
+local taken = enrolled + redis.call('HLEN', KEYS[8])
+if capacity == '' then
+  capacity = meta[1]
+end
+if tonumber(capacity) < taken then
+  return {'below_enrolled', events, taken}
 end
 if limit == '' then
-  limit = redis.call('HGET', KEYS[1], 'waitlist_limit')
+  limit = meta[2]
 end
 if active == '' then
-  active = redis.call('HGET', KEYS[1], 'section_active') or redis.call('HGET', KEYS[1], 'active')
+  active = meta[3] or meta[4]
+end
+if mode == '' then
+  mode = meta[5] or 'auto'
+end
+if ttl == '' then
+  ttl = meta[6] or '86400000'
 end
 local enforced = '0'
-if active == '1' and (redis.call('HGET', KEYS[1], 'semester_active') or '1') == '1' then
+if active == '1' and (meta[7] or '1') == '1' then
   enforced = '1'
 end
 redis.call('HSET', KEYS[1], 'capacity', capacity, 'waitlist_limit', limit, 'active', enforced,
-  'section_active', active)
-emit('config', '', now, 'capacity', capacity, 'waitlist_limit', limit, 'active', active)
-local free = tonumber(capacity) - enrolled
-while free > 0 do
-  local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
-  if not head then
-    break
+  'section_active', active, 'wl_mode', mode, 'offer_ttl', ttl)
+emit('config', '', now, 'capacity', capacity, 'waitlist_limit', limit, 'active', active,
+  'wl_mode', mode, 'offer_ttl', ttl)
+S = waitlist_settings(S, mode, ttl)
+if mode ~= 'offer' then
+  -- Every held seat becomes its holder's, in waitlist order.
+  local held, place = redis.call('HKEYS', KEYS[8]), {}
+  for _, student in ipairs(held) do
+    place[student] = tonumber(redis.call('ZSCORE', KEYS[4], student) or '0')
   end
-  redis.call('ZREM', KEYS[4], head)
-  redis.call('SADD', KEYS[3], head)
-  redis.call('HSET', KEYS[7], head, emit('promote', head, now))
+  table.sort(held, function(a, b) return place[a] < place[b] end)
+  for _, student in ipairs(held) do
+    redis.call('ZREM', KEYS[4], student)
+    redis.call('SADD', KEYS[3], student)
+    redis.call('HSET', KEYS[7], student, emit('promote', student, now))
+  end
+  redis.call('DEL', KEYS[8])
+  redis.call('HDEL', KEYS[1], 'offer_due')
+  enrolled = enrolled + #held
+end
+local free = tonumber(capacity) - enrolled - redis.call('HLEN', KEYS[8])
+while free > 0 and give_seat(S, now, clock) do
   free = free - 1
 end
 redis.call('SET', KEYS[2], free)

@@ -26,14 +26,24 @@ fn finding(check: &'static str, problems: Vec<String>) -> Finding {
     }
 }
 
+/// How long one sweep may take beyond its interval, in the bound on how late
+/// an offer may still hold its seat: the sweeper lapses due offers every
+/// `sync.sweep_interval_ms` (`sync::sweeper`), and a pass over the sections
+/// takes time of its own.
+pub const SWEEP_ALLOWANCE_MS: i64 = 1_000;
+
 /// Audits `sections`. `acknowledged` lists, per section, the students the
 /// service told "enrolled" (after applying the drops and promotions it
 /// acknowledged too); each must be enrolled in PostgreSQL.
+/// `sweep_interval_ms` is the running service's (`sync.sweep_interval_ms`):
+/// no offer may hold its seat past its deadline by more than that plus
+/// [`SWEEP_ALLOWANCE_MS`].
 pub async fn audit(
     db: &Pool,
     redis: &Redis,
     sections: &[Uuid],
     acknowledged: &HashMap<Uuid, BTreeSet<Uuid>>,
+    sweep_interval_ms: u64,
 ) -> anyhow::Result<Vec<Finding>> {
     let client = db.get().await?;
     let mut findings = Vec::new();
@@ -49,18 +59,67 @@ pub async fn audit(
         })
         .collect();
     let mut redis_oversold = Vec::new();
+    let mut idle_seats = Vec::new();
     for (section, counts) in sections.iter().zip(redis.live_counts(sections).await?) {
         if let Some(c) = counts {
-            if c.enrolled > c.capacity || c.seats_available != c.capacity - c.enrolled {
+            let taken = c.enrolled + c.seats_offered;
+            if taken > c.capacity || c.seats_available != c.capacity - taken {
                 redis_oversold.push(format!(
-                    "section {section} in Redis: {} enrolled, {} free, capacity {}",
-                    c.enrolled, c.seats_available, c.capacity
+                    "section {section} in Redis: {} enrolled + {} held by offers, {} free, \
+                     capacity {}",
+                    c.enrolled, c.seats_offered, c.seats_available, c.capacity
+                ));
+            }
+            if c.seats_available > 0 && c.waitlist_length > c.seats_offered {
+                idle_seats.push(format!(
+                    "section {section} in Redis: {} free while {} wait without an offer",
+                    c.seats_available,
+                    c.waitlist_length - c.seats_offered
                 ));
             }
         }
     }
     findings.push(finding("no oversell (PostgreSQL)", oversold));
+    findings.push(finding(
+        "held + enrolled within capacity (PostgreSQL)",
+        store::overheld(&client, sections)
+            .await?
+            .iter()
+            .map(|(section, enrolled, offered, capacity)| {
+                format!("section {section}: {enrolled} enrolled + {offered} offered > {capacity}")
+            })
+            .collect(),
+    ));
     findings.push(finding("no oversell (Redis)", redis_oversold));
+    findings.push(finding("no free seat while students wait", idle_seats));
+
+    let clock = redis.time_ms().await?;
+    let bound = sweep_interval_ms as i64 + SWEEP_ALLOWANCE_MS;
+    let mut late = Vec::new();
+    let mut stray = Vec::new();
+    for section in sections {
+        let Some(live) = redis.inspect(*section).await?.live else {
+            continue;
+        };
+        for (student, deadline) in &live.offers {
+            if clock > deadline + bound {
+                late.push(format!(
+                    "section {section}: offer to {student} held {} ms past its deadline",
+                    clock - deadline
+                ));
+            }
+            if !live.waitlisted.contains(student) {
+                stray.push(format!(
+                    "section {section}: offer to {student}, who is not waitlisted"
+                ));
+            }
+        }
+    }
+    findings.push(finding(
+        "no offer held past its deadline + sweep interval",
+        late,
+    ));
+    findings.push(finding("every offer is to a waitlisted student", stray));
 
     let doubled: Vec<String> = store::enrolled_and_waitlisted(&client, sections)
         .await?

@@ -268,6 +268,8 @@ struct StaticFields<'a> {
     schedule: &'a str,
     room: &'a str,
     waitlist_limit: i32,
+    waitlist_mode: &'a str,
+    offer_ttl_secs: i32,
     is_active: bool,
 }
 
@@ -289,6 +291,8 @@ impl SemesterIndex {
                     schedule: &section.schedule,
                     room: &section.room,
                     waitlist_limit: section.waitlist_limit,
+                    waitlist_mode: &section.waitlist_mode,
+                    offer_ttl_secs: section.offer_ttl_secs,
                     is_active: section.is_active,
                 })
                 .expect("plain fields encode");
@@ -376,12 +380,13 @@ pub fn encode_page(
         }
         out.extend_from_slice(&row.prefix);
         let s = &row.section;
-        let (total, enrolled, available, waitlist, is_live) = match live {
+        let (total, enrolled, available, waitlist, offered, is_live) = match live {
             Some(l) => (
                 l.capacity,
                 l.enrolled,
                 l.seats_available,
                 l.waitlist_length,
+                l.seats_offered,
                 true,
             ),
             None => (
@@ -389,13 +394,14 @@ pub fn encode_page(
                 i64::from(s.enrolled),
                 i64::from(s.seats_available),
                 i64::from(s.waitlist_length),
+                i64::from(s.seats_offered),
                 false,
             ),
         };
         write!(
             out,
             ",\"total_seats\":{total},\"enrolled\":{enrolled},\"seats_available\":{},\
-             \"waitlist_length\":{waitlist},\"live\":{is_live}}}",
+             \"waitlist_length\":{waitlist},\"seats_offered\":{offered},\"live\":{is_live}}}",
             available.max(0)
         )
         .expect("writing to a Vec cannot fail");
@@ -431,6 +437,9 @@ mod tests {
             seats_available: 20,
             waitlist_limit: 5,
             waitlist_length: 0,
+            seats_offered: 0,
+            waitlist_mode: "auto".into(),
+            offer_ttl_secs: 86400,
             is_active: true,
             live: false,
         }
@@ -531,8 +540,9 @@ mod tests {
         let live = LiveCounts {
             capacity: 30,
             seats_available: 0,
-            enrolled: 30,
+            enrolled: 29,
             waitlist_length: 2,
+            seats_offered: 1,
         };
         let rows = [(index.row(0), Some(live)), (index.row(1), None)];
         let body = encode_page(&rows, Some(index.row(1).key()));
@@ -544,6 +554,7 @@ mod tests {
         assert_eq!(items[0]["course_name"], "Course \"CS101\"");
         assert_eq!(items[0]["seats_available"], 0);
         assert_eq!(items[0]["waitlist_length"], 2);
+        assert_eq!(items[0]["seats_offered"], 1);
         assert_eq!(items[0]["live"], true);
         assert_eq!(
             SortKey::from_cursor(page["next_cursor"].as_str().unwrap()).as_ref(),

@@ -30,6 +30,8 @@ pub const REDIS_REVALIDATIONS: &str = "registrar_redis_revalidations_total";
 pub const COMPENSATIONS: &str = "registrar_compensations_total";
 pub const DEAD_LETTERS: &str = "registrar_dead_letters_total";
 pub const OUTBOX_BACKLOG: &str = "registrar_outbox_backlog";
+pub const SEATS_OFFERED: &str = "registrar_seats_offered";
+pub const OFFERS_LAPSED: &str = "registrar_offers_lapsed_total";
 pub const OUTBOX_OLDEST_AGE: &str = "registrar_outbox_oldest_age_seconds";
 pub const SWEEPER_REQUEUED: &str = "registrar_sweeper_requeued_total";
 pub const SECTIONS_LOADED: &str = "registrar_warmup_sections_loaded_total";
@@ -65,7 +67,13 @@ pub const REGISTRATION_OUTCOMES: &[&str] = &[
     "already_waitlisted",
     "full",
 ];
-pub const DROP_OUTCOMES: &[&str] = &["dropped", "promoted", "left_waitlist", "not_registered"];
+pub const DROP_OUTCOMES: &[&str] = &[
+    "dropped",
+    "promoted",
+    "offered",
+    "left_waitlist",
+    "not_registered",
+];
 pub const LOGIN_OUTCOMES: &[&str] = &["success", "invalid", "locked"];
 pub const COMPENSATION_RESULTS: &[&str] =
     &["reverted", "already", "nothing_to_undo", "not_undoable"];
@@ -180,6 +188,7 @@ fn zero() {
         DEAD_LETTERS,
         REPLICATION_UNCONFIRMED,
         SWEEPER_REQUEUED,
+        OFFERS_LAPSED,
         SECTIONS_LOADED,
         RATE_LIMIT_ERRORS,
         ACCESS_REFRESHES,
@@ -295,6 +304,14 @@ fn describe() {
     describe_counter!(
         REPLICATION_UNCONFIRMED,
         "Seat changes answered 503 because fewer than redis.wait_replicas replicas confirmed them in time."
+    );
+    describe_gauge!(
+        SEATS_OFFERED,
+        "Seats held by waitlist offers (neither free nor enrolled), over all sections, as of the last sweep."
+    );
+    describe_counter!(
+        OFFERS_LAPSED,
+        "Waitlist offers the sweeper let lapse at their deadline (sections nobody touched)."
     );
     describe_gauge!(
         OUTBOX_BACKLOG,

@@ -27,7 +27,7 @@ use crate::{
     rules::{Refusal, RuleBook, SemesterFacts},
     seats::{
         rules::{Claim, ClaimArgs, Verdict},
-        Drop, Redis, Reserve, Resize, Scripted,
+        Drop, Redis, Reserve, Resize, Scripted, SectionChange,
     },
     sync::{warmup::Loader, Persistence},
 };
@@ -706,22 +706,33 @@ impl Registrar {
         Ok(left)
     }
 
-    /// Changes a section's capacity, waitlist limit or active flag
-    /// (`resize.lua`: new seats go to the waitlist head first). The caller
-    /// has made sure the section is loaded.
+    /// Changes a section's capacity, waitlist limit, active flag or
+    /// waitlist policy (`resize.lua`: new seats go to the waitlist head
+    /// first). The caller has made sure the section is loaded.
     pub async fn resize(
         &self,
         section: Uuid,
-        capacity: Option<i32>,
-        waitlist_limit: Option<i32>,
-        active: Option<bool>,
+        change: SectionChange,
         now_ms: i64,
     ) -> Result<Resize, RegistrationError> {
-        let scripted = self
-            .redis
-            .resize(section, capacity, waitlist_limit, active, now_ms)
-            .await?;
+        let scripted = self.redis.resize(section, change, now_ms).await?;
         Ok(self.persist(scripted))
+    }
+
+    /// Lets `section`'s due offers lapse, each seat passing on (the
+    /// sweeper's bound on a deadline). False when the section has no state.
+    pub async fn lapse_offers(
+        &self,
+        section: Uuid,
+        now_ms: i64,
+    ) -> Result<bool, RegistrationError> {
+        match self.redis.lapse_offers(section, now_ms).await? {
+            Some(scripted) => {
+                self.persist(scripted);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Loads the sections Redis lacks from PostgreSQL; returns those that

@@ -1074,8 +1074,14 @@ async fn main() -> anyhow::Result<()> {
         .drain(&all_sections, Duration::from_secs(120))
         .await?;
     let acknowledged: HashMap<uuid::Uuid, BTreeSet<uuid::Uuid>> = ledger.enrolled();
-    let findings =
-        registrar::audit::audit(&system.db, &system.redis, &all_sections, &acknowledged).await?;
+    let findings = registrar::audit::audit(
+        &system.db,
+        &system.redis,
+        &all_sections,
+        &acknowledged,
+        system.settings.sync.sweep_interval_ms,
+    )
+    .await?;
     let mut audit: Vec<Check> = findings
         .into_iter()
         .map(|f| Check {

@@ -1009,6 +1009,11 @@ pub async fn redis_ceiling(
             last_seq: 0,
             enrolled: Vec::new(),
             waitlisted: Vec::new(),
+            waitlist: registrar::domain::WaitlistPolicy {
+                offer: false,
+                offer_ttl_ms: 86_400_000,
+            },
+            offers: Vec::new(),
         })
         .await?;
     let recorder = Arc::new(Recorder::new());

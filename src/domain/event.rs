@@ -19,12 +19,16 @@ pub enum EventKind {
     Promote,
     /// An earlier event undone after its write failed for good.
     Revert,
-    /// Capacity, waitlist limit or active flag changed.
+    /// Capacity, waitlist limit, active flag or waitlist policy changed.
     Config,
+    /// A freed seat held for a waitlisted student until a deadline
+    /// ([`Event::offer_until_ms`]); they stay waitlisted until they accept
+    /// (a Promote) or decline or let it lapse (an Unwait).
+    Offer,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Enroll,
         EventKind::Waitlist,
         EventKind::Drop,
@@ -32,6 +36,7 @@ impl EventKind {
         EventKind::Promote,
         EventKind::Revert,
         EventKind::Config,
+        EventKind::Offer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +48,7 @@ impl EventKind {
             EventKind::Promote => "promote",
             EventKind::Revert => "revert",
             EventKind::Config => "config",
+            EventKind::Offer => "offer",
         }
     }
 
@@ -55,6 +61,7 @@ impl EventKind {
             "promote" => EventKind::Promote,
             "revert" => EventKind::Revert,
             "config" => EventKind::Config,
+            "offer" => EventKind::Offer,
             _ => return None,
         })
     }
@@ -66,6 +73,18 @@ pub struct SectionConfig {
     pub capacity: i32,
     pub waitlist_limit: i32,
     pub active: bool,
+    /// None in events written before sections had a waitlist policy.
+    pub waitlist: Option<WaitlistPolicy>,
+}
+
+/// What a section does with a freed seat while students wait
+/// (`lua/lib/seat.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitlistPolicy {
+    /// true: hold it for the first in line for `offer_ttl_ms`; false
+    /// (auto): enrol the first in line at once.
+    pub offer: bool,
+    pub offer_ttl_ms: i64,
 }
 
 /// One event of one section. Its identity is (section, seq).
@@ -79,6 +98,8 @@ pub struct Event {
     /// When the script ran (unix ms).
     pub at_ms: i64,
     pub config: Option<SectionConfig>,
+    /// An Offer's deadline (unix ms, Redis's clock).
+    pub offer_until_ms: Option<i64>,
 }
 
 impl Event {
@@ -107,6 +128,13 @@ impl Event {
             hasher.update(c.capacity.to_be_bytes());
             hasher.update(c.waitlist_limit.to_be_bytes());
             hasher.update([u8::from(c.active)]);
+            if let Some(w) = c.waitlist {
+                hasher.update([u8::from(w.offer)]);
+                hasher.update(w.offer_ttl_ms.to_be_bytes());
+            }
+        }
+        if let Some(until) = self.offer_until_ms {
+            hasher.update(until.to_be_bytes());
         }
         let digest = hasher.finalize();
         let mut bytes = [0u8; 8];
@@ -128,6 +156,7 @@ mod tests {
             student: None,
             at_ms: 0,
             config: None,
+            offer_until_ms: None,
         };
         let s = Uuid::new_v4();
         assert_eq!(e(s, 1).row_id(), e(s, 1).row_id());
@@ -145,6 +174,7 @@ mod tests {
             student: Some(student),
             at_ms,
             config: None,
+            offer_until_ms: None,
         };
         assert_eq!(
             e(EventKind::Enroll, 1).fingerprint(),

@@ -7,7 +7,7 @@ mod section;
 use std::fmt;
 
 pub use access::{AccessRecord, StudentFacts, GONE_VERSION};
-pub use event::{Event, EventKind, SectionConfig};
+pub use event::{Event, EventKind, SectionConfig, WaitlistPolicy};
 pub use section::SectionSnapshot;
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,14 @@ impl EnrollmentStatus {
 /// lag figure uses.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// A unix-ms instant as RFC 3339 in UTC with milliseconds, as the API
+/// writes times (e.g. an offer's deadline).
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Lower-case hex of `bytes` (digests in keys, fingerprints, checksums),

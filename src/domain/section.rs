@@ -3,6 +3,8 @@
 
 use uuid::Uuid;
 
+use super::WaitlistPolicy;
+
 /// A section as PostgreSQL holds it, for `load.lua`.
 #[derive(Debug, Clone)]
 pub struct SectionSnapshot {
@@ -19,6 +21,10 @@ pub struct SectionSnapshot {
     pub enrolled: Vec<Uuid>,
     /// In position order.
     pub waitlisted: Vec<Uuid>,
+    pub waitlist: WaitlistPolicy,
+    /// Open offers: waitlisted students holding a seat, with its deadline
+    /// (unix ms, Redis's clock).
+    pub offers: Vec<(Uuid, i64)>,
 }
 
 impl SectionSnapshot {

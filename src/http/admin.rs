@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{auth::authenticate_admin, body, json, ApiError, ApiResult};
 use crate::{
     domain::{check_text, EnrollmentStatus, Role},
-    seats::Resize,
+    seats::{EnforcedSettings, Resize, SectionChange},
     state::AppState,
     store::{self, catalog, students},
 };
@@ -326,14 +326,29 @@ struct UpdateSection {
     total_seats: Option<i32>,
     waitlist_limit: Option<i32>,
     is_active: Option<bool>,
+    waitlist_mode: Option<WaitlistMode>,
+    offer_ttl_secs: Option<i32>,
 }
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum WaitlistMode {
+    Auto,
+    Offer,
+}
+
+/// The longest an offer may be held: 30 days (sql/0011_waitlist_offers.sql).
+const MAX_OFFER_TTL_SECS: i32 = 30 * 24 * 3600;
 
 #[derive(Serialize)]
 struct UpdatedSection {
     #[serde(flatten)]
     section: catalog::Section,
-    /// Waitlisted students who took the new seats, in order.
+    /// Waitlisted students who took the new seats, in order (in auto
+    /// mode, and those holding an offer when the section switches to auto).
     promoted_student_ids: Vec<Uuid>,
+    /// Waitlisted students the new seats are held for (offer mode).
+    offered_student_ids: Vec<Uuid>,
 }
 
 /// Capacity, waitlist limit and active flag go through `resize.lua`, so new
@@ -350,10 +365,24 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
     authenticate_admin(state, req)?;
     super::registration::ensure_serving(state)?;
     let u: UpdateSection = body::json(req, body, state.settings.http.max_body_bytes).await?;
-    if u.total_seats.is_none() && u.waitlist_limit.is_none() && u.is_active.is_none() {
+    if u.total_seats.is_none()
+        && u.waitlist_limit.is_none()
+        && u.is_active.is_none()
+        && u.waitlist_mode.is_none()
+        && u.offer_ttl_secs.is_none()
+    {
         return Err(validation(
-            "name at least one of total_seats, waitlist_limit, is_active".into(),
+            "name at least one of total_seats, waitlist_limit, is_active, waitlist_mode, \
+             offer_ttl_secs"
+                .into(),
         ));
+    }
+    if u.offer_ttl_secs
+        .is_some_and(|n| !(1..=MAX_OFFER_TTL_SECS).contains(&n))
+    {
+        return Err(validation(format!(
+            "offer_ttl_secs must be between 1 and {MAX_OFFER_TTL_SECS}"
+        )));
     }
     if u.total_seats
         .is_some_and(|n| !(0..=MAX_SECTION_SEATS).contains(&n))
@@ -385,16 +414,23 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
             .ok_or_else(|| ApiError::not_found("section"))?
     };
     let now = crate::domain::now_ms();
-    let promoted = match state
-        .registrar
-        .resize(id, u.total_seats, u.waitlist_limit, u.is_active, now)
-        .await?
-    {
-        Resize::Resized { promoted, .. } => promoted,
+    let change = SectionChange {
+        capacity: u.total_seats,
+        waitlist_limit: u.waitlist_limit,
+        active: u.is_active,
+        offer_mode: u.waitlist_mode.map(|m| m == WaitlistMode::Offer),
+        offer_ttl_ms: u.offer_ttl_secs.map(|s| i64::from(s) * 1000),
+    };
+    let (promoted, offered) = match state.registrar.resize(id, change, now).await? {
+        Resize::Resized {
+            promoted, offered, ..
+        } => (promoted, offered),
         Resize::BelowEnrolled { enrolled } => {
             return Err(ApiError::Conflict {
                 code: "below_enrolled",
-                detail: format!("{enrolled} students are enrolled; capacity cannot go below that"),
+                detail: format!(
+                    "{enrolled} seats are enrolled or held by offers; capacity cannot go below that"
+                ),
             })
         }
         Resize::NotLoaded => {
@@ -412,17 +448,29 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
     // enforces (the live counts above come from there too). The change is
     // made by now, so a failed read falls back to what the request asked for
     // instead of turning the answer into an error.
-    let (limit, active) = state.redis.enforced_settings(id).await.unwrap_or_else(|e| {
+    let enforced = state.redis.enforced_settings(id).await.unwrap_or_else(|e| {
         tracing::debug!(error = %e, "section settings unreadable; answering with the request's");
-        (u.waitlist_limit, u.is_active)
+        EnforcedSettings {
+            waitlist_limit: u.waitlist_limit,
+            active: u.is_active,
+            offer_mode: change.offer_mode,
+            offer_ttl_ms: change.offer_ttl_ms,
+        }
     });
-    section.waitlist_limit = limit.unwrap_or(section.waitlist_limit);
-    section.is_active = active.unwrap_or(section.is_active);
+    section.waitlist_limit = enforced.waitlist_limit.unwrap_or(section.waitlist_limit);
+    section.is_active = enforced.active.unwrap_or(section.is_active);
+    if let Some(offer) = enforced.offer_mode {
+        section.waitlist_mode = if offer { "offer" } else { "auto" }.into();
+    }
+    if let Some(ttl) = enforced.offer_ttl_ms {
+        section.offer_ttl_secs = i32::try_from(ttl / 1000).unwrap_or(section.offer_ttl_secs);
+    }
     json(
         StatusCode::OK,
         &UpdatedSection {
             section,
             promoted_student_ids: promoted,
+            offered_student_ids: offered,
         },
     )
 }

@@ -38,6 +38,7 @@ fn apply_live(sections: &mut [catalog::Section], counts: &[Option<LiveCounts>]) 
             section.enrolled = live.enrolled as i32;
             section.seats_available = live.seats_available as i32;
             section.waitlist_length = live.waitlist_length as i32;
+            section.seats_offered = live.seats_offered as i32;
             section.live = true;
         }
     }

@@ -153,6 +153,8 @@ struct SeatsView {
     enrolled: i64,
     seats_available: i64,
     waitlist_length: i64,
+    /// Seats held for waitlisted students by open offers.
+    seats_offered: i64,
 }
 
 impl SeatsView {
@@ -162,6 +164,7 @@ impl SeatsView {
             seats_available,
             enrolled,
             waitlist_length,
+            seats_offered,
         } = now.counts;
         Self {
             section_id,
@@ -170,6 +173,7 @@ impl SeatsView {
             enrolled,
             seats_available,
             waitlist_length,
+            seats_offered,
         }
     }
 }
@@ -278,20 +282,30 @@ async fn follow_section(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct StandingView {
     section_id: Uuid,
-    /// enrolled | waitlisted | reverted (undone after its write failed for
-    /// good; `reason` says why) | none (dropped, left the waitlist, or never in it)
+    /// enrolled | offered (waitlisted, a seat held for them until
+    /// `offer_expires_at`: register to accept, drop to decline) |
+    /// waitlisted | reverted (undone after its write failed for good;
+    /// `reason` says why) | none (dropped, left the waitlist, or never in it)
     status: &'static str,
-    /// 1-based live waitlist position, when waitlisted.
+    /// 1-based live waitlist position, when waitlisted or offered.
     #[serde(skip_serializing_if = "Option::is_none")]
     position: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// RFC 3339, when offered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offer_expires_at: Option<String>,
 }
 
 impl StandingView {
     fn new(section_id: Uuid, standing: &StudentStanding) -> Self {
         let (status, position, reason) = match standing {
             StudentStanding { enrolled: true, .. } => ("enrolled", None, None),
+            StudentStanding {
+                waitlist_position: Some(p),
+                offer_until_ms: Some(_),
+                ..
+            } => ("offered", Some(*p), None),
             StudentStanding {
                 waitlist_position: Some(p),
                 ..
@@ -307,6 +321,10 @@ impl StandingView {
             status,
             position,
             reason,
+            offer_expires_at: standing
+                .offer_until_ms
+                .filter(|_| status == "offered")
+                .map(crate::domain::rfc3339_ms),
         }
     }
 }
@@ -324,6 +342,8 @@ fn digest(shown: &BTreeMap<Uuid, StandingView>) -> String {
         hash.update(view.status.as_bytes());
         hash.update(view.position.unwrap_or(0).to_le_bytes());
         hash.update(view.reason.as_deref().unwrap_or("").as_bytes());
+        hash.update([0]);
+        hash.update(view.offer_expires_at.as_deref().unwrap_or("").as_bytes());
         hash.update([0]);
     }
     let mut id = String::with_capacity(16);
@@ -460,12 +480,18 @@ mod tests {
             status,
             position,
             reason: None,
+            offer_expires_at: None,
         };
         let at = |v: StandingView| BTreeMap::from([(section, v)]);
         let waiting = digest(&at(view("waitlisted", Some(2))));
         assert_eq!(waiting, digest(&at(view("waitlisted", Some(2)))));
         assert_ne!(waiting, digest(&at(view("waitlisted", Some(1)))));
         assert_ne!(waiting, digest(&at(view("enrolled", None))));
+        let offered = StandingView {
+            offer_expires_at: Some(crate::domain::rfc3339_ms(86_400_000)),
+            ..view("offered", Some(2))
+        };
+        assert_ne!(waiting, digest(&at(offered)));
         assert_eq!(waiting.len(), 16);
     }
 }

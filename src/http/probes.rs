@@ -83,6 +83,13 @@ struct Outbox {
 }
 
 #[derive(Serialize)]
+struct Held {
+    /// Seats held for waitlisted students by open offers (as of the last
+    /// sweep): neither free nor enrolled until accepted, declined or lapsed.
+    seats_offered: i64,
+}
+
+#[derive(Serialize)]
 struct Health<'a> {
     status: &'static str,
     version: &'static str,
@@ -92,6 +99,7 @@ struct Health<'a> {
     components: &'a Components,
     queues: Queues,
     outbox: Outbox,
+    held: Held,
 }
 
 pub async fn health(state: &AppState) -> ApiResult {
@@ -132,6 +140,9 @@ pub async fn health(state: &AppState) -> ApiResult {
                     seconds_since(oldest)
                 },
                 last_sweep_seconds_ago: (swept != 0).then(|| seconds_since(swept)),
+            },
+            held: Held {
+                seats_offered: state.backlog.seats_offered.load(Ordering::Relaxed),
             },
         },
     )

@@ -403,11 +403,13 @@ pub(super) async fn leave(
                 "the student is neither enrolled nor waitlisted in this section".into(),
             ));
         }
-        Some(Drop::Dropped { promoted, .. }) => {
-            let label = if promoted.is_some() {
-                "promoted"
-            } else {
-                "dropped"
+        Some(Drop::Dropped {
+            promoted, offered, ..
+        }) => {
+            let label = match (promoted, offered) {
+                (Some(_), _) => "promoted",
+                (None, Some(_)) => "offered",
+                (None, None) => "dropped",
             };
             metrics::counter!(DROPS, "outcome" => label).increment(1);
             DropResponse {

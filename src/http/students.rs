@@ -66,6 +66,11 @@ struct WaitlistView {
     /// Live position, 1-based.
     position: i64,
     persistence: &'static str,
+    /// Set while a seat is held for the student (the section's waitlist
+    /// mode is `offer`): register for the section before it to accept,
+    /// drop it to decline; afterwards the offer lapses and passes on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offer_expires_at: Option<String>,
 }
 
 /// `GET /api/v1/me`: the caller's own account, their holds and, per
@@ -261,11 +266,15 @@ pub async fn waitlist(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
         .iter()
         .map(|w| (w.section_id, w.position))
         .collect();
+    let persisted_offers: HashMap<Uuid, i64> = persisted
+        .iter()
+        .filter_map(|w| Some((w.section_id, w.offer_expires_at?.timestamp_millis())))
+        .collect();
     let (sections, live) = standings(state, id, persisted.iter().map(|w| w.section_id)).await;
     let labels = students::section_labels(&db, &sections).await?;
     let mut items = Vec::new();
     for (i, section) in sections.iter().enumerate() {
-        let (position, persistence) = match live.as_ref().map(|l| &l[i]) {
+        let (position, persistence, offer) = match live.as_ref().map(|l| &l[i]) {
             Some(st) => match st.waitlist_position {
                 Some(p) => (
                     p,
@@ -274,11 +283,16 @@ pub async fn waitlist(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
                     } else {
                         "pending"
                     },
+                    st.offer_until_ms,
                 ),
                 None => continue,
             },
             None => match positions.get(section) {
-                Some(p) => (i64::from(*p), "persisted"),
+                Some(p) => (
+                    i64::from(*p),
+                    "persisted",
+                    persisted_offers.get(section).copied(),
+                ),
                 None => continue,
             },
         };
@@ -296,6 +310,7 @@ pub async fn waitlist(state: &AppState, req: &Parts, id: Uuid) -> ApiResult {
             section_number: section_number.clone(),
             position,
             persistence,
+            offer_expires_at: offer.map(crate::domain::rfc3339_ms),
         });
     }
     json(

@@ -21,6 +21,9 @@ pub struct SectionKeys {
     pub since: String,
     /// Student → highest claim stamp judged (`lua/judge.lua`).
     pub fence: String,
+    /// Waitlisted student → deadline of the seat held for them
+    /// (`lua/lib/seat.lua`).
+    pub offers: String,
 }
 
 impl SectionKeys {
@@ -37,6 +40,7 @@ impl SectionKeys {
             undone: format!("{tag}:undone"),
             since: format!("{tag}:since"),
             fence: format!("{tag}:fence"),
+            offers: format!("{tag}:offers"),
         }
     }
 
@@ -135,6 +139,8 @@ mod tests {
                 keys.reverted.as_str(),
                 keys.undone.as_str(),
                 keys.since.as_str(),
+                keys.fence.as_str(),
+                keys.offers.as_str(),
             ],
         ]
         .concat();

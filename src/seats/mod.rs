@@ -32,7 +32,7 @@ use link::{Bulk, BulkPool, Link};
 
 pub use scripts::{
     is_contract_violation, Compensate, Drop, LiveState, Load, Rebuild, Reserve, Resize, Scripted,
-    Scripts, SectionState,
+    Scripts, SectionChange, SectionState,
 };
 pub use watch::RedisWatch;
 
@@ -112,6 +112,17 @@ impl ConnectionLike for Conn {
 
 pub use replication::REPLICATION_UNCONFIRMED;
 
+/// The settings a section's scripts enforce, as Redis holds them (None
+/// where a field is missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnforcedSettings {
+    pub waitlist_limit: Option<i32>,
+    /// The section's flag and its semester's together.
+    pub active: Option<bool>,
+    pub offer_mode: Option<bool>,
+    pub offer_ttl_ms: Option<i64>,
+}
+
 /// A section's live numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveCounts {
@@ -119,6 +130,9 @@ pub struct LiveCounts {
     pub seats_available: i64,
     pub enrolled: i64,
     pub waitlist_length: i64,
+    /// Seats held by waitlist offers: neither free nor enrolled
+    /// (`lua/lib/seat.lua`).
+    pub seats_offered: i64,
 }
 
 /// Where a student stands in one section, according to Redis.
@@ -129,6 +143,9 @@ pub struct StudentStanding {
     pub waitlist_position: Option<i64>,
     /// Why an earlier registration was undone, if it was.
     pub reverted_reason: Option<String>,
+    /// While waitlisted: the deadline of the seat held for them by an
+    /// offer (unix ms, Redis's clock), if one is.
+    pub offer_until_ms: Option<i64>,
 }
 
 impl Redis {
@@ -293,33 +310,24 @@ impl Redis {
                 pipe.cmd("GET").arg(&keys.seats);
                 pipe.cmd("SCARD").arg(&keys.enrolled);
                 pipe.cmd("ZCARD").arg(&keys.waitlist);
+                pipe.cmd("HLEN").arg(&keys.offers);
                 pipe
             })
             .collect();
-        let replies: Vec<(Option<i64>, Option<i64>, i64, i64)> = {
-            let flat = self.per_slot(false, groups).await?;
-            flat.chunks(4)
-                .map(|c| {
-                    Ok((
-                        redis::from_redis_value(c[0].clone())?,
-                        redis::from_redis_value(c[1].clone())?,
-                        redis::from_redis_value(c[2].clone())?,
-                        redis::from_redis_value(c[3].clone())?,
-                    ))
-                })
-                .collect::<RedisResult<_>>()?
-        };
-        Ok(replies
-            .into_iter()
-            .map(|(capacity, seats, enrolled, waitlist_length)| {
-                capacity.map(|capacity| LiveCounts {
+        let flat = self.per_slot(false, groups).await?;
+        flat.chunks(5)
+            .map(|c| {
+                let capacity: Option<i64> = redis::from_redis_value(c[0].clone())?;
+                let seats: Option<i64> = redis::from_redis_value(c[1].clone())?;
+                Ok(capacity.map(|capacity| LiveCounts {
                     capacity,
                     seats_available: seats.unwrap_or(0),
-                    enrolled,
-                    waitlist_length,
-                })
+                    enrolled: redis::from_redis_value(c[2].clone()).unwrap_or(0),
+                    waitlist_length: redis::from_redis_value(c[3].clone()).unwrap_or(0),
+                    seats_offered: redis::from_redis_value(c[4].clone()).unwrap_or(0),
+                }))
             })
-            .collect())
+            .collect()
     }
 
     /// With the registrar's rules off, a registration or a drop changes
@@ -376,22 +384,32 @@ impl Redis {
                 pipe.cmd("SISMEMBER").arg(&keys.enrolled).arg(&id);
                 pipe.cmd("ZRANK").arg(&keys.waitlist).arg(&id);
                 pipe.cmd("HGET").arg(&keys.reverted).arg(&id);
+                pipe.cmd("HGET").arg(&keys.offers).arg(&id);
                 pipe
             })
             .collect();
         let flat = self.per_slot(false, groups).await?;
-        flat.chunks(3)
+        flat.chunks(4)
             .map(|c| {
                 let enrolled: bool = redis::from_redis_value(c[0].clone())?;
                 let rank: Option<i64> = redis::from_redis_value(c[1].clone())?;
                 let reason: Option<String> = redis::from_redis_value(c[2].clone())?;
+                let offer: Option<i64> = redis::from_redis_value(c[3].clone())?;
                 Ok(StudentStanding {
                     enrolled,
                     waitlist_position: rank.map(|r| r + 1),
                     reverted_reason: reason,
+                    offer_until_ms: offer.filter(|_| rank.is_some()),
                 })
             })
             .collect()
+    }
+
+    /// Redis's clock (unix ms): the one offers' deadlines and the
+    /// registration window are judged by.
+    pub async fn time_ms(&self) -> RedisResult<i64> {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
+        Ok(secs * 1000 + micros / 1000)
     }
 
     /// Whether Redis holds state for `section`.
@@ -425,19 +443,24 @@ impl Redis {
             .collect()
     }
 
-    /// The waitlist limit and active flag `section`'s scripts enforce now
+    /// The waitlist limit, active flag and waitlist policy `section`'s scripts enforce now
     /// (None where Redis has none).
-    pub async fn enforced_settings(
-        &self,
-        section: Uuid,
-    ) -> RedisResult<(Option<i32>, Option<bool>)> {
-        let (limit, active): (Option<i32>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.section_keys(section).meta)
-            .arg("waitlist_limit")
-            .arg("active")
-            .query_async(&mut self.conn())
-            .await?;
-        Ok((limit, active.map(|a| a == "1")))
+    pub async fn enforced_settings(&self, section: Uuid) -> RedisResult<EnforcedSettings> {
+        let (limit, active, mode, ttl): (Option<i32>, Option<String>, Option<String>, Option<i64>) =
+            redis::cmd("HMGET")
+                .arg(self.section_keys(section).meta)
+                .arg("waitlist_limit")
+                .arg("active")
+                .arg("wl_mode")
+                .arg("offer_ttl")
+                .query_async(&mut self.conn())
+                .await?;
+        Ok(EnforcedSettings {
+            waitlist_limit: limit,
+            active: active.map(|a| a == "1"),
+            offer_mode: mode.map(|m| m == "offer"),
+            offer_ttl_ms: ttl,
+        })
     }
 
     /// Deletes a section's state except its outbox and sequence: what a
@@ -452,6 +475,7 @@ impl Redis {
             .arg(&keys.enrolled)
             .arg(&keys.waitlist)
             .arg(&keys.since)
+            .arg(&keys.offers)
             .query_async(&mut conn)
             .await
     }

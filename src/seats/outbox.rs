@@ -10,7 +10,7 @@ use redis::{streams::StreamRangeReply, RedisResult, Value};
 use uuid::Uuid;
 
 use super::Redis;
-use crate::domain::{Event, EventKind, SectionConfig};
+use crate::domain::{Event, EventKind, SectionConfig, WaitlistPolicy};
 
 /// Persisted events of one section to remove from its outbox, and the
 /// students they concern (for the live announcement).
@@ -31,7 +31,8 @@ pub(super) fn text(v: &Value) -> Option<String> {
 }
 
 /// Builds an event from its sequence and a field lookup (the stream entry's
-/// fields: kind, student, at, and capacity/waitlist_limit/active for config).
+/// fields: kind, student, at; capacity/waitlist_limit/active and, since
+/// offers, wl_mode/offer_ttl for config; until for offer).
 fn decode(section: Uuid, seq: i64, field: impl Fn(&str) -> Option<String>) -> Option<Event> {
     let kind = EventKind::parse(&field("kind")?)?;
     let student = field("student").and_then(|s| Uuid::try_parse(&s).ok());
@@ -41,6 +42,13 @@ fn decode(section: Uuid, seq: i64, field: impl Fn(&str) -> Option<String>) -> Op
             capacity: field("capacity")?.parse().ok()?,
             waitlist_limit: field("waitlist_limit")?.parse().ok()?,
             active: field("active")? == "1",
+            waitlist: match (field("wl_mode"), field("offer_ttl")) {
+                (Some(mode), Some(ttl)) => Some(WaitlistPolicy {
+                    offer: mode == "offer",
+                    offer_ttl_ms: ttl.parse().ok()?,
+                }),
+                _ => None,
+            },
         })
     } else {
         None
@@ -48,6 +56,11 @@ fn decode(section: Uuid, seq: i64, field: impl Fn(&str) -> Option<String>) -> Op
     if kind != EventKind::Config && student.is_none() {
         return None;
     }
+    let offer_until_ms = if kind == EventKind::Offer {
+        Some(field("until")?.parse().ok()?)
+    } else {
+        None
+    };
     Some(Event {
         section,
         seq,
@@ -55,6 +68,7 @@ fn decode(section: Uuid, seq: i64, field: impl Fn(&str) -> Option<String>) -> Op
         student,
         at_ms,
         config,
+        offer_until_ms,
     })
 }
 
@@ -269,6 +283,33 @@ impl Redis {
         }
         Ok(out)
     }
+
+    /// For each section: the seats its waitlist offers hold, and a lower
+    /// bound of their earliest deadline (meta `offer_due`, Redis's clock;
+    /// `lua/lib/seat.lua`). One pipelined round trip, like
+    /// [`Redis::outbox_heads`].
+    pub async fn offer_heads(&self, sections: &[Uuid]) -> RedisResult<Vec<(i64, Option<i64>)>> {
+        let groups = sections
+            .iter()
+            .map(|section| {
+                let keys = self.section_keys(*section);
+                let mut pipe = redis::pipe();
+                pipe.cmd("HLEN").arg(&keys.offers);
+                pipe.cmd("HGET").arg(&keys.meta).arg("offer_due");
+                pipe
+            })
+            .collect();
+        let replies = self.per_slot(true, groups).await?;
+        replies
+            .chunks(2)
+            .map(|pair| {
+                Ok((
+                    redis::from_redis_value(pair[0].clone())?,
+                    redis::from_redis_value(pair[1].clone())?,
+                ))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -318,9 +359,28 @@ mod tests {
             Some(SectionConfig {
                 capacity: 30,
                 waitlist_limit: 5,
-                active: true
+                active: true,
+                waitlist: None,
             })
         );
+        let o = from_entry(
+            section,
+            "9-0",
+            &fields(&[
+                ("kind", "offer"),
+                ("student", &student.to_string()),
+                ("at", "2"),
+                ("until", "86402"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((o.kind, o.offer_until_ms), (EventKind::Offer, Some(86402)));
+        let offer_without_deadline = fields(&[
+            ("kind", "offer"),
+            ("student", &student.to_string()),
+            ("at", "2"),
+        ]);
+        assert!(from_entry(section, "9-0", &offer_without_deadline).is_none());
         assert!(from_entry(section, "9-0", &fields(&[("kind", "bogus"), ("at", "1")])).is_none());
         assert!(from_entry(section, "9-0", &fields(&[("kind", "drop"), ("at", "1")])).is_none());
     }
@@ -348,6 +408,10 @@ mod tests {
                 bulk("5"),
                 bulk("active"),
                 bulk("0"),
+                bulk("wl_mode"),
+                bulk("offer"),
+                bulk("offer_ttl"),
+                Value::Int(60000),
             ]),
         ]);
         let events = from_reply(section, &reply).unwrap();
@@ -361,7 +425,11 @@ mod tests {
             Some(SectionConfig {
                 capacity: 30,
                 waitlist_limit: 5,
-                active: false
+                active: false,
+                waitlist: Some(WaitlistPolicy {
+                    offer: true,
+                    offer_ttl_ms: 60000
+                }),
             })
         );
         let broken = Value::Array(vec![Value::Array(vec![Value::Int(1), bulk("enroll")])]);

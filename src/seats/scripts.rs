@@ -16,11 +16,13 @@ use crate::{
     metrics::SCRIPT_DURATION,
 };
 
-/// A script that changes a section: `lua/lib/emit.lua`, then its own body.
+/// A script that changes a section: `lua/lib/emit.lua` and
+/// `lua/lib/seat.lua`, then its own body.
 macro_rules! section_script {
     ($file:literal) => {
         concat!(
             include_str!("../../lua/lib/emit.lua"),
+            include_str!("../../lua/lib/seat.lua"),
             include_str!(concat!("../../lua/", $file))
         )
     };
@@ -37,7 +39,7 @@ macro_rules! bucket_script {
 }
 
 /// Every script's source, in the order of [`Scripts`]' fields.
-const SOURCES: [&str; 15] = [
+const SOURCES: [&str; 16] = [
     section_script!("reserve.lua"),
     section_script!("drop.lua"),
     section_script!("compensate.lua"),
@@ -53,6 +55,7 @@ const SOURCES: [&str; 15] = [
     include_str!("../../lua/settle.lua"),
     include_str!("../../lua/schedule_init.lua"),
     include_str!("../../lua/judge.lua"),
+    section_script!("lapse.lua"),
 ];
 
 /// The compiled scripts, shared by every call.
@@ -72,11 +75,12 @@ pub struct Scripts {
     pub settle: Script,
     pub schedule_init: Script,
     pub judge: Script,
+    pub lapse: Script,
 }
 
 impl Scripts {
     pub fn new() -> Self {
-        let [reserve, drop, compensate, resize, load, inspect, idempotency, rate_limit, login_guard, access, access_set, claim, settle, schedule_init, judge] =
+        let [reserve, drop, compensate, resize, load, inspect, idempotency, rate_limit, login_guard, access, access_set, claim, settle, schedule_init, judge, lapse] =
             SOURCES.map(Script::new);
         Self {
             reserve,
@@ -94,6 +98,7 @@ impl Scripts {
             settle,
             schedule_init,
             judge,
+            lapse,
         }
     }
 
@@ -163,8 +168,18 @@ pub enum Reserve {
 pub enum Drop {
     NotLoaded,
     NotRegistered,
-    Dropped { seq: i64, promoted: Option<Uuid> },
-    LeftWaitlist { seq: i64 },
+    /// The seat went to `promoted` (auto mode), was offered to `offered`
+    /// (offer mode), or back to the pool (neither).
+    Dropped {
+        seq: i64,
+        promoted: Option<Uuid>,
+        offered: Option<Uuid>,
+    },
+    /// `offered`: the student declined an offer, which passed to them.
+    LeftWaitlist {
+        seq: i64,
+        offered: Option<Uuid>,
+    },
 }
 
 /// What `compensate.lua` decided.
@@ -180,8 +195,26 @@ pub enum Compensate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resize {
     NotLoaded,
-    BelowEnrolled { enrolled: i64 },
-    Resized { seq: i64, promoted: Vec<Uuid> },
+    BelowEnrolled {
+        enrolled: i64,
+    },
+    Resized {
+        seq: i64,
+        promoted: Vec<Uuid>,
+        offered: Vec<Uuid>,
+    },
+}
+
+/// What an admin changes of a section (`resize.lua`); None keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SectionChange {
+    pub capacity: Option<i32>,
+    pub waitlist_limit: Option<i32>,
+    /// The section's own flag; Redis enforces it with the semester's.
+    pub active: Option<bool>,
+    /// true: offer mode; false: auto (`lua/lib/seat.lua`).
+    pub offer_mode: Option<bool>,
+    pub offer_ttl_ms: Option<i64>,
 }
 
 /// What `load.lua` did.
@@ -220,6 +253,11 @@ pub struct LiveState {
     pub enrolled: Vec<Uuid>,
     /// Head first.
     pub waitlisted: Vec<Uuid>,
+    /// The waitlist mode (None where the field is missing: auto).
+    pub offer_mode: Option<bool>,
+    pub offer_ttl_ms: Option<i64>,
+    /// Open offers: student and deadline (Redis's clock, ms).
+    pub offers: Vec<(Uuid, i64)>,
 }
 
 /// When `load.lua` may replace a section's existing state (see its header).
@@ -245,6 +283,15 @@ impl Rebuild {
             Rebuild::Force => "force",
             Rebuild::Exact => "exact",
         }
+    }
+}
+
+/// A waitlist mode as the scripts store it (meta `wl_mode`).
+fn mode(offer: bool) -> &'static str {
+    if offer {
+        "offer"
+    } else {
+        "auto"
     }
 }
 
@@ -306,7 +353,8 @@ impl Reply {
         int(self.raw.get(index)).ok_or_else(|| self.unexpected())
     }
 
-    /// The sequence of the first event: the one the request itself caused.
+    /// The sequence of the first event: the one the request itself caused
+    /// (for scripts that lapse no offers before it).
     fn first_seq(&self) -> RedisResult<i64> {
         self.events
             .first()
@@ -314,13 +362,43 @@ impl Reply {
             .ok_or_else(|| self.unexpected())
     }
 
-    /// The student of the promote events (waitlist heads given a seat).
-    fn promoted(&self) -> Vec<Uuid> {
+    /// The sequence of the request's own event: the last one of `student`
+    /// other than an offer (lapsed offers, `lua/lib/seat.lua`, may precede
+    /// it; offers passed on follow it).
+    fn own_seq(&self, student: Uuid) -> RedisResult<i64> {
         self.events
             .iter()
-            .filter(|e| e.kind == EventKind::Promote)
+            .rev()
+            .find(|e| e.student == Some(student) && e.kind != EventKind::Offer)
+            .map(|e| e.seq)
+            .ok_or_else(|| self.unexpected())
+    }
+
+    /// The sequence of the (one) event of `kind`.
+    fn seq_of(&self, kind: EventKind) -> RedisResult<i64> {
+        self.events
+            .iter()
+            .find(|e| e.kind == kind)
+            .map(|e| e.seq)
+            .ok_or_else(|| self.unexpected())
+    }
+
+    /// The students of the events of `kind` (promote: waitlist heads given
+    /// a seat; offer: those a seat is held for).
+    fn students_of(&self, kind: EventKind) -> Vec<Uuid> {
+        self.events
+            .iter()
+            .filter(|e| e.kind == kind)
             .filter_map(|e| e.student)
             .collect()
+    }
+
+    fn promoted(&self) -> Vec<Uuid> {
+        self.students_of(EventKind::Promote)
+    }
+
+    fn offered(&self) -> Vec<Uuid> {
+        self.students_of(EventKind::Offer)
     }
 
     fn unexpected(&self) -> redis::RedisError {
@@ -445,6 +523,7 @@ impl Redis {
             .key(&keys.reverted)
             .key(&keys.since)
             .key(&keys.fence)
+            .key(&keys.offers)
             .arg(student.to_string())
             .arg(now_ms);
         if let Some((deadline, stamp)) = claim {
@@ -461,10 +540,10 @@ impl Redis {
             "window_closed" => Reserve::WindowClosed,
             "claim_expired" => Reserve::ClaimExpired,
             "enrolled" => Reserve::Enrolled {
-                seq: reply.first_seq()?,
+                seq: reply.own_seq(student)?,
             },
             "waitlisted" => Reserve::Waitlisted {
-                seq: reply.first_seq()?,
+                seq: reply.own_seq(student)?,
                 position: reply.int(2)?,
             },
             "full" => Reserve::Full,
@@ -506,6 +585,7 @@ impl Redis {
         call.key(&keys.core()[..])
             .key(&keys.reverted)
             .key(&keys.since)
+            .key(&keys.offers)
             .arg(student.to_string())
             .arg(now_ms);
         if waitlist_only {
@@ -516,11 +596,13 @@ impl Redis {
             "not_loaded" => Drop::NotLoaded,
             "not_registered" => Drop::NotRegistered,
             "dropped" => Drop::Dropped {
-                seq: reply.first_seq()?,
-                promoted: reply.promoted().first().copied(),
+                seq: reply.own_seq(student)?,
+                promoted: reply.promoted().last().copied(),
+                offered: reply.offered().last().copied(),
             },
             "left_waitlist" => Drop::LeftWaitlist {
-                seq: reply.first_seq()?,
+                seq: reply.own_seq(student)?,
+                offered: reply.offered().last().copied(),
             },
             _ => return Err(reply.unexpected()),
         };
@@ -540,6 +622,7 @@ impl Redis {
             .key(&keys.reverted)
             .key(&keys.undone)
             .key(&keys.since)
+            .key(&keys.offers)
             .arg(event.seq)
             .arg(event.kind.as_str())
             .arg(event.student.map(|s| s.to_string()).unwrap_or_default())
@@ -560,14 +643,13 @@ impl Redis {
         Ok(reply.done(outcome))
     }
 
-    /// Changes a section's capacity, waitlist limit or own active flag
-    /// (`resize.lua`); Redis enforces that flag together with the semester's.
+    /// Changes a section's capacity, waitlist limit, own active flag or
+    /// waitlist policy (`resize.lua`); Redis enforces that flag together
+    /// with the semester's.
     pub async fn resize(
         &self,
         section: Uuid,
-        capacity: Option<i32>,
-        waitlist_limit: Option<i32>,
-        active: Option<bool>,
+        change: SectionChange,
         now_ms: i64,
     ) -> RedisResult<Scripted<Resize>> {
         let keys = self.section_keys(section);
@@ -575,10 +657,18 @@ impl Redis {
         let mut call = self.scripts().resize.prepare_invoke();
         call.key(&keys.core()[..])
             .key(&keys.since)
-            .arg(opt(capacity))
-            .arg(opt(waitlist_limit))
-            .arg(active.map(flag).unwrap_or(""))
-            .arg(now_ms);
+            .key(&keys.offers)
+            .arg(opt(change.capacity))
+            .arg(opt(change.waitlist_limit))
+            .arg(change.active.map(flag).unwrap_or(""))
+            .arg(now_ms)
+            .arg(change.offer_mode.map(mode).unwrap_or(""))
+            .arg(
+                change
+                    .offer_ttl_ms
+                    .map(|ttl| ttl.to_string())
+                    .unwrap_or_default(),
+            );
         let reply = self.run_gated("resize", section, call).await?;
         let outcome = match reply.code().as_str() {
             "not_loaded" => Resize::NotLoaded,
@@ -586,12 +676,35 @@ impl Redis {
                 enrolled: reply.int(2)?,
             },
             "resized" => Resize::Resized {
-                seq: reply.first_seq()?,
+                seq: reply.seq_of(EventKind::Config)?,
                 promoted: reply.promoted(),
+                offered: reply.offered(),
             },
             _ => return Err(reply.unexpected()),
         };
         Ok(reply.done(outcome))
+    }
+
+    /// Lets `section`'s due offers lapse (`lapse.lua`), each seat passing
+    /// on: the sweeper's bound on how late a deadline is kept. None when
+    /// the section has no state.
+    pub async fn lapse_offers(
+        &self,
+        section: Uuid,
+        now_ms: i64,
+    ) -> RedisResult<Option<Scripted<()>>> {
+        let keys = self.section_keys(section);
+        let mut call = self.scripts().lapse.prepare_invoke();
+        call.key(&keys.core()[..])
+            .key(&keys.since)
+            .key(&keys.offers)
+            .arg(now_ms);
+        let reply = self.run_gated("lapse", section, call).await?;
+        match reply.code().as_str() {
+            "not_loaded" => Ok(None),
+            "lapsed" => Ok(Some(reply.done(()))),
+            _ => Err(reply.unexpected()),
+        }
     }
 
     /// Builds a section's state from PostgreSQL if Redis lacks it (`load.lua`).
@@ -610,6 +723,7 @@ impl Redis {
         let keys = self.section_keys(snapshot.section);
         let mut call = self.scripts().load.prepare_invoke();
         call.key(&keys.core()[..])
+            .key(&keys.offers)
             .arg(snapshot.capacity)
             .arg(snapshot.waitlist_limit)
             .arg(flag(snapshot.section_active))
@@ -618,7 +732,13 @@ impl Redis {
             .arg(snapshot.registration_end_ms)
             .arg(snapshot.last_seq)
             .arg(mode.as_str())
-            .arg(snapshot.enrolled.len());
+            .arg(self::mode(snapshot.waitlist.offer))
+            .arg(snapshot.waitlist.offer_ttl_ms)
+            .arg(snapshot.offers.len());
+        for (student, deadline) in &snapshot.offers {
+            call.arg(student.to_string()).arg(deadline);
+        }
+        call.arg(snapshot.enrolled.len());
         for id in snapshot.enrolled.iter().chain(&snapshot.waitlisted) {
             call.arg(id.to_string());
         }
@@ -643,7 +763,7 @@ impl Redis {
     pub async fn inspect(&self, section: Uuid) -> RedisResult<SectionState> {
         let keys = self.section_keys(section);
         let mut call = self.scripts().inspect.prepare_invoke();
-        call.key(&keys.core()[..]);
+        call.key(&keys.core()[..]).key(&keys.offers);
         let started = Instant::now();
         // Bulk connection: a large roster must not delay students' requests.
         let mut conn = self.bulk().await?;
@@ -675,6 +795,18 @@ impl Redis {
                 seats: int(raw.get(8)),
                 enrolled: ids(raw.get(9))?,
                 waitlisted: ids(raw.get(10))?,
+                offer_mode: text(raw.get(11)).map(|m| m == "offer"),
+                offer_ttl_ms: int(raw.get(12)),
+                offers: match raw.get(13) {
+                    Some(Value::Array(flat)) => flat
+                        .chunks(2)
+                        .filter_map(|pair| {
+                            let student = Uuid::try_parse(&text(pair.first())?).ok()?;
+                            Some((student, int(pair.get(1))?))
+                        })
+                        .collect(),
+                    _ => return Err(bad()),
+                },
             }),
             _ => return Err(bad()),
         };

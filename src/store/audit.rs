@@ -41,6 +41,32 @@ pub async fn oversold(
         .collect())
 }
 
+/// Sections whose enrolled rows and open offers (waitlist rows with an
+/// `offer_expires_at`) together exceed the capacity:
+/// (section, enrolled, offered, capacity).
+pub async fn overheld(
+    db: &impl GenericClient,
+    sections: &[Uuid],
+) -> Result<Vec<(Uuid, i64, i64, i32)>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "select s.id, e.n, o.n, s.total_seats from sections s, \
+                    lateral (select count(*) as n from registrations r \
+                              where r.section_id = s.id and r.semester_id = s.semester_id \
+                                and r.status = 'enrolled') e, \
+                    lateral (select count(*) as n from waitlist w \
+                              where w.section_id = s.id and w.semester_id = s.semester_id \
+                                and w.offer_expires_at is not null) o \
+              where s.id = any($1) and e.n + o.n > s.total_seats",
+            &[&sections],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
 /// (section, student) pairs both enrolled and waitlisted.
 pub async fn enrolled_and_waitlisted(
     db: &impl GenericClient,

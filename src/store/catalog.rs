@@ -47,6 +47,13 @@ pub struct Section {
     pub seats_available: i32,
     pub waitlist_limit: i32,
     pub waitlist_length: i32,
+    /// Seats held for waitlisted students by open offers (neither free
+    /// nor enrolled).
+    pub seats_offered: i32,
+    /// `auto` (a freed seat enrols the waitlist head) or `offer` (it is
+    /// held for them for `offer_ttl_secs`).
+    pub waitlist_mode: String,
+    pub offer_ttl_secs: i32,
     pub is_active: bool,
     /// Counts come from Redis (live) rather than PostgreSQL (persisted).
     pub live: bool,
@@ -74,7 +81,9 @@ const SECTION_SELECT: &str = "select s.id, s.course_id, c.course_code, c.course_
      s.enrolled_count, s.waitlist_limit, \
      (select count(*) from waitlist w \
       where w.section_id = s.id and w.semester_id = s.semester_id)::integer, s.is_active, \
-     c.department \
+     c.department, s.waitlist_mode, s.offer_ttl_secs, \
+     (select count(*) from waitlist w where w.section_id = s.id \
+       and w.semester_id = s.semester_id and w.offer_expires_at is not null)::integer \
      from sections s join courses c on c.id = s.course_id";
 
 fn section(row: &Row) -> Section {
@@ -94,9 +103,12 @@ fn section(row: &Row) -> Section {
         room: row.get(9),
         total_seats,
         enrolled,
-        seats_available: (total_seats - enrolled).max(0),
+        seats_available: (total_seats - enrolled - row.get::<_, i32>(18)).max(0),
         waitlist_limit: row.get(12),
         waitlist_length: row.get(13),
+        seats_offered: row.get(18),
+        waitlist_mode: row.get(16),
+        offer_ttl_secs: row.get(17),
         is_active: row.get(14),
         live: false,
     }

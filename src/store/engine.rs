@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
-use crate::domain::{Event, EventKind, SectionSnapshot};
+use crate::domain::{Event, EventKind, SectionSnapshot, WaitlistPolicy};
 
 fn at(event: &Event) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(event.at_ms)
@@ -87,10 +87,18 @@ pub async fn apply(
             }
             EventKind::Config => {
                 if let Some(config) = run.iter().rev().find_map(|e| e.config) {
+                    let mode = config
+                        .waitlist
+                        .map(|w| if w.offer { "offer" } else { "auto" });
+                    let ttl_secs = config
+                        .waitlist
+                        .map(|w| i32::try_from((w.offer_ttl_ms / 1000).max(1)).unwrap_or(i32::MAX));
                     let stmt = tx
                         .prepare_cached(
                             "update sections set total_seats = $2, waitlist_limit = $3, \
-                             is_active = $4, version = version + 1 where id = $1",
+                             is_active = $4, waitlist_mode = coalesce($5, waitlist_mode), \
+                             offer_ttl_secs = coalesce($6, offer_ttl_secs), \
+                             version = version + 1 where id = $1",
                         )
                         .await?;
                     tx.execute(
@@ -100,10 +108,32 @@ pub async fn apply(
                             &config.capacity,
                             &config.waitlist_limit,
                             &config.active,
+                            &mode,
+                            &ttl_secs,
                         ],
                     )
                     .await?;
                 }
+            }
+            EventKind::Offer => {
+                let until: Vec<DateTime<Utc>> = run
+                    .iter()
+                    .map(|e| {
+                        Utc.timestamp_millis_opt(e.offer_until_ms.unwrap_or(e.at_ms))
+                            .single()
+                            .unwrap_or_else(Utc::now)
+                    })
+                    .collect();
+                let stmt = tx
+                    .prepare_cached(
+                        "update waitlist w set offer_expires_at = u.until, version = w.version + 1 \
+                           from unnest($2::uuid[], $3::timestamptz[]) as u(student, until) \
+                          where w.section_id = $1 and w.semester_id = $4 \
+                            and w.student_id = u.student",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&key.section, &students, &until, &key.semester])
+                    .await?;
             }
         }
     }
@@ -376,6 +406,7 @@ pub async fn owed_undos(
                     student: r.get(2),
                     at_ms: r.get(5),
                     config: None,
+                    offer_until_ms: None,
                 },
                 error: r.get(3),
                 sqlstate: r.get(4),
@@ -454,7 +485,8 @@ pub async fn snapshots(
     which: Snapshots<'_>,
 ) -> Result<Vec<SectionSnapshot>, tokio_postgres::Error> {
     let base = "select s.id, s.total_seats, s.waitlist_limit, s.is_active, sem.is_active, \
-                sem.registration_start, sem.registration_end, s.last_seq \
+                sem.registration_start, sem.registration_end, s.last_seq, \
+                s.waitlist_mode, s.offer_ttl_secs \
                 from sections s join semesters sem on sem.id = s.semester_id";
     let rows = match which {
         Snapshots::ActiveSemesters => {
@@ -483,6 +515,11 @@ pub async fn snapshots(
                 last_seq: r.get(7),
                 enrolled: Vec::new(),
                 waitlisted: Vec::new(),
+                waitlist: WaitlistPolicy {
+                    offer: r.get::<_, &str>(8) == "offer",
+                    offer_ttl_ms: i64::from(r.get::<_, i32>(9)) * 1000,
+                },
+                offers: Vec::new(),
             }
         })
         .collect();
@@ -501,14 +538,18 @@ pub async fn snapshots(
     }
     for row in db
         .query(
-            "select section_id, student_id from waitlist where section_id = any($1) \
-             order by section_id, position",
+            "select section_id, student_id, offer_expires_at from waitlist \
+             where section_id = any($1) order by section_id, position",
             &[&ids],
         )
         .await?
     {
         let section: Uuid = row.get(0);
-        snapshots[index[&section]].waitlisted.push(row.get(1));
+        let snapshot = &mut snapshots[index[&section]];
+        snapshot.waitlisted.push(row.get(1));
+        if let Some(until) = row.get::<_, Option<DateTime<Utc>>>(2) {
+            snapshot.offers.push((row.get(1), until.timestamp_millis()));
+        }
     }
     Ok(snapshots)
 }

@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_dead_letter_resolution.sql",
         sql: include_str!("../../sql/0010_dead_letter_resolution.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_waitlist_offers.sql",
+        sql: include_str!("../../sql/0011_waitlist_offers.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).

@@ -435,6 +435,8 @@ pub struct WaitlistEntry {
     pub section_number: String,
     pub position: i32,
     pub joined_at: DateTime<Utc>,
+    /// The deadline of the seat an offer holds for them, if one does.
+    pub offer_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Each of `sections` with its semester and its course's credits.
@@ -484,7 +486,8 @@ pub async fn waitlist(
 ) -> Result<Vec<WaitlistEntry>, tokio_postgres::Error> {
     let stmt = db
         .prepare_cached(
-            "select w.section_id, c.course_code, s.section_number, w.position, w.created_at \
+            "select w.section_id, c.course_code, s.section_number, w.position, w.created_at, \
+                    w.offer_expires_at \
                from waitlist w \
                join sections s on s.id = w.section_id \
                join courses c on c.id = s.course_id \
@@ -502,6 +505,7 @@ pub async fn waitlist(
             section_number: row.get(2),
             position: row.get(3),
             joined_at: row.get(4),
+            offer_expires_at: row.get(5),
         })
         .collect())
 }

@@ -98,6 +98,19 @@ pub enum Difference {
         redis: Vec<Uuid>,
         postgres: Vec<Uuid>,
     },
+    /// The waitlist mode (offer or auto) or the offers' lifetime (ms).
+    WaitlistPolicy {
+        redis_offer: Option<bool>,
+        redis_ttl_ms: Option<i64>,
+        postgres_offer: bool,
+        postgres_ttl_ms: i64,
+    },
+    /// Open offers (student, deadline ms) only one side has, or with
+    /// another deadline.
+    Offers {
+        only_redis: Vec<(Uuid, i64)>,
+        only_postgres: Vec<(Uuid, i64)>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,8 +197,8 @@ fn compare(snapshot: &SectionSnapshot, live: &LiveState) -> Vec<Difference> {
             postgres: limit,
         });
     }
-    // As load.lua sets it.
-    let free = (capacity - snapshot.enrolled.len() as i64).max(0);
+    // As load.lua sets it: offers hold their seats.
+    let free = (capacity - snapshot.enrolled.len() as i64 - snapshot.offers.len() as i64).max(0);
     if live.seats != Some(free) {
         differences.push(Difference::FreeSeats {
             redis: live.seats,
@@ -204,6 +217,26 @@ fn compare(snapshot: &SectionSnapshot, live: &LiveState) -> Vec<Difference> {
         differences.push(Difference::Waitlist {
             redis: live.waitlisted.clone(),
             postgres: snapshot.waitlisted.clone(),
+        });
+    }
+    // A state loaded before waitlist modes existed has none: auto, and the
+    // default lifetime (lua/lib/seat.lua).
+    if live.offer_mode.unwrap_or(false) != snapshot.waitlist.offer
+        || live.offer_ttl_ms.unwrap_or(86_400_000) != snapshot.waitlist.offer_ttl_ms
+    {
+        differences.push(Difference::WaitlistPolicy {
+            redis_offer: live.offer_mode,
+            redis_ttl_ms: live.offer_ttl_ms,
+            postgres_offer: snapshot.waitlist.offer,
+            postgres_ttl_ms: snapshot.waitlist.offer_ttl_ms,
+        });
+    }
+    let redis_offers: BTreeSet<(Uuid, i64)> = live.offers.iter().copied().collect();
+    let pg_offers: BTreeSet<(Uuid, i64)> = snapshot.offers.iter().copied().collect();
+    if redis_offers != pg_offers {
+        differences.push(Difference::Offers {
+            only_redis: redis_offers.difference(&pg_offers).copied().collect(),
+            only_postgres: pg_offers.difference(&redis_offers).copied().collect(),
         });
     }
     differences

@@ -10,6 +10,12 @@
 //! handover their events waited in the outbox for a writer, and are handed
 //! to the shards at once instead of a tick and `sweep_min_age_ms` later).
 //! It also publishes the backlog that `/health` and `/metrics` show.
+//!
+//! Each pass also lets the waitlist offers that are due lapse
+//! (`lua/lapse.lua`), in sections nobody touches: a seat is held at most a
+//! sweep interval past its deadline (every section script lapses due
+//! offers itself on its next call). The seats offers hold are published
+//! beside the backlog.
 
 use std::{
     collections::HashSet,
@@ -28,7 +34,7 @@ use super::{lease::Leases, warmup::Loader, Persistence};
 use crate::{
     config::SyncSettings,
     domain::now_ms,
-    metrics::{OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, SWEEPER_REQUEUED},
+    metrics::{OFFERS_LAPSED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, SEATS_OFFERED, SWEEPER_REQUEUED},
     seats::Redis,
     store::{engine, journal},
 };
@@ -49,6 +55,8 @@ pub struct Backlog {
     pub oldest_ms: AtomicI64,
     /// Unix ms of the last completed sweep; 0 before the first.
     pub swept_ms: AtomicI64,
+    /// Seats held by waitlist offers over all sections.
+    pub seats_offered: AtomicI64,
 }
 
 pub struct Sweeper {
@@ -151,6 +159,28 @@ impl Sweeper {
         }
     }
 
+    /// Lets `section`'s due offers lapse; their events go to the section's
+    /// shard like a registration's. The deadline is Redis's clock, so one
+    /// judged due here by this instance's clock may not be yet: the script
+    /// decides, and nothing changes.
+    async fn lapse(&self, section: Uuid) {
+        match self.redis.lapse_offers(section, now_ms()).await {
+            Ok(Some(scripted)) => {
+                let lapsed = scripted
+                    .events
+                    .iter()
+                    .filter(|e| e.kind == crate::domain::EventKind::Unwait)
+                    .count();
+                metrics::counter!(OFFERS_LAPSED).increment(lapsed as u64);
+                for event in scripted.events {
+                    self.persistence.submit(event);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, %section, "due offers not lapsed; next sweep"),
+        }
+    }
+
     async fn prune(&self) {
         match super::bounded(&self.db, async |c| journal::prune(&*c).await).await {
             Ok(0) => {}
@@ -177,7 +207,14 @@ impl Sweeper {
         let now = now_ms();
         let mut entries = 0u64;
         let mut oldest: Option<i64> = None;
+        let mut offered = 0i64;
         for chunk in sections.chunks(CHUNK) {
+            for (section, (held, due)) in chunk.iter().zip(self.redis.offer_heads(chunk).await?) {
+                offered += held;
+                if due.is_some_and(|due| due <= now) {
+                    self.lapse(*section).await;
+                }
+            }
             let heads = self.redis.outbox_heads(chunk).await?;
             for (section, (head, len)) in chunk.iter().zip(heads) {
                 entries += len;
@@ -197,6 +234,8 @@ impl Sweeper {
             .oldest_ms
             .store(oldest.unwrap_or(0), Ordering::Relaxed);
         self.backlog.swept_ms.store(now, Ordering::Relaxed);
+        self.backlog.seats_offered.store(offered, Ordering::Relaxed);
+        metrics::gauge!(SEATS_OFFERED).set(offered as f64);
         metrics::gauge!(OUTBOX_BACKLOG).set(entries as f64);
         metrics::gauge!(OUTBOX_OLDEST_AGE)
             .set(oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1000.0));

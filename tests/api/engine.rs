@@ -636,6 +636,7 @@ async fn a_batch_over_several_sections_advances_all_or_none_and_counts_each() {
         student: Some(student),
         at_ms: now_ms(),
         config: None,
+        offer_until_ms: None,
     };
     let mut client = app.db.get().await.unwrap();
 

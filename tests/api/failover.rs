@@ -170,6 +170,11 @@ async fn audit_scene(scene: &Scene, tally: &Tally) -> usize {
         &scene.redis,
         &scene.seeded.sections,
         &acknowledged,
+        // The servers' own setting (config/default.toml).
+        registrar::config::Settings::load_from(std::path::Path::new("config"), "test")
+            .expect("the configuration loads")
+            .sync
+            .sweep_interval_ms,
     )
     .await
     .expect("the audit ran");

@@ -589,21 +589,29 @@ pub async fn assert_converged(db: &Pool, redis: &Redis, section: Uuid) {
     let db = db.get().await.unwrap();
     let row = db
         .query_one(
-            "select total_seats, enrolled_count from sections where id = $1",
+            "select total_seats, enrolled_count, \
+                    (select count(*) from waitlist w where w.section_id = s.id \
+                        and w.offer_expires_at is not null)::integer \
+               from sections s where id = $1",
             &[&section],
         )
         .await
         .unwrap();
-    let (total, count): (i32, i32) = (row.get(0), row.get(1));
+    let (total, count, offered): (i32, i32, i32) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(
         count as usize,
         pg.0.len(),
         "enrolled_count matches the rows"
     );
-    assert!(count <= total, "no oversell");
+    assert!(count + offered <= total, "no oversell");
     let counts = redis.live_counts(&[section]).await.unwrap()[0].unwrap();
     assert_eq!(counts.capacity, i64::from(total));
-    assert_eq!(counts.seats_available, i64::from(total - count));
+    assert_eq!(
+        counts.seats_offered,
+        i64::from(offered),
+        "offers hold seats"
+    );
+    assert_eq!(counts.seats_available, i64::from(total - count - offered));
 }
 
 /// Waits until Redis holds the access record of every account of `db`:

@@ -22,6 +22,7 @@ mod me;
 mod migrations;
 mod model;
 mod observability;
+mod offers;
 mod openapi;
 mod operations;
 mod ordinary;

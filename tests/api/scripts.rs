@@ -3,8 +3,11 @@
 
 use registrar::{
     config::{RedisSettings, Secret},
-    domain::{Event, EventKind, SectionSnapshot},
-    seats::{Compensate, Drop, LiveState, Load, Rebuild, Redis, Reserve, Resize, SectionState},
+    domain::{Event, EventKind, SectionSnapshot, WaitlistPolicy},
+    seats::{
+        Compensate, Drop, LiveState, Load, Rebuild, Redis, Reserve, Resize, SectionChange,
+        SectionState,
+    },
 };
 use uuid::Uuid;
 
@@ -15,6 +18,8 @@ use crate::{
 
 /// The `now` the tests pass (the events' `at`): any instant will do, since
 /// `reserve.lua` judges the window by Redis's clock, not by this.
+mod offers;
+
 const NOW: i64 = 1_800_000_000_000;
 /// An hour in ms: windows are set this far around the real clock.
 const HOUR_MS: i64 = 3_600_000;
@@ -68,6 +73,26 @@ fn snapshot(section: Uuid, capacity: i32, waitlist_limit: i32) -> SectionSnapsho
         last_seq: 0,
         enrolled: Vec::new(),
         waitlisted: Vec::new(),
+        waitlist: WaitlistPolicy {
+            offer: false,
+            offer_ttl_ms: 86_400_000,
+        },
+        offers: Vec::new(),
+    }
+}
+
+/// A change of capacity, waitlist limit or active flag (the waitlist
+/// policy kept).
+fn change(
+    capacity: Option<i32>,
+    waitlist_limit: Option<i32>,
+    active: Option<bool>,
+) -> SectionChange {
+    SectionChange {
+        capacity,
+        waitlist_limit,
+        active,
+        ..SectionChange::default()
     }
 }
 
@@ -102,7 +127,7 @@ async fn every_script_reports_an_absent_section_without_writing() {
         Drop::NotLoaded
     );
     assert_eq!(
-        r.resize(section, Some(5), None, None, NOW)
+        r.resize(section, change(Some(5), None, None), NOW)
             .await
             .unwrap()
             .outcome,
@@ -296,18 +321,23 @@ async fn drop_frees_the_seat_or_hands_it_to_the_waitlist_head() {
         r.drop_student(section, a, NOW).await.unwrap().outcome,
         Drop::Dropped {
             seq: 4,
-            promoted: Some(b)
+            promoted: Some(b),
+            offered: None,
         }
     );
     assert_eq!(
         r.drop_student(section, c, NOW).await.unwrap().outcome,
-        Drop::LeftWaitlist { seq: 6 }
+        Drop::LeftWaitlist {
+            seq: 6,
+            offered: None
+        }
     );
     assert_eq!(
         r.drop_student(section, b, NOW).await.unwrap().outcome,
         Drop::Dropped {
             seq: 7,
-            promoted: None
+            promoted: None,
+            offered: None,
         }
     );
 
@@ -346,6 +376,7 @@ fn event(section: Uuid, seq: i64, kind: EventKind, student: Uuid) -> Event {
         student: Some(student),
         at_ms: NOW,
         config: None,
+        offer_until_ms: None,
     }
 }
 
@@ -364,7 +395,7 @@ async fn compensate_undoes_an_enrolment_once_and_promotes_the_head() {
         first,
         Compensate::Reverted {
             seq: 3,
-            promoted: Some(b)
+            promoted: Some(b),
         }
     );
     assert_eq!(second, Compensate::Already);
@@ -420,7 +451,9 @@ async fn compensate_returns_the_seat_when_nobody_waits_and_handles_every_other_c
         .unwrap()
         .outcome;
     r.reserve(section, c, NOW).await.unwrap();
-    r.resize(section, Some(1), None, None, NOW).await.unwrap();
+    r.resize(section, change(Some(1), None, None), NOW)
+        .await
+        .unwrap();
     let d = Uuid::new_v4();
     let d_seq = r.reserve(section, d, NOW).await.unwrap().events[0].seq;
     let waitlisted = r.standings(d, &[section]).await.unwrap().remove(0);
@@ -461,17 +494,17 @@ async fn resize_promotes_the_waitlist_head_first_and_refuses_going_below_the_ros
     }
 
     let below = r
-        .resize(section, Some(0), None, None, NOW)
+        .resize(section, change(Some(0), None, None), NOW)
         .await
         .unwrap()
         .outcome;
     let raised = r
-        .resize(section, Some(3), None, None, NOW)
+        .resize(section, change(Some(3), None, None), NOW)
         .await
         .unwrap()
         .outcome;
     let limit_only = r
-        .resize(section, None, Some(0), Some(false), NOW)
+        .resize(section, change(None, Some(0), Some(false)), NOW)
         .await
         .unwrap()
         .outcome;
@@ -481,14 +514,16 @@ async fn resize_promotes_the_waitlist_head_first_and_refuses_going_below_the_ros
         raised,
         Resize::Resized {
             seq: 5,
-            promoted: vec![students[1], students[2]]
+            promoted: vec![students[1], students[2]],
+            offered: vec![],
         }
     );
     assert_eq!(
         limit_only,
         Resize::Resized {
             seq: 8,
-            promoted: vec![]
+            promoted: vec![],
+            offered: vec![],
         }
     );
     let counts = r.live_counts(&[section]).await.unwrap()[0].unwrap();
@@ -564,6 +599,9 @@ async fn inspect_reads_the_sequence_the_outbox_and_every_field_in_one_step() {
             seats: Some(0),
             enrolled: roster,
             waitlisted: snap.waitlisted.clone(),
+            offer_mode: Some(false),
+            offer_ttl_ms: Some(86_400_000),
+            offers: vec![],
         }
     );
     assert_eq!(
@@ -628,7 +666,7 @@ async fn a_section_activated_in_an_inactive_semester_stays_closed_but_keeps_its_
     r.load(&snap).await.unwrap();
 
     let activated = r
-        .resize(section, None, None, Some(true), NOW)
+        .resize(section, change(None, None, Some(true)), NOW)
         .await
         .unwrap();
     let refused = r
@@ -636,7 +674,10 @@ async fn a_section_activated_in_an_inactive_semester_stays_closed_but_keeps_its_
         .await
         .unwrap()
         .outcome;
-    let resized = r.resize(section, Some(6), None, None, NOW).await.unwrap();
+    let resized = r
+        .resize(section, change(Some(6), None, None), NOW)
+        .await
+        .unwrap();
     let enforced = r.enforced_settings(section).await.unwrap();
 
     let own = |events: &[Event]| events[0].config.unwrap().active;
@@ -649,7 +690,10 @@ async fn a_section_activated_in_an_inactive_semester_stays_closed_but_keeps_its_
         own(&resized.events),
         "a capacity change keeps the section's flag"
     );
-    assert_eq!(enforced, (Some(5), Some(false)));
+    assert_eq!(
+        (enforced.waitlist_limit, enforced.active),
+        (Some(5), Some(false))
+    );
 }
 
 #[tokio::test]
@@ -663,7 +707,10 @@ async fn resize_of_a_state_loaded_before_the_flags_were_kept_apart_keeps_its_mea
         .await
         .unwrap();
 
-    let resized = r.resize(section, Some(6), None, None, NOW).await.unwrap();
+    let resized = r
+        .resize(section, change(Some(6), None, None), NOW)
+        .await
+        .unwrap();
     let enrolled = r
         .reserve(section, Uuid::new_v4(), NOW)
         .await

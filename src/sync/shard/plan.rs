@@ -201,6 +201,7 @@ mod tests {
             student: Some(Uuid::from_u128(seq as u128)),
             at_ms: 1_000 + seq,
             config: None,
+            offer_until_ms: None,
         }
     }
 
