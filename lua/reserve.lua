@@ -36,7 +36,11 @@
 -- In offer mode (lua/lib/seat.lua) the script first lapses the offers that
 -- are due (their unwait and offer events precede the request's own), and
 -- a register from a student holding an offer accepts it: the held seat is
--- theirs (a promote event), after the same checks as a newcomer's.
+-- theirs (a promote event). An offer is the registrar's promise until its
+-- deadline, so it can be accepted after the registration window closed;
+-- in an inactive section it cannot, and the answer is the student's
+-- standing (already_waitlisted): they keep their place and the offer. A
+-- claim past its deadline is refused as for anyone (claim_expired).
 --
 -- Returns {code, events, position}; events as lua/lib/emit.lua describes:
 --   {"not_loaded", {}}                   section state absent: load it, then retry
@@ -79,10 +83,15 @@ if rank then
   accept = true
 end
 if meta[1] ~= '1' then
+  if accept then
+    -- Not now: the student keeps their place and their offer (until its
+    -- deadline), and is told where they stand.
+    return {'already_waitlisted', events, rank + 1}
+  end
   return {'inactive', events}
 end
 clock = clock or redis_ms()
-if clock < tonumber(meta[2]) or clock >= tonumber(meta[3]) then
+if not accept and (clock < tonumber(meta[2]) or clock >= tonumber(meta[3])) then
   return {'window_closed', events}
 end
 if ARGV[3] then

@@ -393,3 +393,52 @@ async fn an_undone_acceptance_passes_the_seat_on_as_an_offer() {
     );
     assert_eq!(seats(&r, section).await, (0, 0, 1, 1));
 }
+
+#[tokio::test]
+async fn an_offer_outlives_the_window_but_not_an_inactive_section() {
+    let r = redis();
+    let section = Uuid::new_v4();
+    let waiting = ids(3);
+    let mut snap = snapshot(section, 2, 10);
+    // The window closed an hour ago; two offers were open then.
+    snap.registration_start_ms = NOW - 2 * super::HOUR_MS;
+    snap.registration_end_ms = r.time_ms().await.unwrap() - super::HOUR_MS;
+    snap.waitlisted = waiting.clone();
+    snap.waitlist = WaitlistPolicy {
+        offer: true,
+        offer_ttl_ms: 60_000,
+    };
+    let far = r.time_ms().await.unwrap() + 3_600_000;
+    snap.offers = vec![(waiting[0], far), (waiting[1], far)];
+    assert_eq!(r.load(&snap).await.unwrap(), Load::Loaded);
+
+    assert!(matches!(
+        r.reserve(section, waiting[0], NOW).await.unwrap().outcome,
+        Reserve::Enrolled { .. }
+    ));
+    assert_eq!(
+        r.reserve(section, Uuid::new_v4(), NOW)
+            .await
+            .unwrap()
+            .outcome,
+        Reserve::WindowClosed,
+        "no one else registers"
+    );
+
+    r.resize(
+        section,
+        SectionChange {
+            active: Some(false),
+            ..SectionChange::default()
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.reserve(section, waiting[1], NOW).await.unwrap().outcome,
+        Reserve::AlreadyWaitlisted { position: 1 },
+        "inactive: the holder keeps the place and the offer"
+    );
+    assert_eq!(seats(&r, section).await, (0, 1, 1, 2));
+}
