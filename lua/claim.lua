@@ -12,8 +12,12 @@
 -- KEYS[2] completed courses (set of course ids)
 -- KEYS[3] schedule hash: '#' -> stamp counter; section id ->
 --         "state|semester|course|credits|meetings|stamp|deadline", state
---         c (claimed, in flight) or h (held: enrolled or waitlisted),
---         meetings "days:start:end,..." (days a bit set, minutes)
+--         c (claimed, in flight), h (held: enrolled, or waitlisted where a
+--         freed seat enrols the head at once) or w (waitlisted in a section
+--         whose freed seats are offered, lua/lib/seat.lua: the place turns
+--         into a seat only by a new claim, so its credits count only where
+--         the semester counts waitlisted credits), meetings
+--         "days:start:end,..." (days a bit set, minutes)
 -- ARGV[1] semester id
 -- ARGV[2] the semester's group opening times: "code=ms code=ms ..."
 -- ARGV[3] the semester's default credit limit, '' for none
@@ -21,7 +25,10 @@
 --         unsettled claim may be judged from its section (clock skew)
 -- ARGV[6] '1': answer 'verify' instead of refusing on entries that may be
 --         stale; '0': decide on what is here
--- ARGV[7 ..] per section, 7 values: id, course id, credits, meetings,
+-- ARGV[7] '1': the credit limit counts enrolled and waitlisted credits;
+--         '0': enrolled only (w entries do not count; accepting an offer
+--         claims its credits then)
+-- ARGV[8 ..] per section, 7 values: id, course id, credits, meetings,
 --         repeatable ('1'/'0'), prerequisites ("a,b;c": AND of ORs of
 --         course ids), corequisites ("a,b")
 --
@@ -47,11 +54,12 @@
 --     time_conflict                detail: the other section
 --     credit_limit                 detail: "credits held|limit"
 -- One read of each key: the access record's facts, then the schedule.
+local FIRST = 8
 local semester = ARGV[1]
-local n = math.floor((#ARGV - 6) / 7)
+local n = math.floor((#ARGV - FIRST + 1) / 7)
 local wanted = {'r', 'sc', 'g:' .. semester, 'c:' .. semester}
 for i = 0, n - 1 do
-  wanted[#wanted + 1] = 'p:' .. ARGV[7 + i * 7]
+  wanted[#wanted + 1] = 'p:' .. ARGV[FIRST + i * 7]
 end
 local own = redis.call('HMGET', KEYS[1], unpack(wanted))
 if not own[1] then
@@ -79,6 +87,7 @@ end
 local semester = ARGV[1]
 local grace = tonumber(ARGV[5])
 local verify = ARGV[6] == '1'
+local count_waitlisted = ARGV[7] ~= '0'
 
 local function meetings(text)
   local list = {}
@@ -119,7 +128,7 @@ for i = 1, #flat, 2 do
       }
       -- An unsettled claim past its deadline (and the grace): its section
       -- has decided for good (reserve.lua refuses a late claim).
-      e.stale = state == 'h' or (state == 'c' and clock > e.deadline + grace)
+      e.stale = state == 'h' or state == 'w' or (state == 'c' and clock > e.deadline + grace)
       e.expired = state == 'c' and clock > e.deadline + grace
       entries[#entries + 1] = e
       by_section[field] = e
@@ -139,11 +148,13 @@ end
 local results, accepted = {}, {}
 local credits_held = 0
 for _, e in ipairs(entries) do
-  credits_held = credits_held + e.credits
+  if e.state ~= 'w' or count_waitlisted then
+    credits_held = credits_held + e.credits
+  end
 end
 
 for i = 0, n - 1 do
-  local base = 7 + i * 7
+  local base = FIRST + i * 7
   local id, course, credits = ARGV[base], ARGV[base + 1], tonumber(ARGV[base + 2])
   local meet, repeatable = meetings(ARGV[base + 3]), ARGV[base + 4] == '1'
   local prereqs, coreqs = ARGV[base + 5], ARGV[base + 6]
@@ -160,9 +171,22 @@ for i = 0, n - 1 do
       -- Claimed before, never settled: judge it from the section first.
       suspect(mine)
       code, detail = 'busy', mine.stamp
+    elseif mine.state == 'w' and not count_waitlisted and limit and not waived('credit_limit')
+      and credits_held + credits > limit then
+      -- An offer accepted now would add these credits.
+      for _, e in ipairs(entries) do
+        suspect(e)
+      end
+      code, detail = 'credit_limit', credits_held .. '|' .. limit
     else
       -- Held already: claimed again (a new stamp), the seat script answers.
+      -- An uncounted place (w) counts from here on (written as h), so a
+      -- parallel claim sees its credits; settle.lua writes w again if the
+      -- student is still only waitlisted.
       code = 'claimed'
+      if mine.state == 'w' and not count_waitlisted then
+        credits_held = credits_held + credits
+      end
     end
   end
   if not code and opens and clock < opens and not waived('time_ticket') then
@@ -186,7 +210,7 @@ for i = 0, n - 1 do
       for c in string.gmatch(coreqs, '[^,]+') do
         local met = redis.call('SISMEMBER', KEYS[2], c) == 1
         for j = 0, n - 1 do
-          met = met or ARGV[7 + j * 7 + 1] == c
+          met = met or ARGV[FIRST + j * 7 + 1] == c
         end
         if not met then
           -- Held this semester. The acceptance rests on the entry, so it is
@@ -270,10 +294,10 @@ local deadline = clock + tonumber(ARGV[4])
 local writes = {'#', stamp}
 for i = 0, n - 1 do
   if results[2 * i + 1] == 'claimed' then
-    local base = 7 + i * 7
+    local base = FIRST + i * 7
     local id = ARGV[base]
     local state = 'c'
-    if by_section[id] and by_section[id].state == 'h' then
+    if by_section[id] and (by_section[id].state == 'h' or by_section[id].state == 'w') then
       state = 'h'
     end
     writes[#writes + 1] = id

@@ -45,13 +45,15 @@
 -- Returns {code, events, position}; events as lua/lib/emit.lua describes:
 --   {"not_loaded", {}}                   section state absent: load it, then retry
 --   {"already_enrolled", {}}
---   {"already_waitlisted", {}, pos}      pos = live position (1-based)
+--   {"already_waitlisted", {}, pos, offers}
+--                                        pos = live position (1-based);
+--                                        offers '1' in offer mode, else '0'
 --   {"inactive", {}}                     section or semester inactive
 --   {"window_closed", {}}                Redis TIME outside [reg_start, reg_end)
 --   {"claim_expired", {}}                Redis TIME at or past ARGV[3], or
 --                                        the claim was fenced (judged)
 --   {"enrolled", {enroll}}              (or {promote}: an offer accepted)
---   {"waitlisted", {waitlist}, pos}
+--   {"waitlisted", {waitlist}, pos, offers}
 --   {"full", {}}                         no seat and the waitlist is at its limit
 -- Each redis.call costs about a microsecond of Lua overhead on top of the
 -- command, so the script makes as few as it can: one HMGET both proves the
@@ -64,7 +66,11 @@ if not meta[1] then
 end
 local clock = nil
 local S = nil
+-- Told with every waitlist answer: '1' when a freed seat is offered here
+-- (the place turns into a seat only by the student's registration).
+local offers = '0'
 if meta[5] == 'offer' then
+  offers = '1'
   clock = redis_ms()
   S = waitlist_settings({since = KEYS[8], offers = KEYS[10]}, meta[5], meta[6])
   if meta[7] and tonumber(meta[7]) <= clock then
@@ -78,7 +84,7 @@ local rank = redis.call('ZRANK', KEYS[4], student)
 local accept = false
 if rank then
   if not S or redis.call('HEXISTS', KEYS[10], student) == 0 then
-    return {'already_waitlisted', events, rank + 1}
+    return {'already_waitlisted', events, rank + 1, offers}
   end
   accept = true
 end
@@ -86,7 +92,7 @@ if meta[1] ~= '1' then
   if accept then
     -- Not now: the student keeps their place and their offer (until its
     -- deadline), and is told where they stand.
-    return {'already_waitlisted', events, rank + 1}
+    return {'already_waitlisted', events, rank + 1, offers}
   end
   return {'inactive', events}
 end
@@ -123,4 +129,4 @@ end
 -- The score is the event's sequence: arrival order.
 local seq = emit('waitlist', student, now)
 redis.call('ZADD', KEYS[4], seq, student)
-return {'waitlisted', events, waiting + 1}
+return {'waitlisted', events, waiting + 1, offers}

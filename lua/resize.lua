@@ -21,12 +21,16 @@
 -- ARGV[5] waitlist mode "auto" | "offer", or "" to keep it
 -- ARGV[6] offer lifetime (ms), or "" to keep it
 --
--- Seats held by offers count as taken (lua/lib/seat.lua). Switching to
--- auto enrols every student holding an offer (one promote each); new seats
--- are given as the mode says (promote or offer). Due offers lapse first.
+-- Seats held by offers count as taken (lua/lib/seat.lua); new seats are
+-- given as the mode says (promote or offer). Due offers lapse first.
+-- Switching from offer to auto is refused while anyone waits: their places
+-- were taken on the promise that a seat comes only by their registration
+-- (which checks their credit limit, lua/claim.lua), and auto would enrol
+-- them without one.
 --
 -- Returns {code, events, enrolled}; events as lua/lib/emit.lua describes:
 --   {"not_loaded", {}}
+--   {"waitlist_not_empty", {}, waiting}    offer to auto while students wait
 --   {"below_enrolled", {}, taken}          capacity would fall below the roster
 --                                          and the seats held by offers
 --   {"resized", {..., config, promote...}} the config event (after any
@@ -61,6 +65,11 @@ if active == '' then
 end
 if mode == '' then
   mode = meta[5] or 'auto'
+elseif mode ~= 'offer' and meta[5] == 'offer' then
+  local waiting = redis.call('ZCARD', KEYS[4])
+  if waiting > 0 then
+    return {'waitlist_not_empty', events, waiting}
+  end
 end
 if ttl == '' then
   ttl = meta[6] or '86400000'
@@ -74,22 +83,6 @@ redis.call('HSET', KEYS[1], 'capacity', capacity, 'waitlist_limit', limit, 'acti
 emit('config', '', now, 'capacity', capacity, 'waitlist_limit', limit, 'active', active,
   'wl_mode', mode, 'offer_ttl', ttl)
 S = waitlist_settings(S, mode, ttl)
-if mode ~= 'offer' then
-  -- Every held seat becomes its holder's, in waitlist order.
-  local held, place = redis.call('HKEYS', KEYS[8]), {}
-  for _, student in ipairs(held) do
-    place[student] = tonumber(redis.call('ZSCORE', KEYS[4], student) or '0')
-  end
-  table.sort(held, function(a, b) return place[a] < place[b] end)
-  for _, student in ipairs(held) do
-    redis.call('ZREM', KEYS[4], student)
-    redis.call('SADD', KEYS[3], student)
-    redis.call('HSET', KEYS[7], student, emit('promote', student, now))
-  end
-  redis.call('DEL', KEYS[8])
-  redis.call('HDEL', KEYS[1], 'offer_due')
-  enrolled = enrolled + #held
-end
 local free = tonumber(capacity) - enrolled - redis.call('HLEN', KEYS[8])
 while free > 0 and give_seat(S, now, clock) do
   free = free - 1

@@ -192,6 +192,10 @@ impl Registrar {
         for ((i, _, stamp), outcome) in claimed.iter().zip(decided) {
             let verdict = match &outcome {
                 Registered::Undecided => None,
+                Registered::Decided(
+                    Reserve::Waitlisted { offers: true, .. }
+                    | Reserve::AlreadyWaitlisted { offers: true, .. },
+                ) => Some(Verdict::HeldOnOffers),
                 o if holds_place(o) => Some(Verdict::Held),
                 // Refused before deciding: the seat is as it was.
                 Registered::Decided(Reserve::ClaimExpired) => Some(Verdict::Void),
@@ -317,6 +321,7 @@ impl Registrar {
                 semester,
                 group_windows: &facts.group_windows,
                 credit_limit: facts.credit_limit,
+                count_waitlisted: facts.count_waitlisted,
                 ttl: std::time::Duration::from_millis(rules.settings.claim_ttl_ms),
                 grace: std::time::Duration::from_millis(rules.settings.claim_grace_ms),
                 verify,
@@ -514,7 +519,7 @@ impl Registrar {
             }
             // Unknown to PostgreSQL too (or gone again): no place there.
             let verdict = if holds == Some(true) {
-                Verdict::Held
+                Verdict::Kept
             } else {
                 Verdict::Release
             };

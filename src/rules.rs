@@ -46,6 +46,8 @@ pub struct SemesterFacts {
     /// "code=ms code=ms" (lua/claim.lua ARGV[2]).
     pub group_windows: String,
     pub credit_limit: Option<i32>,
+    /// The limit counts waitlist places of offer sections too.
+    pub count_waitlisted: bool,
     pub sections: HashMap<Uuid, SectionFacts>,
     read_at: Instant,
 }
@@ -210,6 +212,7 @@ impl RuleBook {
             .await?
             .unwrap_or(store::rules::SemesterRules {
                 credit_limit: None,
+                credit_counting: store::rules::CreditCounting::default(),
                 priority_groups: Vec::new(),
             });
         let sections = store::rules::semester_facts(&client, semester).await?;
@@ -222,6 +225,8 @@ impl RuleBook {
                 .collect::<Vec<_>>()
                 .join(" "),
             credit_limit: rules.credit_limit,
+            count_waitlisted: rules.credit_counting
+                == store::rules::CreditCounting::EnrolledAndWaitlisted,
             sections: sections.into_iter().collect(),
             read_at: Instant::now(),
         });

@@ -433,6 +433,15 @@ pub async fn update_section(state: &AppState, req: &Parts, body: Incoming, id: U
                 ),
             })
         }
+        Resize::WaitlistNotEmpty { waiting } => {
+            return Err(ApiError::Conflict {
+                code: "waitlist_not_empty",
+                detail: format!(
+                    "{waiting} students wait for a seat to be offered to them; the section can \
+                     return to auto mode once its waitlist is empty"
+                ),
+            })
+        }
         Resize::NotLoaded => {
             return Err(ApiError::Unavailable {
                 code: "section_unavailable",

@@ -161,7 +161,7 @@ fn result_of(section: Uuid, outcome: Reserve) -> SectionResult {
         Reserve::Enrolled { .. } => ("enrolled", None, None),
         Reserve::Waitlisted { position, .. } => ("waitlisted", Some(position), None),
         Reserve::AlreadyEnrolled => ("already_enrolled", None, None),
-        Reserve::AlreadyWaitlisted { position } => ("already_waitlisted", Some(position), None),
+        Reserve::AlreadyWaitlisted { position, .. } => ("already_waitlisted", Some(position), None),
         Reserve::Full => ("rejected", None, Some("full")),
         Reserve::WindowClosed => ("rejected", None, Some("window_closed")),
         // The claim lapsed before the seat was decided: nothing changed.
@@ -468,6 +468,7 @@ mod tests {
             Reserve::Waitlisted {
                 seq: 2,
                 position: 3,
+                offers: false,
             },
         );
         assert_eq!((w.status, w.waitlist_position), ("waitlisted", Some(3)));

@@ -114,6 +114,9 @@ pub async fn semester_rules(state: &AppState, req: &Parts, id: Uuid) -> ApiResul
 #[serde(deny_unknown_fields)]
 struct SemesterRulesBody {
     credit_limit: Option<i32>,
+    /// Absent: enrolled_and_waitlisted (this replaces the whole rule set).
+    #[serde(default)]
+    credit_counting: store::rules::CreditCounting,
     #[serde(default)]
     priority_groups: Vec<PriorityGroup>,
 }
@@ -148,6 +151,7 @@ pub async fn set_semester_rules(
     }
     let rules = SemesterRules {
         credit_limit: b.credit_limit,
+        credit_counting: b.credit_counting,
         priority_groups: b.priority_groups,
     };
     let mut db = state.db.get().await?;

@@ -100,6 +100,10 @@ struct SemesterCredits {
     waitlisted: i64,
     /// Their own limit, else the semester's; null for none.
     credit_limit: Option<i32>,
+    /// What the limit counts: `enrolled_and_waitlisted`, or `enrolled`
+    /// (places on waitlists that offer freed seats do not count until the
+    /// offer is accepted; places on other waitlists do).
+    credit_counting: String,
 }
 
 pub async fn me(state: &AppState, req: &Parts) -> ApiResult {
@@ -146,7 +150,7 @@ pub async fn me(state: &AppState, req: &Parts) -> ApiResult {
         }
     }
     let semesters: Vec<Uuid> = by_semester.keys().copied().collect();
-    let limits: HashMap<Uuid, Option<i32>> = students::credit_limits(&db, id, &semesters)
+    let limits: HashMap<Uuid, (Option<i32>, String)> = students::credit_limits(&db, id, &semesters)
         .await?
         .into_iter()
         .collect();
@@ -168,7 +172,10 @@ pub async fn me(state: &AppState, req: &Parts) -> ApiResult {
                     semester_id,
                     enrolled,
                     waitlisted,
-                    credit_limit: limits.get(&semester_id).copied().flatten(),
+                    credit_limit: limits.get(&semester_id).and_then(|l| l.0),
+                    credit_counting: limits
+                        .get(&semester_id)
+                        .map_or_else(|| "enrolled_and_waitlisted".into(), |l| l.1.clone()),
                 })
                 .collect(),
             live: live.is_some(),

@@ -37,6 +37,14 @@ pub enum Claim {
 pub enum Verdict {
     /// The section enrolled or waitlisted the student.
     Held,
+    /// The section waitlisted the student where a freed seat is offered
+    /// (`lua/lib/seat.lua`): the place turns into a seat only by a new
+    /// registration, so a semester counting enrolled credits only does not
+    /// count it (`lua/claim.lua`, entry w).
+    HeldOnOffers,
+    /// The section has the student (`lua/judge.lua`): a claim becomes held,
+    /// a held entry (h or w) stays as it is.
+    Kept,
     /// The section did not: the claim's credits are free again, and a held
     /// entry is gone (the section is the truth).
     Release,
@@ -53,6 +61,8 @@ pub struct ClaimArgs<'a> {
     pub semester: Uuid,
     pub group_windows: &'a str,
     pub credit_limit: Option<i32>,
+    /// The limit counts waitlist places of offer sections (entries w).
+    pub count_waitlisted: bool,
     pub ttl: Duration,
     pub grace: Duration,
     pub verify: bool,
@@ -93,7 +103,8 @@ impl Redis {
             .arg(args.credit_limit.map(|l| l.to_string()).unwrap_or_default())
             .arg(args.ttl.as_millis() as u64)
             .arg(args.grace.as_millis() as u64)
-            .arg(if args.verify { "1" } else { "0" });
+            .arg(if args.verify { "1" } else { "0" })
+            .arg(if args.count_waitlisted { "1" } else { "0" });
         for (id, f) in sections {
             call.arg(id.to_string())
                 .arg(f.course_id.to_string())
@@ -164,6 +175,8 @@ impl Redis {
                 .arg(*stamp)
                 .arg(match verdict {
                     Verdict::Held => "h",
+                    Verdict::HeldOnOffers => "w",
+                    Verdict::Kept => "k",
                     Verdict::Release => "r",
                     Verdict::Void => "v",
                     Verdict::Dropped => "d",

@@ -147,6 +147,9 @@ pub enum Reserve {
     AlreadyEnrolled,
     AlreadyWaitlisted {
         position: i64,
+        /// The section offers freed seats (`lua/lib/seat.lua`): the place
+        /// turns into a seat only by the student's registration.
+        offers: bool,
     },
     Inactive,
     WindowClosed,
@@ -159,6 +162,8 @@ pub enum Reserve {
     Waitlisted {
         seq: i64,
         position: i64,
+        /// As in [`Reserve::AlreadyWaitlisted`].
+        offers: bool,
     },
     Full,
 }
@@ -197,6 +202,10 @@ pub enum Resize {
     NotLoaded,
     BelowEnrolled {
         enrolled: i64,
+    },
+    /// Offer to auto mode while `waiting` students wait (`lua/resize.lua`).
+    WaitlistNotEmpty {
+        waiting: i64,
     },
     Resized {
         seq: i64,
@@ -351,6 +360,11 @@ impl Reply {
     /// The integer detail at `index` (counted from the code, which is 0).
     fn int(&self, index: usize) -> RedisResult<i64> {
         int(self.raw.get(index)).ok_or_else(|| self.unexpected())
+    }
+
+    /// Whether the detail at `index` is "1" (absent: false).
+    fn flag(&self, index: usize) -> bool {
+        text(self.raw.get(index)).as_deref() == Some("1")
     }
 
     /// The sequence of the first event: the one the request itself caused
@@ -535,6 +549,7 @@ impl Redis {
             "already_enrolled" => Reserve::AlreadyEnrolled,
             "already_waitlisted" => Reserve::AlreadyWaitlisted {
                 position: reply.int(2)?,
+                offers: reply.flag(3),
             },
             "inactive" => Reserve::Inactive,
             "window_closed" => Reserve::WindowClosed,
@@ -545,6 +560,7 @@ impl Redis {
             "waitlisted" => Reserve::Waitlisted {
                 seq: reply.own_seq(student)?,
                 position: reply.int(2)?,
+                offers: reply.flag(3),
             },
             "full" => Reserve::Full,
             _ => return Err(reply.unexpected()),
@@ -674,6 +690,9 @@ impl Redis {
             "not_loaded" => Resize::NotLoaded,
             "below_enrolled" => Resize::BelowEnrolled {
                 enrolled: reply.int(2)?,
+            },
+            "waitlist_not_empty" => Resize::WaitlistNotEmpty {
+                waiting: reply.int(2)?,
             },
             "resized" => Resize::Resized {
                 seq: reply.seq_of(EventKind::Config)?,

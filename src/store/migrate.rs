@@ -73,6 +73,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_waitlist_offers.sql",
         sql: include_str!("../../sql/0011_waitlist_offers.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_credit_counting.sql",
+        sql: include_str!("../../sql/0012_credit_counting.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock held while migrating ("regmigr" in ASCII).

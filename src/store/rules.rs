@@ -8,11 +8,43 @@ use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use uuid::Uuid;
 
-/// A semester's own rules: its default credit limit and its priority groups.
+/// A semester's own rules: its default credit limit, which credits it
+/// counts, and its priority groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SemesterRules {
     pub credit_limit: Option<i32>,
+    pub credit_counting: CreditCounting,
     pub priority_groups: Vec<PriorityGroup>,
+}
+
+/// Which credits a credit limit counts (sql/0012_credit_counting.sql).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditCounting {
+    /// Seats and every waitlist place.
+    #[default]
+    EnrolledAndWaitlisted,
+    /// Seats, and places on auto waitlists (a freed seat enrols their head
+    /// without asking); not places on offer waitlists, whose seat comes
+    /// only through a registration checked against the limit.
+    Enrolled,
+}
+
+impl CreditCounting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditCounting::EnrolledAndWaitlisted => "enrolled_and_waitlisted",
+            CreditCounting::Enrolled => "enrolled",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "enrolled" {
+            CreditCounting::Enrolled
+        } else {
+            CreditCounting::EnrolledAndWaitlisted
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -44,17 +76,18 @@ pub async fn semester_rules(
 ) -> Result<Option<SemesterRules>, tokio_postgres::Error> {
     let stmt = db
         .prepare_cached(
-            "select s.credit_limit, \
+            "select s.credit_limit, s.credit_counting, \
                     array(select g.code from priority_groups g where g.semester_id = s.id order by g.opens_at, g.code), \
                     array(select g.opens_at from priority_groups g where g.semester_id = s.id order by g.opens_at, g.code) \
                from semesters s where s.id = $1",
         )
         .await?;
     Ok(db.query_opt(&stmt, &[&semester]).await?.map(|row| {
-        let codes: Vec<String> = row.get(1);
-        let opens: Vec<DateTime<Utc>> = row.get(2);
+        let codes: Vec<String> = row.get(2);
+        let opens: Vec<DateTime<Utc>> = row.get(3);
         SemesterRules {
             credit_limit: row.get(0),
+            credit_counting: CreditCounting::parse(row.get(1)),
             priority_groups: codes
                 .into_iter()
                 .zip(opens)
@@ -169,8 +202,12 @@ pub async fn set_semester_rules(
     let tx = db.transaction().await?;
     let found = tx
         .execute(
-            "update semesters set credit_limit = $2 where id = $1",
-            &[&semester, &rules.credit_limit],
+            "update semesters set credit_limit = $2, credit_counting = $3 where id = $1",
+            &[
+                &semester,
+                &rules.credit_limit,
+                &rules.credit_counting.as_str(),
+            ],
         )
         .await?;
     if found == 0 {

@@ -464,10 +464,11 @@ pub async fn credit_limits(
     db: &impl GenericClient,
     student: Uuid,
     semesters: &[Uuid],
-) -> Result<Vec<(Uuid, Option<i32>)>, tokio_postgres::Error> {
+) -> Result<Vec<(Uuid, (Option<i32>, String))>, tokio_postgres::Error> {
     let stmt = db
         .prepare_cached(
-            "select s.id, coalesce(l.credit_limit, s.credit_limit) from semesters s \
+            "select s.id, coalesce(l.credit_limit, s.credit_limit), s.credit_counting \
+               from semesters s \
                left join student_credit_limits l on l.semester_id = s.id and l.student_id = $1 \
               where s.id = any($2) order by s.id",
         )
@@ -476,7 +477,7 @@ pub async fn credit_limits(
         .query(&stmt, &[&student, &semesters])
         .await?
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
+        .map(|row| (row.get(0), (row.get(1), row.get(2))))
         .collect())
 }
 

@@ -64,7 +64,8 @@ async fn login_names_the_student_and_me_shows_their_account_holds_and_credits() 
     assert_eq!(
         view["credits"],
         json!([{"semester_id": seeded.report.semester_id, "enrolled": 6,
-                "waitlisted": 3, "credit_limit": 12}]),
+                "waitlisted": 3, "credit_limit": 12,
+                "credit_counting": "enrolled_and_waitlisted"}]),
         "{view}"
     );
     assert!(view.get("token_epoch").is_none(), "no internals: {view}");

@@ -117,6 +117,7 @@ fn claim_args(
         semester: seeded.report.semester_id,
         group_windows: "",
         credit_limit,
+        count_waitlisted: true,
         ttl,
         grace,
         verify: true,
@@ -1053,4 +1054,72 @@ async fn a_schedule_is_not_started_from_places_that_miss_a_section_of_the_index(
         .await
         .unwrap();
     assert!(matches!(claim, Claim::Decided { .. }), "{claim:?}");
+}
+
+/// A semester that counts enrolled credits only (issue 14, item 4): a place
+/// on an offer waitlist does not count, so the student may fill their
+/// limit elsewhere; accepting the offer is a registration, checked against
+/// the limit, also when it races another registration of the student.
+#[tokio::test]
+async fn counting_enrolled_credits_only_leaves_offer_waitlists_out_until_accepted() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(2, 4, 1, 5).await;
+    let rules = set_semester_rules(
+        &app,
+        &seeded,
+        json!({"credit_limit": 6, "credit_counting": "enrolled"}),
+    )
+    .await;
+    assert_eq!(rules["credit_counting"], "enrolled");
+    let s = seeded.report.section_ids.clone();
+    let offered = app
+        .http
+        .patch(app.url(&format!("/api/v1/admin/sections/{}", s[0])))
+        .bearer_auth(&seeded.admin_token)
+        .json(&json!({ "waitlist_mode": "offer" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(offered.status(), StatusCode::OK);
+    let (me, _) = app.student(1).await;
+    let (other, _) = app.student(2).await;
+
+    assert_eq!(register_one(&app, &other, s[0]).await["status"], "enrolled");
+    assert_eq!(register_one(&app, &me, s[0]).await["status"], "waitlisted");
+    // 3 + 3 enrolled: the waitlist place (3 more) does not count.
+    assert_eq!(register_one(&app, &me, s[1]).await["status"], "enrolled");
+    assert_eq!(register_one(&app, &me, s[2]).await["status"], "enrolled");
+
+    // The seat is offered; accepting it would make 9 credits.
+    ok_json(app.drop_from(&other, s[0]).await).await;
+    let over = register_one(&app, &me, s[0]).await;
+    assert_eq!(reason(&over), "credit_limit", "{over}");
+    let waitlist = ok_json(app.get("/api/v1/students/me/waitlist", Some(&me)).await).await;
+    assert!(
+        waitlist["items"][0]["offer_expires_at"].is_string(),
+        "refused, the student keeps the place and the offer: {waitlist}"
+    );
+
+    // With room for one more course, the accept and another registration
+    // race: exactly one of them gets it.
+    ok_json(app.drop_from(&me, s[2]).await).await;
+    let barrier = Arc::new(Barrier::new(2));
+    let results = futures_util::future::join_all([s[0], s[3]].map(|section| {
+        let (barrier, me, app) = (barrier.clone(), me.clone(), &app);
+        async move {
+            barrier.wait().await;
+            register_one(app, &me, section).await
+        }
+    }))
+    .await;
+    let enrolled = results.iter().filter(|r| r["status"] == "enrolled").count();
+    assert_eq!(enrolled, 1, "{results:?}");
+    assert!(
+        results.iter().any(|r| reason(r) == "credit_limit"),
+        "{results:?}"
+    );
+    app.wait_persisted(&s).await;
+    for section in &s {
+        app.assert_converged(*section).await;
+    }
 }

@@ -179,7 +179,8 @@ async fn load_builds_state_only_when_absent() {
         r.reserve(full.section, late, NOW).await.unwrap().outcome,
         Reserve::Waitlisted {
             seq: 8,
-            position: 4
+            position: 4,
+            offers: false,
         }
     );
 }
@@ -209,7 +210,8 @@ async fn reserve_enrolls_then_waitlists_then_refuses_full() {
         r.reserve(section, b, NOW).await.unwrap().outcome,
         Reserve::Waitlisted {
             seq: 2,
-            position: 1
+            position: 1,
+            offers: false,
         }
     );
     assert_eq!(
@@ -222,7 +224,10 @@ async fn reserve_enrolls_then_waitlists_then_refuses_full() {
     );
     assert_eq!(
         r.reserve(section, b, NOW).await.unwrap().outcome,
-        Reserve::AlreadyWaitlisted { position: 1 }
+        Reserve::AlreadyWaitlisted {
+            position: 1,
+            offers: false
+        }
     );
 
     let events = r.outbox_from(section, 1, 10).await.unwrap();

@@ -103,13 +103,17 @@ async fn a_freed_seat_is_held_for_the_head_who_accepts_by_registering() {
         r.reserve(section, newcomer, NOW).await.unwrap().outcome,
         Reserve::Waitlisted {
             seq: 6,
-            position: 3
+            position: 3,
+            offers: true,
         }
     );
     // The second in line has no offer: still waiting, same place.
     assert_eq!(
         r.reserve(section, queue[1], NOW).await.unwrap().outcome,
-        Reserve::AlreadyWaitlisted { position: 2 }
+        Reserve::AlreadyWaitlisted {
+            position: 2,
+            offers: true
+        }
     );
     let standing = &r.standings(queue[0], &[section]).await.unwrap()[0];
     assert_eq!(
@@ -195,7 +199,8 @@ async fn a_lapsed_offer_passes_on_at_the_next_call_of_the_section() {
         late.outcome,
         Reserve::Waitlisted {
             seq: late.events[2].seq,
-            position: 2
+            position: 2,
+            offers: true,
         }
     );
     assert_eq!(seats(&r, section).await, (0, 0, 1, 2));
@@ -243,7 +248,7 @@ async fn the_sweepers_script_lapses_every_due_offer_of_an_untouched_section() {
 }
 
 #[tokio::test]
-async fn resize_counts_held_seats_offers_new_ones_and_switching_to_auto_enrols_holders() {
+async fn resize_counts_held_seats_offers_new_ones_and_returns_to_auto_only_with_nobody_waiting() {
     let (r, section, seated, queue) = offering(2, 60_000, 2, 4).await;
     r.drop_student(section, seated[0], NOW).await.unwrap();
     assert_eq!(seats(&r, section).await, (0, 1, 1, 4));
@@ -286,18 +291,21 @@ async fn resize_counts_held_seats_offers_new_ones_and_switching_to_auto_enrols_h
     assert_eq!((promoted, offered), (vec![], vec![queue[1], queue[2]]));
     assert_eq!(seats(&r, section).await, (0, 1, 3, 4));
 
-    let auto = r
-        .resize(
-            section,
-            SectionChange {
-                offer_mode: Some(false),
-                ..SectionChange::default()
-            },
-            NOW,
-        )
-        .await
-        .unwrap();
-    let config = auto
+    let auto = SectionChange {
+        offer_mode: Some(false),
+        ..SectionChange::default()
+    };
+    assert_eq!(
+        r.resize(section, auto, NOW).await.unwrap().outcome,
+        Resize::WaitlistNotEmpty { waiting: 4 },
+        "their places were taken on the promise of an offer"
+    );
+    for s in &queue {
+        r.drop_student(section, *s, NOW).await.unwrap();
+    }
+    assert_eq!(seats(&r, section).await, (3, 1, 0, 0));
+    let switched = r.resize(section, auto, NOW).await.unwrap();
+    let config = switched
         .events
         .iter()
         .find(|e| e.kind == EventKind::Config)
@@ -310,25 +318,15 @@ async fn resize_counts_held_seats_offers_new_ones_and_switching_to_auto_enrols_h
             offer_ttl_ms: 60_000
         })
     );
-    let Resize::Resized { promoted, .. } = auto.outcome else {
-        panic!("{:?}", auto.outcome)
-    };
-    assert_eq!(
-        promoted,
-        vec![queue[0], queue[1], queue[2]],
-        "in line order"
-    );
-    assert_eq!(seats(&r, section).await, (0, 4, 0, 1));
-    assert_eq!(
-        r.drop_student(section, seated[1], NOW)
-            .await
-            .unwrap()
-            .outcome,
-        Drop::Dropped {
-            seq: raised.events.last().unwrap().seq + 5,
-            promoted: Some(queue[3]),
-            offered: None,
-        },
+    let (late, waiting) = (ids(3), ids(1));
+    for s in late.iter().chain(&waiting) {
+        r.reserve(section, *s, NOW).await.unwrap();
+    }
+    assert!(
+        matches!(
+            r.drop_student(section, seated[1], NOW).await.unwrap().outcome,
+            Drop::Dropped { promoted: Some(p), offered: None, .. } if p == waiting[0]
+        ),
         "auto again: the head is enrolled at once"
     );
 }
@@ -437,7 +435,10 @@ async fn an_offer_outlives_the_window_but_not_an_inactive_section() {
     .unwrap();
     assert_eq!(
         r.reserve(section, waiting[1], NOW).await.unwrap().outcome,
-        Reserve::AlreadyWaitlisted { position: 1 },
+        Reserve::AlreadyWaitlisted {
+            position: 1,
+            offers: true
+        },
         "inactive: the holder keeps the place and the offer"
     );
     assert_eq!(seats(&r, section).await, (0, 1, 1, 2));
