@@ -17,7 +17,11 @@
 //! (422), an earlier body again without its key (`already_*`), capacity,
 //! waitlist-limit and active-flag changes through
 //! `PATCH /api/v1/admin/sections/{id}` (new seats promote the waitlist head;
-//! below the roster is 409; an inactive section rejects newcomers), a PostgreSQL
+//! below the roster is 409; an inactive section rejects newcomers), the
+//! waitlist mode through the same route (issue 15: in offer mode a freed seat
+//! is held for the first in line without an offer, who accepts by
+//! registering or declines by dropping; back to auto is 409 while anyone
+//! waits; offers live an hour, so none lapses within a case), a PostgreSQL
 //! outage of a few steps (persistence retries; registration goes on, except
 //! an admin's for a student, which is checked against PostgreSQL: 503), and a
 //! process restart while PostgreSQL is up (graceful stop, then a new
@@ -414,6 +418,65 @@ struct SectionModel {
     active: bool,
     enrolled: BTreeSet<usize>,
     waitlist: VecDeque<usize>,
+    /// Waitlist mode offer (else auto).
+    offer: bool,
+    /// Waitlisted students a seat is held for.
+    offers: BTreeSet<usize>,
+    /// Waitlisted students whose schedule entry says their place came from
+    /// an offer waitlist (`w`, `lua/claim.lua`): the last answer they got
+    /// here was given in offer mode.
+    uncounted: BTreeSet<usize>,
+}
+
+/// Where a freed seat went (`lua/lib/seat.lua`).
+enum Given {
+    Promoted(usize),
+    Offered(usize),
+    Free,
+}
+
+/// How long the model's offers live: no offer lapses within a case.
+const OFFER_TTL_SECS: i64 = 3600;
+
+impl SectionModel {
+    /// Seats enrolled or held by offers.
+    fn taken(&self) -> usize {
+        self.enrolled.len() + self.offers.len()
+    }
+
+    fn give_seat(&mut self) -> Given {
+        if !self.offer {
+            return match self.waitlist.pop_front() {
+                Some(head) => {
+                    self.enrolled.insert(head);
+                    self.uncounted.remove(&head);
+                    Given::Promoted(head)
+                }
+                None => Given::Free,
+            };
+        }
+        match self.waitlist.iter().find(|w| !self.offers.contains(w)) {
+            Some(next) => {
+                let next = *next;
+                self.offers.insert(next);
+                Given::Offered(next)
+            }
+            None => Given::Free,
+        }
+    }
+
+    /// `student` left the waitlist: an offer they held passes on.
+    fn leave_waitlist(&mut self, student: usize) -> bool {
+        let Some(i) = self.waitlist.iter().position(|w| *w == student) else {
+            return false;
+        };
+        self.waitlist.remove(i);
+        self.uncounted.remove(&student);
+        if self.offers.remove(&student) {
+            self.give_seat();
+        }
+        true
+    }
 }
 
 /// One request as the client sends it; students and sections by index.
@@ -507,6 +570,9 @@ impl Model {
             active: true,
             enrolled: BTreeSet::new(),
             waitlist: VecDeque::new(),
+            offer: false,
+            offers: BTreeSet::new(),
+            uncounted: BTreeSet::new(),
         };
         Self {
             sections: vec![section; section_ids.len()],
@@ -722,11 +788,12 @@ impl Model {
         }
     }
 
-    /// A new hold: the student leaves every waitlist (no seat frees).
+    /// A new hold: the student leaves every waitlist (no seat frees; an
+    /// offer they held passes on).
     fn place_hold(&mut self, student: usize) {
         if !self.students[student].hold {
             for s in &mut self.sections {
-                s.waitlist.retain(|w| *w != student);
+                s.leave_waitlist(student);
             }
         }
         self.students[student].hold = true;
@@ -741,16 +808,32 @@ impl Model {
             return json!({ "section_id": id, "status": "already_enrolled" });
         }
         if let Some(i) = s.waitlist.iter().position(|w| *w == student) {
+            if s.active && s.offers.contains(&student) {
+                // The offer accepted: the held seat is theirs.
+                s.waitlist.remove(i);
+                s.offers.remove(&student);
+                s.uncounted.remove(&student);
+                s.enrolled.insert(student);
+                return json!({ "section_id": id, "status": "enrolled" });
+            }
+            if s.offer {
+                s.uncounted.insert(student);
+            } else {
+                s.uncounted.remove(&student);
+            }
             return json!({ "section_id": id, "status": "already_waitlisted", "waitlist_position": i + 1 });
         }
         if !s.active {
             return json!({ "section_id": id, "status": "rejected", "reason": "inactive" });
         }
-        if s.enrolled.len() < s.capacity {
+        if s.taken() < s.capacity {
             s.enrolled.insert(student);
             return json!({ "section_id": id, "status": "enrolled" });
         }
         if s.waitlist.len() < s.limit {
+            if s.offer {
+                s.uncounted.insert(student);
+            }
             s.waitlist.push_back(student);
             return json!({ "section_id": id, "status": "waitlisted", "waitlist_position": s.waitlist.len() });
         }
@@ -761,47 +844,49 @@ impl Model {
     fn drop_student(&mut self, student: usize, section: usize) -> Expected {
         let s = &mut self.sections[section];
         if s.enrolled.remove(&student) {
-            let body = match s.waitlist.pop_front() {
-                Some(head) => {
-                    s.enrolled.insert(head);
+            let body = match s.give_seat() {
+                Given::Promoted(head) => {
                     json!({ "status": "dropped", "promoted_student_id": self.student_ids[head] })
                 }
-                None => json!({ "status": "dropped" }),
+                Given::Offered(_) | Given::Free => json!({ "status": "dropped" }),
             };
             return Expected::Json(StatusCode::OK, body);
         }
-        if let Some(i) = s.waitlist.iter().position(|w| *w == student) {
-            s.waitlist.remove(i);
+        if s.leave_waitlist(student) {
             return Expected::Json(StatusCode::OK, json!({ "status": "left_waitlist" }));
         }
         Expected::Problem(StatusCode::NOT_FOUND, "not_found")
     }
 
-    /// resize.lua: never below the roster; new seats go to the waitlist head.
-    /// Returns the promoted students, or None when refused.
+    /// resize.lua: never below the roster and the held seats; back to
+    /// auto only with nobody waiting; new seats go to the waitlist head
+    /// (promoted, or offered in offer mode). Returns the promoted and the
+    /// offered students, or the refusal's code.
     fn resize(
         &mut self,
         section: usize,
-        capacity: Option<usize>,
-        limit: Option<usize>,
-        active: Option<bool>,
-    ) -> Option<Vec<usize>> {
+        change: &Change,
+    ) -> Result<(Vec<usize>, Vec<usize>), &'static str> {
         let s = &mut self.sections[section];
-        if capacity.is_some_and(|c| c < s.enrolled.len()) {
-            return None;
+        if change.capacity.is_some_and(|c| c < s.taken()) {
+            return Err("below_enrolled");
         }
-        s.capacity = capacity.unwrap_or(s.capacity);
-        s.limit = limit.unwrap_or(s.limit);
-        s.active = active.unwrap_or(s.active);
-        let mut promoted = Vec::new();
-        while s.enrolled.len() < s.capacity {
-            let Some(head) = s.waitlist.pop_front() else {
-                break;
-            };
-            s.enrolled.insert(head);
-            promoted.push(head);
+        if change.offer == Some(false) && s.offer && !s.waitlist.is_empty() {
+            return Err("waitlist_not_empty");
         }
-        Some(promoted)
+        s.capacity = change.capacity.unwrap_or(s.capacity);
+        s.limit = change.limit.unwrap_or(s.limit);
+        s.active = change.active.unwrap_or(s.active);
+        s.offer = change.offer.unwrap_or(s.offer);
+        let (mut promoted, mut offered) = (Vec::new(), Vec::new());
+        while s.taken() < s.capacity {
+            match s.give_seat() {
+                Given::Promoted(head) => promoted.push(head),
+                Given::Offered(next) => offered.push(next),
+                Given::Free => break,
+            }
+        }
+        Ok((promoted, offered))
     }
 
     fn ids(&self, students: impl IntoIterator<Item = usize>) -> Vec<Uuid> {
@@ -849,9 +934,7 @@ enum Op {
     /// section is active.
     Resize {
         section: usize,
-        capacity: Option<usize>,
-        limit: Option<usize>,
-        active: Option<bool>,
+        change: Change,
     },
     /// Cut PostgreSQL for this many steps.
     Outage {
@@ -918,6 +1001,7 @@ impl Op {
             Op::Repeat { .. } => "repeat",
             Op::Retry { .. } => "retry",
             Op::Reuse { .. } => "reuse",
+            Op::Resize { change, .. } if change.offer.is_some() => "waitlist-mode",
             Op::Resize { .. } => "resize",
             Op::Outage { .. } => "outage",
             Op::Restart => "restart",
@@ -930,6 +1014,16 @@ impl Op {
             Op::Crash { .. } => "crash",
         }
     }
+}
+
+/// What a `PATCH /admin/sections/{id}` changes (None keeps it).
+#[derive(Debug, Clone, Default)]
+struct Change {
+    capacity: Option<usize>,
+    limit: Option<usize>,
+    active: Option<bool>,
+    /// The waitlist mode: true offer, false auto.
+    offer: Option<bool>,
 }
 
 /// Picks the next operation from the model's state alone, so a seed always
@@ -1042,25 +1136,40 @@ impl Generator {
                     let request = self.sent[self.rng.usize(..self.sent.len())].clone();
                     Op::Repeat { request }
                 }
-                75..=84 => Op::Resize {
+                75..=82 => Op::Resize {
                     section: self.rng.usize(..SECTIONS),
-                    capacity: Some(self.rng.usize(..=MAX_CAPACITY)),
-                    limit: None,
-                    active: None,
+                    change: Change {
+                        capacity: Some(self.rng.usize(..=MAX_CAPACITY)),
+                        ..Change::default()
+                    },
                 },
+                83..=84 => {
+                    // Offer mode half the time a case runs: the mode flips
+                    // (back to auto is refused while anyone waits).
+                    let section = self.rng.usize(..SECTIONS);
+                    Op::Resize {
+                        section,
+                        change: Change {
+                            offer: Some(!model.sections[section].offer),
+                            ..Change::default()
+                        },
+                    }
+                }
                 85..=86 => Op::Resize {
                     section: self.rng.usize(..SECTIONS),
-                    capacity: None,
-                    limit: Some(self.rng.usize(..=MAX_LIMIT)),
-                    active: None,
+                    change: Change {
+                        limit: Some(self.rng.usize(..=MAX_LIMIT)),
+                        ..Change::default()
+                    },
                 },
                 87..=88 => {
                     let section = self.rng.usize(..SECTIONS);
                     Op::Resize {
                         section,
-                        capacity: None,
-                        limit: None,
-                        active: Some(!model.sections[section].active),
+                        change: Change {
+                            active: Some(!model.sections[section].active),
+                            ..Change::default()
+                        },
                     }
                 }
                 89..=94 => {
@@ -1529,8 +1638,8 @@ fn describe(model: &Model, op: &Op) -> String {
     let state = |s: usize| {
         let m = &model.sections[s];
         format!(
-            "[cap {} limit {} active {} enrolled {:?} waitlist {:?}]",
-            m.capacity, m.limit, m.active, m.enrolled, m.waitlist
+            "[cap {} limit {} active {} offer {} enrolled {:?} waitlist {:?} offers {:?}]",
+            m.capacity, m.limit, m.active, m.offer, m.enrolled, m.waitlist, m.offers
         )
     };
     match op {
@@ -1538,14 +1647,13 @@ fn describe(model: &Model, op: &Op) -> String {
         Op::Repeat { request: r } => format!("repeat {} without a key", request(r)),
         Op::Retry { key, record } => format!("retry {} key {key}", request(&record.request)),
         Op::Reuse { key, request: r } => format!("reuse key {key} for {}", request(r)),
-        Op::Resize {
-            section,
-            capacity,
-            limit,
-            active,
-        } => format!(
-            "resize section {section} {} to capacity {capacity:?} limit {limit:?} active {active:?}",
-            state(*section)
+        Op::Resize { section, change } => format!(
+            "resize section {section} {} to capacity {:?} limit {:?} active {:?} offer {:?}",
+            state(*section),
+            change.capacity,
+            change.limit,
+            change.active,
+            change.offer
         ),
         Op::Outage { steps } => format!("cut PostgreSQL for {steps} steps"),
         Op::Restart => "restart the application".into(),
@@ -1554,7 +1662,9 @@ fn describe(model: &Model, op: &Op) -> String {
             "student {student} into the {} group",
             if *late { "late" } else { "early" }
         ),
-        Op::OwnLimit { student, limit } => format!("student {student}'s own credit limit {limit:?}"),
+        Op::OwnLimit { student, limit } => {
+            format!("student {student}'s own credit limit {limit:?}")
+        }
         Op::Complete { student, course } => format!("student {student} completed course {course}"),
         Op::Permit {
             student,
@@ -1569,7 +1679,9 @@ fn describe(model: &Model, op: &Op) -> String {
             "{} dies after its claim and {seats} seats; sent again",
             request(r)
         ),
-        Op::Handover => "stop the second instance (it hands its leases over) and start it again".into(),
+        Op::Handover => {
+            "stop the second instance (it hands its leases over) and start it again".into()
+        }
     }
 }
 
@@ -1621,21 +1733,20 @@ async fn run_op(live: &mut Live, model: &mut Model, op: &Op) -> String {
             );
             answer.summary()
         }
-        Op::Resize {
-            section,
-            capacity,
-            limit,
-            active,
-        } => {
+        Op::Resize { section, change } => {
             let mut body = json!({});
-            if let Some(c) = capacity {
+            if let Some(c) = change.capacity {
                 body["total_seats"] = json!(c);
             }
-            if let Some(l) = limit {
+            if let Some(l) = change.limit {
                 body["waitlist_limit"] = json!(l);
             }
-            if let Some(a) = active {
+            if let Some(a) = change.active {
                 body["is_active"] = json!(a);
+            }
+            if let Some(offer) = change.offer {
+                body["waitlist_mode"] = json!(if offer { "offer" } else { "auto" });
+                body["offer_ttl_secs"] = json!(OFFER_TTL_SECS);
             }
             let answer = live.patch(model, *section, body).await;
             if live.outage_left > 0 {
@@ -1646,12 +1757,9 @@ async fn run_op(live: &mut Live, model: &mut Model, op: &Op) -> String {
                 );
                 return answer.summary();
             }
-            match model.resize(*section, *capacity, *limit, *active) {
-                None => assert_answer(
-                    &answer,
-                    &Expected::Problem(StatusCode::CONFLICT, "below_enrolled"),
-                ),
-                Some(promoted) => {
+            match model.resize(*section, change) {
+                Err(code) => assert_answer(&answer, &Expected::Problem(StatusCode::CONFLICT, code)),
+                Ok((promoted, offered)) => {
                     assert_eq!(answer.status, StatusCode::OK, "resize: {}", answer.text);
                     let got = answer.json();
                     let m = &model.sections[*section];
@@ -1660,9 +1768,12 @@ async fn run_op(live: &mut Live, model: &mut Model, op: &Op) -> String {
                         "waitlist_limit": m.limit,
                         "is_active": m.active,
                         "enrolled": m.enrolled.len(),
-                        "seats_available": m.capacity - m.enrolled.len(),
+                        "seats_available": m.capacity - m.taken(),
+                        "seats_offered": m.offers.len(),
                         "waitlist_length": m.waitlist.len(),
+                        "waitlist_mode": if m.offer { "offer" } else { "auto" },
                         "promoted_student_ids": model.ids(promoted),
+                        "offered_student_ids": model.ids(offered),
                     });
                     let shown: Value = expected
                         .as_object()
@@ -1870,15 +1981,27 @@ async fn check_live(app: &TestApp, model: &Model) {
             "promise 2 (nobody twice) broken in Redis, section {i}: enrolled {enrolled:?}, waitlist {waitlist:?}"
         );
         assert!(
-            waitlist.is_empty() || counts.seats_available == 0,
+            waitlist.len() as i64 <= counts.seats_offered || counts.seats_available == 0,
             "promise 3 (fair waitlist) broken in Redis, section {i}: {} seats free while {} wait",
             counts.seats_available,
             waitlist.len()
         );
         assert_eq!(
             counts.seats_available,
-            counts.capacity - enrolled.len() as i64,
-            "section {i}: free seats = capacity - enrolled in Redis"
+            counts.capacity - enrolled.len() as i64 - counts.seats_offered,
+            "section {i}: free seats = capacity - enrolled - offered in Redis"
+        );
+        let live = app.redis.inspect(*section).await.unwrap().live.unwrap();
+        let offers: BTreeSet<Uuid> = live.offers.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            offers,
+            model.ids(m.offers.iter().copied()).into_iter().collect(),
+            "section {i}: Redis's offers differ from the model's"
+        );
+        assert_eq!(
+            live.offer_mode.unwrap_or(false),
+            m.offer,
+            "section {i}: waitlist mode in Redis"
         );
         // And the model.
         assert_eq!(
@@ -1908,7 +2031,10 @@ async fn check_live(app: &TestApp, model: &Model) {
         let mut expected: Vec<(Uuid, char)> = model
             .held(student)
             .into_iter()
-            .map(|s| (model.section_ids[s], 'h'))
+            .map(|s| {
+                let uncounted = model.sections[s].uncounted.contains(&student);
+                (model.section_ids[s], if uncounted { 'w' } else { 'h' })
+            })
             .collect();
         expected.sort();
         assert_eq!(
@@ -1937,16 +2063,26 @@ async fn checkpoint(app: &TestApp, model: &Model) {
         );
         let row = db
             .query_one(
-                "select total_seats, waitlist_limit, is_active from sections where id = $1",
+                "select total_seats, waitlist_limit, is_active, waitlist_mode, \
+                        array(select w.student_id from waitlist w where w.section_id = s.id \
+                               and w.offer_expires_at is not null) \
+                   from sections s where id = $1",
                 &[section],
             )
             .await
             .unwrap();
-        let (total, limit, active): (i32, i32, bool) = (row.get(0), row.get(1), row.get(2));
+        let (total, limit, active, mode): (i32, i32, bool, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         assert_eq!(
-            (total as usize, limit as usize, active),
-            (m.capacity, m.limit, m.active),
-            "section {i}: PostgreSQL's capacity, waitlist limit and active flag"
+            (total as usize, limit as usize, active, mode == "offer"),
+            (m.capacity, m.limit, m.active, m.offer),
+            "section {i}: PostgreSQL's capacity, waitlist limit, active flag and waitlist mode"
+        );
+        let offered: BTreeSet<Uuid> = row.get::<_, Vec<Uuid>>(4).into_iter().collect();
+        assert_eq!(
+            offered,
+            model.ids(m.offers.iter().copied()).into_iter().collect(),
+            "section {i}: PostgreSQL's offers differ from the model's"
         );
     }
     for (student, id) in model.student_ids.iter().enumerate() {
@@ -2008,7 +2144,7 @@ async fn check_views(app: &TestApp, model: &Model, student: usize, id: Uuid) {
         "student {student}: enrolled sections in their view (left) against the model (right)"
     );
     let waitlist = get(format!("/api/v1/students/{id}/waitlist")).await;
-    let mut places: Vec<(Uuid, i64)> = waitlist["items"]
+    let mut places: Vec<(Uuid, i64, bool)> = waitlist["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -2020,17 +2156,18 @@ async fn check_views(app: &TestApp, model: &Model, student: usize, id: Uuid) {
             (
                 item["section_id"].as_str().unwrap().parse().unwrap(),
                 item["position"].as_i64().unwrap(),
+                item["offer_expires_at"].is_string(),
             )
         })
         .collect();
     places.sort();
-    let mut expected: Vec<(Uuid, i64)> = model
+    let mut expected: Vec<(Uuid, i64, bool)> = model
         .sections
         .iter()
         .zip(&model.section_ids)
         .filter_map(|(m, s)| {
             let i = m.waitlist.iter().position(|w| *w == student)?;
-            Some((*s, i as i64 + 1))
+            Some((*s, i as i64 + 1, m.offers.contains(&student)))
         })
         .collect();
     expected.sort();
