@@ -389,3 +389,80 @@ async fn with_live_updates_off_the_streams_say_so() {
     .await;
     assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "live_disabled").await;
 }
+
+/// Waitlist offers (issue 15, item 4) on the live streams: the student a
+/// seat is held for hears `offered` with its deadline, and the section's
+/// stream counts the held seat apart from the free ones.
+#[tokio::test]
+async fn the_streams_show_an_offer_with_its_deadline_and_the_held_seat() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(2, 1, 1, 5).await;
+    let section = seeded.report.section_ids[0];
+    let mode = app
+        .http
+        .patch(app.url(&format!("/api/v1/admin/sections/{section}")))
+        .bearer_auth(&seeded.admin_token)
+        .json(&serde_json::json!({ "waitlist_mode": "offer", "offer_ttl_secs": 3600 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mode.status(), StatusCode::OK);
+    let (first, _) = app.student(1).await;
+    let (second, _) = app.student(2).await;
+    for token in [&first, &second] {
+        assert_eq!(
+            app.register(token, &[section]).await.status(),
+            StatusCode::OK
+        );
+    }
+    app.wait_persisted(&[section]).await;
+    let mut mine = Stream::open(&app.base, "/api/v1/students/me/events", &second, None).await;
+    let snapshot = mine.next(Duration::from_secs(5)).await.expect("a snapshot");
+    assert_eq!(standing_in(&snapshot.data, section)["status"], "waitlisted");
+    let path = format!("/api/v1/sections/{section}/events");
+    let mut seats = Stream::open(&app.base, &path, &second, None).await;
+    seats
+        .next(Duration::from_secs(5))
+        .await
+        .expect("the counts now");
+
+    assert_eq!(
+        app.drop_from(&first, section).await.status(),
+        StatusCode::OK
+    );
+    let offered = mine
+        .until(Duration::from_secs(5), |e| e.event == "standing")
+        .await
+        .expect("the student hears of the offer");
+    assert_eq!(offered.data["status"], "offered", "{:?}", offered);
+    assert_eq!(offered.data["position"], 1, "{:?}", offered);
+    let deadline = chrono::DateTime::parse_from_rfc3339(
+        offered.data["offer_expires_at"]
+            .as_str()
+            .expect("a deadline"),
+    )
+    .unwrap();
+    let left = deadline.signed_duration_since(chrono::Utc::now());
+    assert!(
+        (3500..=3600).contains(&left.num_seconds()),
+        "an hour to answer: {left}"
+    );
+    let held = seats
+        .until(Duration::from_secs(5), |e| e.data["seats_offered"] == 1)
+        .await
+        .expect("the section's stream counts the held seat");
+    assert_eq!(held.data["seats_available"], 0, "{:?}", held);
+    assert_eq!(held.data["enrolled"], 0, "{:?}", held);
+
+    // Accepting: enrolled, and the held seat is an enrolled one.
+    assert_eq!(
+        app.register(&second, &[section]).await.status(),
+        StatusCode::OK
+    );
+    let accepted = mine
+        .until(Duration::from_secs(5), |e| e.event == "standing")
+        .await
+        .expect("the student hears of the enrolment");
+    assert_eq!(accepted.data["status"], "enrolled", "{:?}", accepted);
+    assert!(accepted.data.get("offer_expires_at").is_none());
+}
