@@ -10,8 +10,14 @@
 //!    Zipf popularity (exponent [`ZIPF_EXPONENT`]) over the catalogue;
 //! 4. for every section answered "full", ask once more for as many others;
 //! 5. one student in five then drops one of the sections they got (a seat
-//!    freed in a full section promotes its waitlist's head);
+//!    freed in a full section promotes its waitlist's head, or, in the one
+//!    section in [`OFFER_ONE_IN`] that offers freed seats, holds it for them);
 //! 6. read their own registrations.
+//!
+//! A student left waiting on an offer section comes back once their
+//! worker's queue is done: they read their waitlist and accept every offer
+//! it shows (a register of those sections), as a student told of an offer
+//! would.
 //!
 //! Popular sections fill and waitlist early; the tail keeps room. The
 //! outcome mix is printed beside the throughput, like every scenario's.
@@ -48,6 +54,15 @@ const DROP_ONE_IN: u32 = 5;
 /// sizing the catalogue.
 pub const MEAN_ASK: usize = 4;
 
+/// One section in this many (by popularity rank) offers freed seats
+/// (`waitlist_mode` offer) instead of enrolling its waitlist's head.
+pub const OFFER_ONE_IN: usize = 3;
+
+/// Offers the returning students found on their waitlists, and those their
+/// accepting register answered `enrolled`, over the run (for the report).
+pub static OFFERS_SEEN: AtomicUsize = AtomicUsize::new(0);
+pub static OFFERS_ACCEPTED: AtomicUsize = AtomicUsize::new(0);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Browse,
@@ -56,6 +71,10 @@ enum Step {
     Replace,
     Drop,
     Mine,
+    /// Back later: their waitlist, for offers.
+    Offers,
+    /// Accept the offers it showed.
+    Accept,
 }
 
 struct Student {
@@ -68,11 +87,17 @@ struct Student {
     held: Vec<Uuid>,
     /// Sections the last register answered "full".
     full: usize,
+    /// Waitlisted in a section that offers freed seats.
+    waits_on_offers: bool,
+    /// Sections their waitlist showed an offer for.
+    offered: Vec<Uuid>,
 }
 
 struct Session {
     rng: fastrand::Rng,
     queue: VecDeque<(Uuid, String)>,
+    /// Students who come back for their offers, once `queue` is done.
+    back_later: VecDeque<Student>,
     current: Option<Student>,
 }
 
@@ -80,6 +105,8 @@ pub struct Day {
     semester: Uuid,
     /// Sections in popularity order (rank 1 first) with their course codes.
     ranked: Vec<(Uuid, String)>,
+    /// Sections in offer mode.
+    offering: std::collections::HashSet<Uuid>,
     /// The Zipf distribution's cumulative weights, by rank.
     cumulative: Vec<f64>,
     sessions: Vec<Mutex<Session>>,
@@ -122,12 +149,26 @@ impl Day {
                 Some(*acc)
             })
             .collect();
+        let offering: std::collections::HashSet<Uuid> = ranked
+            .iter()
+            .skip(1)
+            .step_by(OFFER_ONE_IN)
+            .map(|(s, _)| *s)
+            .collect();
+        let listed: Vec<Uuid> = offering.iter().copied().collect();
+        crate::workloads::patch_sections(
+            system,
+            &listed,
+            &serde_json::json!({ "waitlist_mode": "offer", "offer_ttl_secs": 86400 }),
+        )
+        .await?;
         let workers = workers.max(1);
         let sessions = (0..workers)
             .map(|w| {
                 Mutex::new(Session {
                     rng: fastrand::Rng::with_seed(w as u64 + 11),
                     queue: students.iter().skip(w).step_by(workers).cloned().collect(),
+                    back_later: VecDeque::new(),
                     current: None,
                 })
             })
@@ -135,6 +176,7 @@ impl Day {
         Ok(Self {
             semester,
             ranked,
+            offering,
             cumulative,
             sessions,
             ledger,
@@ -215,6 +257,17 @@ impl Day {
                 format!("/api/v1/students/{}/registrations", student.id),
                 bearer,
             )),
+            Step::Offers => Some(Call::get(
+                "offers",
+                format!("/api/v1/students/{}/waitlist", student.id),
+                bearer,
+            )),
+            Step::Accept => {
+                if student.offered.is_empty() {
+                    return None;
+                }
+                Some(register_many(&student.token, student.id, &student.offered))
+            }
         }
     }
 
@@ -229,7 +282,15 @@ impl Day {
             Step::Register => Step::Replace,
             Step::Replace => Step::Drop,
             Step::Drop => Step::Mine,
-            Step::Mine => {
+            Step::Mine if student.waits_on_offers => {
+                let mut later = session.current.take().expect("matched above");
+                later.step = Step::Offers;
+                later.waits_on_offers = false;
+                session.back_later.push_back(later);
+                return;
+            }
+            Step::Offers => Step::Accept,
+            Step::Mine | Step::Accept => {
                 session.current = None;
                 self.finished.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -244,14 +305,18 @@ impl Workload for Day {
         let session = &mut *guard;
         loop {
             if session.current.is_none() {
-                let (id, token) = session.queue.pop_front()?;
-                session.current = Some(Student {
-                    id,
-                    token,
-                    step: Step::Browse,
-                    tried: Vec::new(),
-                    held: Vec::new(),
-                    full: 0,
+                session.current = Some(match session.queue.pop_front() {
+                    Some((id, token)) => Student {
+                        id,
+                        token,
+                        step: Step::Browse,
+                        tried: Vec::new(),
+                        held: Vec::new(),
+                        full: 0,
+                        waits_on_offers: false,
+                        offered: Vec::new(),
+                    },
+                    None => session.back_later.pop_front()?,
                 });
             }
             let student = session.current.as_mut().expect("set above");
@@ -273,6 +338,15 @@ impl Workload for Day {
                 .then(|| serde_json::from_slice::<Value>(body).ok())
                 .flatten();
             match (call.kind, answer) {
+                ("register", Some(answer)) if student.step == Step::Accept => {
+                    let enrolled = answer["results"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|r| r["status"] == "enrolled")
+                        .count();
+                    OFFERS_ACCEPTED.fetch_add(enrolled, Ordering::Relaxed);
+                }
                 ("register", Some(answer)) => {
                     student.full = 0;
                     for result in answer["results"].as_array().into_iter().flatten() {
@@ -280,7 +354,10 @@ impl Workload for Day {
                             .as_str()
                             .and_then(|s| Uuid::try_parse(s).ok());
                         match (result["status"].as_str(), result["reason"].as_str()) {
-                            (Some("enrolled" | "waitlisted"), _) => {
+                            (Some("enrolled"), _) => student.held.extend(section),
+                            (Some("waitlisted"), _) => {
+                                student.waits_on_offers |=
+                                    section.is_some_and(|s| self.offering.contains(&s));
                                 student.held.extend(section);
                             }
                             (Some("rejected"), Some("full")) => student.full += 1,
@@ -289,6 +366,17 @@ impl Workload for Day {
                     }
                 }
                 ("register", None) => student.full = 0,
+                ("offers", Some(answer)) => {
+                    student.offered = answer["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|item| item["offer_expires_at"].is_string())
+                        .filter_map(|item| item["section_id"].as_str())
+                        .filter_map(|s| Uuid::try_parse(s).ok())
+                        .collect();
+                    OFFERS_SEEN.fetch_add(student.offered.len(), Ordering::Relaxed);
+                }
                 ("drop", Some(_)) => {
                     if let Some((_, section)) = call.tag {
                         student.held.retain(|s| *s != section);

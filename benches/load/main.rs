@@ -1104,6 +1104,16 @@ async fn main() -> anyhow::Result<()> {
         name: "... of which answers crossed in flight".into(),
         value: ledger.crossed() as f64,
     });
+    if args.scenario == Scenario::RegistrationDay {
+        measures.push(model::Measure {
+            name: "waitlist offers found by returning students".into(),
+            value: day::OFFERS_SEEN.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        });
+        measures.push(model::Measure {
+            name: "... accepted by registering (answered enrolled)".into(),
+            value: day::OFFERS_ACCEPTED.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        });
+    }
     let rss_peak = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
     let rss_end = system.rss_mib();
     let report = RunReport {

@@ -894,6 +894,22 @@ pub async fn students(system: &System) -> anyhow::Result<Vec<(Uuid, String)>> {
 
 /// Gives the drain sections room for `events` registrations (through the admin API).
 pub async fn make_room(system: &System, sections: &[Uuid], events: usize) -> anyhow::Result<()> {
+    let seats = events / sections.len().max(1) + 1;
+    patch_sections(
+        system,
+        sections,
+        &json!({ "total_seats": seats, "waitlist_limit": 0 }),
+    )
+    .await
+}
+
+/// `PATCH /api/v1/admin/sections/{id}` with `body` for each of `sections`,
+/// as an admin would.
+pub async fn patch_sections(
+    system: &System,
+    sections: &[Uuid],
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
     let admin: Uuid = system
         .db
         .get()
@@ -905,7 +921,6 @@ pub async fn make_room(system: &System, sections: &[Uuid], events: usize) -> any
         .await?
         .get(0);
     let token = tokens(system).mint(admin, Role::Admin, true);
-    let seats = events / sections.len().max(1) + 1;
     let http = reqwest::Client::new();
     for section in sections {
         let response = http
@@ -914,12 +929,12 @@ pub async fn make_room(system: &System, sections: &[Uuid], events: usize) -> any
                 system.addr
             ))
             .bearer_auth(&token)
-            .json(&json!({ "total_seats": seats, "waitlist_limit": 0 }))
+            .json(body)
             .send()
             .await?;
         anyhow::ensure!(
             response.status().is_success(),
-            "resize failed: {}",
+            "section change failed: {}",
             response.status()
         );
     }
