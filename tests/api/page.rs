@@ -86,6 +86,12 @@ impl Browser {
         browser
     }
 
+    /// Ends the browser session: chromedriver quits the browser.
+    async fn close(self) {
+        let url = format!("{}/session/{}", self.base, self.session);
+        let _ = self.http.delete(url).send().await;
+    }
+
     async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}/{path}", self.base, self.session);
         let mut request = self.http.request(method.clone(), url);
@@ -190,6 +196,14 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Killing chromedriver leaves its browser running (re-parented to
+        // init): end the browser first. A test that finished closed the
+        // session already; after a panic, the browser of this profile
+        // (unique to it) is killed, and its helpers exit with it.
+        let _ = std::process::Command::new("pkill")
+            .arg("-f")
+            .arg(format!("user-data-dir={}", self.profile.display()))
+            .status();
         let _ = self.driver.start_kill();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
@@ -291,6 +305,7 @@ async fn a_student_logs_in_registers_and_sees_a_promotion_arrive_live_in_a_real_
         .await;
     assert!(rate.is_some(), "a registration rate after two readings");
     browser.screenshot("operator.png").await;
+    browser.close().await;
 }
 
 #[tokio::test]
