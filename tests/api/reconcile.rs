@@ -481,3 +481,98 @@ async fn the_reconcile_command_exits_1_on_drift_and_0_once_fix_repaired_it() {
         assert!(redis.is_loaded(*section).await.unwrap());
     }
 }
+
+/// Waitlist offers are compared too (issue 15, item 8): an offer whose
+/// deadline Redis no longer agrees on, and a waitlist mode changed by hand,
+/// are named, and `--fix` puts PostgreSQL's back.
+#[tokio::test]
+async fn reconcile_compares_offers_and_the_waitlist_mode() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(3, 2, 1, 5).await;
+    let sections = seeded.report.section_ids.clone();
+    for section in &sections {
+        let answer = app
+            .http
+            .patch(app.url(&format!("/api/v1/admin/sections/{section}")))
+            .bearer_auth(&seeded.admin_token)
+            .json(&json!({ "waitlist_mode": "offer", "offer_ttl_secs": 3600 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    let students = app.student_ids().await;
+    for s in &students[..2] {
+        app.register(&app.token_for(*s), &sections).await;
+    }
+    // The seat of each section is offered to the second student.
+    app.drop_from(&app.token_for(students[0]), sections[0])
+        .await;
+    app.drop_from(&app.token_for(students[0]), sections[1])
+        .await;
+    app.wait_persisted(&sections).await;
+    let clean = reconcile(&app.db, &app.redis, false).await.unwrap();
+    let offer = app
+        .redis
+        .inspect(sections[0])
+        .await
+        .unwrap()
+        .live
+        .unwrap()
+        .offers;
+    assert_eq!(offer.len(), 1, "{offer:?}");
+    let (holder, deadline) = offer[0];
+
+    let mut conn = app.redis.conn();
+    let keys: Vec<_> = sections
+        .iter()
+        .map(|s| app.redis.section_keys(*s))
+        .collect();
+    redis::cmd("HSET")
+        .arg(&keys[0].offers)
+        .arg(holder.to_string())
+        .arg(deadline + 60_000)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    redis::cmd("HSET")
+        .arg(&keys[1].meta)
+        .arg("wl_mode")
+        .arg("auto")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+
+    let found = reconcile(&app.db, &app.redis, false).await.unwrap();
+    let fixed = reconcile(&app.db, &app.redis, true).await.unwrap();
+    let after = reconcile(&app.db, &app.redis, false).await.unwrap();
+
+    assert!(clean.is_empty(), "{clean:?}");
+    let of = |section: Uuid| -> Vec<Difference> {
+        found
+            .iter()
+            .find(|r| r.section == section)
+            .map(|r| r.differences.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        of(sections[0]),
+        vec![Difference::Offers {
+            only_redis: vec![(holder, deadline + 60_000)],
+            only_postgres: vec![(holder, deadline)],
+        }]
+    );
+    assert_eq!(
+        of(sections[1]),
+        vec![Difference::WaitlistPolicy {
+            redis_offer: Some(false),
+            redis_ttl_ms: Some(3_600_000),
+            postgres_offer: true,
+            postgres_ttl_ms: 3_600_000,
+        }]
+    );
+    assert!(fixed.iter().all(|r| r.repaired), "{fixed:?}");
+    assert!(after.is_empty(), "{after:?}");
+    let restored = app.redis.inspect(sections[0]).await.unwrap().live.unwrap();
+    assert_eq!(restored.offers, vec![(holder, deadline)]);
+}
