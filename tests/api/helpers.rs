@@ -426,6 +426,17 @@ impl TestApp {
         .await
     }
 
+    /// `PATCH /api/v1/admin/sections/{section}` with `body`, as `token`.
+    pub async fn patch_section(&self, token: &str, section: Uuid, body: &Value) -> Response {
+        self.http
+            .patch(self.url(&format!("/api/v1/admin/sections/{section}")))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn wait_persisted(&self, sections: &[Uuid]) {
         wait_persisted(&self.db, &self.redis, sections).await
     }

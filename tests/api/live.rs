@@ -399,13 +399,12 @@ async fn the_streams_show_an_offer_with_its_deadline_and_the_held_seat() {
     let seeded = app.seed_sections(2, 1, 1, 5).await;
     let section = seeded.report.section_ids[0];
     let mode = app
-        .http
-        .patch(app.url(&format!("/api/v1/admin/sections/{section}")))
-        .bearer_auth(&seeded.admin_token)
-        .json(&serde_json::json!({ "waitlist_mode": "offer", "offer_ttl_secs": 3600 }))
-        .send()
-        .await
-        .unwrap();
+        .patch_section(
+            &seeded.admin_token,
+            section,
+            &serde_json::json!({ "waitlist_mode": "offer", "offer_ttl_secs": 3600 }),
+        )
+        .await;
     assert_eq!(mode.status(), StatusCode::OK);
     let (first, _) = app.student(1).await;
     let (second, _) = app.student(2).await;

@@ -18,13 +18,12 @@ use crate::helpers::{eventually, spawn_app, spawn_app_with, TestApp};
 
 async fn set_offer_mode(app: &TestApp, admin: &str, section: Uuid, ttl_secs: i32) -> Value {
     let response = app
-        .http
-        .patch(app.url(&format!("/api/v1/admin/sections/{section}")))
-        .bearer_auth(admin)
-        .json(&json!({ "waitlist_mode": "offer", "offer_ttl_secs": ttl_secs }))
-        .send()
-        .await
-        .unwrap();
+        .patch_section(
+            admin,
+            section,
+            &json!({ "waitlist_mode": "offer", "offer_ttl_secs": ttl_secs }),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     response.json().await.unwrap()
 }

@@ -292,13 +292,7 @@ async fn reconcile_names_each_hand_made_difference_and_fix_repairs_it() {
     let after = reconcile(&app.db, &app.redis, false).await.unwrap();
 
     assert!(clean.is_empty(), "{clean:?}");
-    let of = |section: Uuid| -> Vec<Difference> {
-        found
-            .iter()
-            .find(|r| r.section == section)
-            .map(|r| r.differences.clone())
-            .unwrap_or_default()
-    };
+    let of = |section: Uuid| differences_of(&found, section);
     assert_eq!(found.len(), 6, "{found:?}");
     assert_eq!(
         of(sections[0]),
@@ -482,6 +476,15 @@ async fn the_reconcile_command_exits_1_on_drift_and_0_once_fix_repaired_it() {
     }
 }
 
+/// What a reconcile round found for `section` (nothing: no report).
+fn differences_of(found: &[SectionReport], section: Uuid) -> Vec<Difference> {
+    found
+        .iter()
+        .find(|r| r.section == section)
+        .map(|r| r.differences.clone())
+        .unwrap_or_default()
+}
+
 /// Waitlist offers are compared too (issue 15, item 8): an offer whose
 /// deadline Redis no longer agrees on, and a waitlist mode changed by hand,
 /// are named, and `--fix` puts PostgreSQL's back.
@@ -492,13 +495,12 @@ async fn reconcile_compares_offers_and_the_waitlist_mode() {
     let sections = seeded.report.section_ids.clone();
     for section in &sections {
         let answer = app
-            .http
-            .patch(app.url(&format!("/api/v1/admin/sections/{section}")))
-            .bearer_auth(&seeded.admin_token)
-            .json(&json!({ "waitlist_mode": "offer", "offer_ttl_secs": 3600 }))
-            .send()
-            .await
-            .unwrap();
+            .patch_section(
+                &seeded.admin_token,
+                *section,
+                &json!({ "waitlist_mode": "offer", "offer_ttl_secs": 3600 }),
+            )
+            .await;
         assert_eq!(answer.status(), StatusCode::OK);
     }
     let students = app.student_ids().await;
@@ -548,13 +550,7 @@ async fn reconcile_compares_offers_and_the_waitlist_mode() {
     let after = reconcile(&app.db, &app.redis, false).await.unwrap();
 
     assert!(clean.is_empty(), "{clean:?}");
-    let of = |section: Uuid| -> Vec<Difference> {
-        found
-            .iter()
-            .find(|r| r.section == section)
-            .map(|r| r.differences.clone())
-            .unwrap_or_default()
-    };
+    let of = |section: Uuid| differences_of(&found, section);
     assert_eq!(
         of(sections[0]),
         vec![Difference::Offers {

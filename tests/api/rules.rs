@@ -1073,13 +1073,12 @@ async fn counting_enrolled_credits_only_leaves_offer_waitlists_out_until_accepte
     assert_eq!(rules["credit_counting"], "enrolled");
     let s = seeded.report.section_ids.clone();
     let offered = app
-        .http
-        .patch(app.url(&format!("/api/v1/admin/sections/{}", s[0])))
-        .bearer_auth(&seeded.admin_token)
-        .json(&json!({ "waitlist_mode": "offer" }))
-        .send()
-        .await
-        .unwrap();
+        .patch_section(
+            &seeded.admin_token,
+            s[0],
+            &json!({ "waitlist_mode": "offer" }),
+        )
+        .await;
     assert_eq!(offered.status(), StatusCode::OK);
     let (me, _) = app.student(1).await;
     let (other, _) = app.student(2).await;
