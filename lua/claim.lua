@@ -69,6 +69,8 @@ local time = redis.call('TIME')
 local clock = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local flat = redis.call('HGETALL', KEYS[3])
 local counter = nil
+-- Set when this claim starts the student's schedule (below).
+local started = false
 for i = 1, #flat, 2 do
   if flat[i] == '#' then
     counter = tonumber(flat[i + 1])
@@ -83,6 +85,7 @@ if not counter then
   -- it was copied: start their schedule empty (stamps from Redis's clock,
   -- as in lua/schedule_init.lua), written with the first claim below.
   counter = clock
+  started = true
 end
 local semester = ARGV[1]
 local grace = tonumber(ARGV[5])
@@ -307,4 +310,10 @@ for i = 0, n - 1 do
   end
 end
 redis.call('HSET', KEYS[3], unpack(writes))
+if started then
+  -- From here the schedule is the record of the student's places: should
+  -- it be lost, the next claim must rebuild it ('no_schedule') rather than
+  -- start an empty one that forgets them.
+  redis.call('HDEL', KEYS[1], 'sc')
+end
 return {'ok', stamp, deadline, results}

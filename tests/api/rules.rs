@@ -1122,3 +1122,46 @@ async fn counting_enrolled_credits_only_leaves_offer_waitlists_out_until_accepte
         app.assert_converged(*section).await;
     }
 }
+
+/// A student whose record said "no places" when it was copied starts their
+/// schedule with their first claim; from then on a lost schedule is
+/// rebuilt from their places, never started empty (which would forget
+/// them and let the limit be overshot).
+#[tokio::test]
+async fn a_schedule_lost_after_the_first_claim_is_rebuilt_not_started_empty() {
+    let app = spawn_app().await;
+    let seeded = app.seed_sections(1, 3, 5, 0).await;
+    set_semester_rules(&app, &seeded, json!({"credit_limit": 6})).await;
+    let s = seeded.report.section_ids.clone();
+    let (me, me_id) = app.student(1).await;
+    for section in &s[..2] {
+        assert_eq!(
+            register_one(&app, &me, *section).await["status"],
+            "enrolled"
+        );
+    }
+    app.wait_persisted(&s).await;
+    let _: () = redis::cmd("DEL")
+        .arg(registrar::seats::keys::student_schedule(
+            app.redis.namespace(),
+            me_id,
+        ))
+        .query_async(&mut app.redis.conn())
+        .await
+        .unwrap();
+
+    let over = register_one(&app, &me, s[2]).await;
+    assert_eq!(reason(&over), "credit_limit", "{over}");
+    let mut rebuilt: Vec<Uuid> = app
+        .redis
+        .schedule(me_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(section, _)| section)
+        .collect();
+    rebuilt.sort();
+    let mut held = s[..2].to_vec();
+    held.sort();
+    assert_eq!(rebuilt, held);
+}
