@@ -428,12 +428,25 @@ impl Registrar {
                 self.ensure_loaded(&missing).await?;
             }
             let standings = self.redis.standings(student, &known).await?;
-            for ((section, standing), f) in known.iter().zip(standings).zip(facts.iter().flatten())
+            let offering = self.redis.offer_modes(&known).await?;
+            for (((section, standing), offers), f) in known
+                .iter()
+                .zip(standings)
+                .zip(offering)
+                .zip(facts.iter().flatten())
             {
                 if !(standing.enrolled || standing.waitlist_position.is_some()) {
                     continue;
                 }
-                entries.push((*section, held_entry(&f.sections[section])));
+                // Waiting where freed seats are offered: the place turns
+                // into a seat only by a claim (a section leaves offer mode
+                // only once nobody waits), so w, as settle.lua writes it.
+                let state = if !standing.enrolled && offers {
+                    'w'
+                } else {
+                    'h'
+                };
+                entries.push((*section, entry(state, &f.sections[section])));
             }
         }
         let written = self.redis.schedule_init(student, &entries).await?;
@@ -468,7 +481,10 @@ impl Registrar {
         let by_section: std::collections::HashMap<Uuid, String> = sections
             .iter()
             .zip(facts)
-            .filter_map(|(s, f)| Some((*s, held_entry(f?.sections.get(s)?))))
+            // Counted (h) whatever the section's mode: this copy reads no
+            // standing, and counting an offer-waitlist place is only
+            // stricter than the semester asks, never over its limit.
+            .filter_map(|(s, f)| Some((*s, entry('h', f?.sections.get(s)?))))
             .collect();
         Some(
             records
@@ -792,10 +808,11 @@ fn took_place(outcome: &Registered) -> bool {
     )
 }
 
-/// A held schedule entry for a section (`lua/claim.lua`'s format), stamp 0.
-fn held_entry(f: &crate::store::rules::SectionFacts) -> String {
+/// A schedule entry for a section in `state` (h held, w an uncounted
+/// offer-waitlist place; `lua/claim.lua`'s format), stamp 0.
+fn entry(state: char, f: &crate::store::rules::SectionFacts) -> String {
     format!(
-        "h|{}|{}|{}|{}|0|0",
+        "{state}|{}|{}|{}|{}|0|0",
         f.semester_id, f.course_id, f.credits, f.meetings
     )
 }

@@ -405,6 +405,32 @@ impl Redis {
             .collect()
     }
 
+    /// Whether each section offers its freed seats (meta `wl_mode` offer),
+    /// in one round trip per slot; false where Redis has no state.
+    pub async fn offer_modes(&self, sections: &[Uuid]) -> RedisResult<Vec<bool>> {
+        if sections.is_empty() {
+            return Ok(Vec::new());
+        }
+        let groups = sections
+            .iter()
+            .map(|section| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGET")
+                    .arg(self.section_keys(*section).meta)
+                    .arg("wl_mode");
+                pipe
+            })
+            .collect();
+        self.per_slot(false, groups)
+            .await?
+            .into_iter()
+            .map(|v| {
+                let mode: Option<String> = redis::from_redis_value(v)?;
+                Ok(mode.as_deref() == Some("offer"))
+            })
+            .collect()
+    }
+
     /// Redis's clock (unix ms): the one offers' deadlines and the
     /// registration window are judged by.
     pub async fn time_ms(&self) -> RedisResult<i64> {

@@ -1080,14 +1080,37 @@ async fn counting_enrolled_credits_only_leaves_offer_waitlists_out_until_accepte
         )
         .await;
     assert_eq!(offered.status(), StatusCode::OK);
-    let (me, _) = app.student(1).await;
+    let (me, me_id) = app.student(1).await;
     let (other, _) = app.student(2).await;
 
     assert_eq!(register_one(&app, &other, s[0]).await["status"], "enrolled");
     assert_eq!(register_one(&app, &me, s[0]).await["status"], "waitlisted");
+    // Redis loses the student's schedule: rebuilt from the sections, it
+    // knows the place is on an offer waitlist, so it still does not count.
+    app.wait_persisted(&s).await;
+    let _: () = redis::cmd("DEL")
+        .arg(registrar::seats::keys::student_schedule(
+            app.redis.namespace(),
+            me_id,
+        ))
+        .query_async(&mut app.redis.conn())
+        .await
+        .unwrap();
     // 3 + 3 enrolled: the waitlist place (3 more) does not count.
     assert_eq!(register_one(&app, &me, s[1]).await["status"], "enrolled");
     assert_eq!(register_one(&app, &me, s[2]).await["status"], "enrolled");
+    let schedule = app.redis.schedule(me_id).await.unwrap();
+    let state = |section: Uuid| {
+        schedule
+            .iter()
+            .find(|(x, _)| *x == section)
+            .map(|(_, e)| e.chars().next().unwrap())
+    };
+    assert_eq!(
+        [state(s[0]), state(s[1]), state(s[2])],
+        [Some('w'), Some('h'), Some('h')],
+        "{schedule:?}"
+    );
 
     // The seat is offered; accepting it would make 9 credits.
     ok_json(app.drop_from(&other, s[0]).await).await;
